@@ -1,0 +1,123 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{DomainError, EventContract};
+
+/// W3C trace-context header carried from the publisher to the consumer.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// What travels on the wire for every event: identity, type, version, key, time, headers and the
+/// JSON payload. The relay sends it as the Kafka value; the consumer decodes it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub version: u32,
+    pub message_key: String,
+    pub occurred_at: DateTime<Utc>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub payload: serde_json::Value,
+}
+
+impl Envelope {
+    /// Builds an envelope for a typed event with a fresh time-ordered event id.
+    pub fn for_event<E: EventContract>(
+        message_key: impl Into<String>,
+        event: &E,
+    ) -> Result<Self, DomainError> {
+        let payload = serde_json::to_value(event).map_err(|e| DomainError::Payload {
+            event_type: E::EVENT_TYPE.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            event_id: Uuid::now_v7(),
+            event_type: E::EVENT_TYPE.to_owned(),
+            version: E::VERSION,
+            message_key: message_key.into(),
+            occurred_at: Utc::now(),
+            headers: BTreeMap::new(),
+            payload,
+        })
+    }
+
+    /// Decodes the payload as the typed event, refusing an envelope of another event type.
+    pub fn decode<E: EventContract>(&self) -> Result<E, DomainError> {
+        if self.event_type != E::EVENT_TYPE {
+            return Err(DomainError::Payload {
+                event_type: self.event_type.clone(),
+                reason: format!("expected event type `{}`", E::EVENT_TYPE),
+            });
+        }
+        serde_json::from_value(self.payload.clone()).map_err(|e| DomainError::Payload {
+            event_type: self.event_type.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The envelope as the bytes stored in the outbox and sent to Kafka.
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings, numbers and a JSON value cannot fail.
+        serde_json::to_string(self).expect("an envelope always serializes")
+    }
+
+    /// Parses bytes received from the transport.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, DomainError> {
+        serde_json::from_slice(bytes).map_err(|e| DomainError::Payload {
+            event_type: "<unknown>".to_owned(),
+            reason: format!("not an envelope: {e}"),
+        })
+    }
+
+    /// The trace context this envelope carries, if any.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.headers.get(TRACEPARENT_HEADER).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Ping {
+        n: u32,
+    }
+    impl EventContract for Ping {
+        const EVENT_TYPE: &'static str = "test.ping";
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Pong {
+        m: String,
+    }
+    impl EventContract for Pong {
+        const EVENT_TYPE: &'static str = "test.pong";
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let mut env = Envelope::for_event("k1", &Ping { n: 7 }).unwrap();
+        env.headers
+            .insert(TRACEPARENT_HEADER.into(), "00-abc-def-01".into());
+        let back = Envelope::from_slice(env.to_json().as_bytes()).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(back.decode::<Ping>().unwrap(), Ping { n: 7 });
+        assert_eq!(back.traceparent(), Some("00-abc-def-01"));
+    }
+
+    #[test]
+    fn decoding_as_another_type_or_garbage_is_an_error() {
+        let env = Envelope::for_event("k1", &Ping { n: 7 }).unwrap();
+        assert!(env.decode::<Pong>().is_err());
+        let mut wrong = env.clone();
+        wrong.payload = serde_json::json!({"n": "seven"});
+        assert!(matches!(wrong.decode::<Ping>(), Err(DomainError::Payload { .. })));
+        assert!(Envelope::from_slice(b"{not json").is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! The pure core of smartflow: statuses and their transitions, the event envelope, typed event
+//! contracts, routes, the retry policy and the transport port traits. No I/O lives here.
+
+pub mod contract;
+pub mod envelope;
+pub mod error;
+pub mod retry;
+pub mod route;
+pub mod status;
+pub mod transport;
+
+pub use contract::EventContract;
+pub use envelope::{Envelope, TRACEPARENT_HEADER};
+pub use error::DomainError;
+pub use retry::RetryPolicy;
+pub use route::{RouteRegistry, RouteRegistryBuilder, ServiceRoute};
+pub use status::OutboxStatus;
+pub use transport::{
+    IncomingMessage, InboundTransport, OutboundMessage, OutboundTransport, TransportError,
+};

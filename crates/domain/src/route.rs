@@ -1,0 +1,229 @@
+use std::collections::HashMap;
+
+use crate::DomainError;
+
+/// Where one service's events live: its outbox table, its Kafka topic and the consumer group that
+/// handles them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRoute {
+    pub service: String,
+    pub outbox_table: String,
+    pub topic: String,
+    pub consumer_group: String,
+}
+
+impl ServiceRoute {
+    /// A route with checked names: the table is used in SQL, so only `[a-z_][a-z0-9_]*` is
+    /// accepted; the topic must be a legal Kafka topic name.
+    pub fn new(
+        service: impl Into<String>,
+        outbox_table: impl Into<String>,
+        topic: impl Into<String>,
+        consumer_group: impl Into<String>,
+    ) -> Result<Self, DomainError> {
+        let route = Self {
+            service: service.into(),
+            outbox_table: outbox_table.into(),
+            topic: topic.into(),
+            consumer_group: consumer_group.into(),
+        };
+        check_sql_identifier("outbox table", &route.outbox_table)?;
+        check_kafka_name("service", &route.service)?;
+        check_kafka_name("topic", &route.topic)?;
+        check_kafka_name("consumer group", &route.consumer_group)?;
+        Ok(route)
+    }
+}
+
+/// Checks a name that storage splices into SQL as a table name.
+pub fn check_sql_identifier(what: &'static str, value: &str) -> Result<(), DomainError> {
+    let invalid = |reason| DomainError::InvalidName {
+        what,
+        value: value.to_owned(),
+        reason,
+    };
+    let mut chars = value.chars();
+    match chars.next() {
+        None => return Err(invalid("must not be empty")),
+        Some(c) if !(c.is_ascii_lowercase() || c == '_') => {
+            return Err(invalid("must start with a lowercase letter or `_`"))
+        }
+        _ => {}
+    }
+    if value.len() > 63 {
+        return Err(invalid("must be at most 63 characters"));
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(invalid("may hold only lowercase letters, digits and `_`"));
+    }
+    Ok(())
+}
+
+fn check_kafka_name(what: &'static str, value: &str) -> Result<(), DomainError> {
+    let invalid = |reason| DomainError::InvalidName {
+        what,
+        value: value.to_owned(),
+        reason,
+    };
+    if value.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if value.len() > 249 {
+        return Err(invalid("must be at most 249 characters"));
+    }
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(invalid("may hold only letters, digits, `.`, `_` and `-`"));
+    }
+    Ok(())
+}
+
+/// The immutable map `event_type -> service -> route`, built once at start-up.
+#[derive(Debug, Clone, Default)]
+pub struct RouteRegistry {
+    routes: HashMap<String, ServiceRoute>,
+    event_services: HashMap<String, String>,
+}
+
+impl RouteRegistry {
+    pub fn builder() -> RouteRegistryBuilder {
+        RouteRegistryBuilder::default()
+    }
+
+    /// The route of an event type; an unregistered type is an error, never a default route.
+    pub fn resolve(&self, event_type: &str) -> Result<&ServiceRoute, DomainError> {
+        self.event_services
+            .get(event_type)
+            .and_then(|service| self.routes.get(service))
+            .ok_or_else(|| DomainError::UnknownEventType(event_type.to_owned()))
+    }
+
+    /// The route of a service by name.
+    pub fn service(&self, service: &str) -> Option<&ServiceRoute> {
+        self.routes.get(service)
+    }
+
+    /// Every service route, in no particular order.
+    pub fn routes(&self) -> impl Iterator<Item = &ServiceRoute> {
+        self.routes.values()
+    }
+
+    /// The event types routed to a service, sorted.
+    pub fn event_types_of(&self, service: &str) -> Vec<&str> {
+        let mut types: Vec<&str> = self
+            .event_services
+            .iter()
+            .filter(|(_, s)| s.as_str() == service)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        types.sort_unstable();
+        types
+    }
+}
+
+/// Collects routes and event types, then checks them all at `build`.
+#[derive(Debug, Default)]
+pub struct RouteRegistryBuilder {
+    routes: Vec<ServiceRoute>,
+    events: Vec<(String, String)>,
+}
+
+impl RouteRegistryBuilder {
+    pub fn service(mut self, route: ServiceRoute) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    pub fn event(mut self, event_type: impl Into<String>, service: impl Into<String>) -> Self {
+        self.events.push((event_type.into(), service.into()));
+        self
+    }
+
+    pub fn build(self) -> Result<RouteRegistry, DomainError> {
+        let mut registry = RouteRegistry::default();
+        for route in self.routes {
+            if registry.routes.contains_key(&route.service) {
+                return Err(DomainError::DuplicateService(route.service));
+            }
+            registry.routes.insert(route.service.clone(), route);
+        }
+        for (event_type, service) in self.events {
+            if event_type.is_empty() {
+                return Err(DomainError::InvalidName {
+                    what: "event type",
+                    value: event_type,
+                    reason: "must not be empty",
+                });
+            }
+            if !registry.routes.contains_key(&service) {
+                return Err(DomainError::UnknownService {
+                    event_type,
+                    service,
+                });
+            }
+            if let Some(existing) = registry.event_services.get(&event_type) {
+                return Err(DomainError::DuplicateEventType {
+                    event_type,
+                    service: existing.clone(),
+                });
+            }
+            registry.event_services.insert(event_type, service);
+        }
+        Ok(registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent() -> ServiceRoute {
+        ServiceRoute::new("agent", "agent_outbox", "smartflow.agent", "agent-consumers").unwrap()
+    }
+
+    #[test]
+    fn resolves_event_type_to_its_service_route() {
+        let reg = RouteRegistry::builder()
+            .service(agent())
+            .event("agent.chat.message.appended", "agent")
+            .build()
+            .unwrap();
+        assert_eq!(reg.resolve("agent.chat.message.appended").unwrap(), &agent());
+        assert_eq!(
+            reg.resolve("nobody.knows"),
+            Err(DomainError::UnknownEventType("nobody.knows".into()))
+        );
+        assert_eq!(reg.event_types_of("agent"), vec!["agent.chat.message.appended"]);
+    }
+
+    #[test]
+    fn bad_registrations_are_refused() {
+        assert!(matches!(
+            RouteRegistry::builder().event("x", "ghost").build(),
+            Err(DomainError::UnknownService { .. })
+        ));
+        assert!(matches!(
+            RouteRegistry::builder().service(agent()).service(agent()).build(),
+            Err(DomainError::DuplicateService(_))
+        ));
+        assert!(matches!(
+            RouteRegistry::builder()
+                .service(agent())
+                .event("x", "agent")
+                .event("x", "agent")
+                .build(),
+            Err(DomainError::DuplicateEventType { .. })
+        ));
+    }
+
+    #[test]
+    fn table_and_topic_names_are_checked() {
+        assert!(ServiceRoute::new("a", "outbox; drop table x", "t", "g").is_err());
+        assert!(ServiceRoute::new("a", "Outbox", "t", "g").is_err());
+        assert!(ServiceRoute::new("a", "", "t", "g").is_err());
+        assert!(ServiceRoute::new("a", "ok_table", "bad topic", "g").is_err());
+        assert!(ServiceRoute::new("a", "ok_table", "good.topic-1", "g").is_ok());
+    }
+}

@@ -1,0 +1,138 @@
+use std::fmt;
+use std::str::FromStr;
+
+use crate::DomainError;
+
+/// The state of one outbox row.
+///
+/// `pending -> published -> consumed`, `pending|published -> pending` (retry),
+/// `pending|published -> dead`. `consumed` and `dead` are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboxStatus {
+    Pending,
+    Published,
+    Consumed,
+    Dead,
+}
+
+impl OutboxStatus {
+    pub const ALL: [OutboxStatus; 4] = [
+        OutboxStatus::Pending,
+        OutboxStatus::Published,
+        OutboxStatus::Consumed,
+        OutboxStatus::Dead,
+    ];
+
+    /// The one spelling of each status, as stored in the database.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::Published => "published",
+            OutboxStatus::Consumed => "consumed",
+            OutboxStatus::Dead => "dead",
+        }
+    }
+
+    /// Whether no writer may change a row in this status any more.
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, OutboxStatus::Consumed | OutboxStatus::Dead)
+    }
+
+    /// Whether the state machine allows moving from `self` to `to`.
+    pub const fn can_transition_to(self, to: OutboxStatus) -> bool {
+        use OutboxStatus::*;
+        matches!(
+            (self, to),
+            (Pending, Published)
+                | (Published, Consumed)
+                | (Pending, Consumed)
+                | (Pending, Pending)
+                | (Published, Pending)
+                | (Pending, Dead)
+                | (Published, Dead)
+        )
+    }
+
+    /// The statuses a row may be in for a move to `to` to be allowed; storage uses this list as
+    /// the guard of its conditional updates, so the state machine is written down only here.
+    pub fn allowed_sources(to: OutboxStatus) -> Vec<OutboxStatus> {
+        Self::ALL
+            .into_iter()
+            .filter(|from| from.can_transition_to(to))
+            .collect()
+    }
+
+    /// Checks a transition, naming both ends when it is not allowed.
+    pub fn transition(self, to: OutboxStatus) -> Result<OutboxStatus, DomainError> {
+        if self.can_transition_to(to) {
+            Ok(to)
+        } else {
+            Err(DomainError::IllegalTransition {
+                from: self.to_string(),
+                to: to.to_string(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for OutboxStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for OutboxStatus {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| DomainError::UnknownStatus(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutboxStatus::{self, *};
+
+    #[test]
+    fn terminal_states_allow_no_way_out() {
+        for from in [Consumed, Dead] {
+            for to in OutboxStatus::ALL {
+                assert!(!from.can_transition_to(to), "{from} -> {to} must be refused");
+                assert!(from.transition(to).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn the_documented_transitions_are_allowed() {
+        for (from, to) in [
+            (Pending, Published),
+            (Published, Consumed),
+            (Pending, Pending),
+            (Published, Pending),
+            (Pending, Dead),
+            (Published, Dead),
+        ] {
+            assert_eq!(from.transition(to), Ok(to));
+        }
+        assert!(!Published.can_transition_to(Published));
+    }
+
+    #[test]
+    fn allowed_sources_match_the_state_machine() {
+        assert_eq!(OutboxStatus::allowed_sources(Consumed), vec![Pending, Published]);
+        assert_eq!(OutboxStatus::allowed_sources(Dead), vec![Pending, Published]);
+        assert_eq!(OutboxStatus::allowed_sources(Published), vec![Pending]);
+    }
+
+    #[test]
+    fn spelling_round_trips_and_unknown_is_an_error() {
+        for status in OutboxStatus::ALL {
+            assert_eq!(status.as_str().parse::<OutboxStatus>(), Ok(status));
+        }
+        assert!("sent".parse::<OutboxStatus>().is_err());
+    }
+}

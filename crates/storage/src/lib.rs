@@ -1,0 +1,19 @@
+//! Every table and every SQL statement of smartflow. The same code runs on PostgreSQL,
+//! MySQL/MariaDB and SQLite; other crates call these repository functions and never build queries.
+
+pub mod chat_history;
+pub mod connect;
+pub mod error;
+pub mod inbox;
+pub mod outbox;
+mod schema;
+mod error_text;
+mod time;
+
+pub use connect::{connect, ConnectConfig};
+pub use error::StorageError;
+pub use time::now_millis;
+
+pub use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, TransactionTrait,
+};

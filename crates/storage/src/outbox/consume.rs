@@ -1,0 +1,136 @@
+use sea_orm::sea_query::{Expr, Query, Value};
+use sea_orm::ConnectionTrait;
+use smartflow_domain::{OutboxStatus, RetryPolicy};
+
+use super::{get, may_move_to, status_is, OutboxTable};
+use crate::schema::Outbox;
+use crate::time::millis;
+use crate::error_text::truncate;
+use crate::{now_millis, StorageError};
+
+/// What `record_failure` did to the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureOutcome {
+    /// Back to `pending`; the relay publishes it again at `next_retry_at`.
+    Retrying { next_retry_at: i64 },
+    Dead,
+    /// The row is already terminal (or gone); nothing changed.
+    Untouched,
+}
+
+impl OutboxTable {
+    /// Marks the row of `event_id` `consumed` if it may still move there. Run it in the
+    /// transaction that holds the handler's writes: `true` means this transaction owns the
+    /// event's effect; `false` means another delivery already settled it (skip the handler).
+    pub async fn mark_consumed<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        event_id: &str,
+    ) -> Result<bool, StorageError> {
+        let now = now_millis();
+        let stmt = Query::update()
+            .table(self.alias())
+            .value(Outbox::Status, OutboxStatus::Consumed.as_str())
+            .value(Outbox::ConsumedAt, now)
+            .value(Outbox::NextRetryAt, Value::BigInt(None))
+            .value(Outbox::UpdatedAt, now)
+            .and_where(Expr::col(Outbox::EventId).eq(event_id))
+            .and_where(may_move_to(OutboxStatus::Consumed))
+            .to_owned();
+        let res = conn.execute(conn.get_database_backend().build(&stmt)).await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Records a failed handling of `event_id`: back to `pending` with backoff when `retryable`
+    /// and retries remain, else `dead` with `error` kept. Terminal rows are never touched.
+    pub async fn record_failure<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        event_id: &str,
+        error: &str,
+        retryable: bool,
+        policy: &RetryPolicy,
+    ) -> Result<FailureOutcome, StorageError> {
+        let backend = conn.get_database_backend();
+        let select = Query::select()
+            .columns([Outbox::RetryCount, Outbox::MaxRetry])
+            .from(self.alias())
+            .and_where(Expr::col(Outbox::EventId).eq(event_id))
+            .and_where(may_move_to(OutboxStatus::Dead))
+            .to_owned();
+        let Some(row) = conn.query_one(backend.build(&select)).await? else {
+            return Ok(FailureOutcome::Untouched);
+        };
+        let retry_count: i32 = get(&row, self.name(), "retry_count")?;
+        let max_retry: i32 = get(&row, self.name(), "max_retry")?;
+        let failures = retry_count + 1;
+        let now = now_millis();
+        let dead = !retryable || policy.exhausted(failures as u32, Some(max_retry as u32));
+        let (status, next, outcome) = if dead {
+            (OutboxStatus::Dead, Value::BigInt(None), FailureOutcome::Dead)
+        } else {
+            let at = now.saturating_add(millis(policy.delay_after(failures as u32)));
+            (
+                OutboxStatus::Pending,
+                Value::from(at),
+                FailureOutcome::Retrying { next_retry_at: at },
+            )
+        };
+        // The attempt count in the guard makes a concurrent writer's change win instead of
+        // being overwritten.
+        let update = Query::update()
+            .table(self.alias())
+            .value(Outbox::Status, status.as_str())
+            .value(Outbox::RetryCount, failures)
+            .value(Outbox::NextRetryAt, next)
+            .value(Outbox::LastError, truncate(error))
+            .value(Outbox::UpdatedAt, now)
+            .and_where(Expr::col(Outbox::EventId).eq(event_id))
+            .and_where(Expr::col(Outbox::RetryCount).eq(retry_count))
+            .and_where(may_move_to(status))
+            .to_owned();
+        let moved = conn.execute(backend.build(&update)).await?.rows_affected();
+        Ok(if moved == 1 {
+            outcome
+        } else {
+            FailureOutcome::Untouched
+        })
+    }
+
+    /// Rows `published` but not `consumed` by their deadline (the message was lost past the
+    /// broker's retention, or no consumer ran) go back to `pending` for another publish, or to
+    /// `dead` once out of retries. Returns how many rows moved.
+    pub async fn requeue_unconsumed<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        now: i64,
+    ) -> Result<u64, StorageError> {
+        let backend = conn.get_database_backend();
+        let overdue = || {
+            status_is(OutboxStatus::Published).and(Expr::col(Outbox::NextRetryAt).lte(now))
+        };
+        let error = "published but not consumed by its deadline";
+        let dead = Query::update()
+            .table(self.alias())
+            .value(Outbox::Status, OutboxStatus::Dead.as_str())
+            .value(Outbox::RetryCount, Expr::col(Outbox::RetryCount).add(1))
+            .value(Outbox::NextRetryAt, Value::BigInt(None))
+            .value(Outbox::LastError, error)
+            .value(Outbox::UpdatedAt, now)
+            .and_where(overdue())
+            .and_where(Expr::expr(Expr::col(Outbox::RetryCount).add(1)).gte(Expr::col(Outbox::MaxRetry)))
+            .to_owned();
+        let again = Query::update()
+            .table(self.alias())
+            .value(Outbox::Status, OutboxStatus::Pending.as_str())
+            .value(Outbox::RetryCount, Expr::col(Outbox::RetryCount).add(1))
+            .value(Outbox::NextRetryAt, now)
+            .value(Outbox::LastError, error)
+            .value(Outbox::UpdatedAt, now)
+            .and_where(overdue())
+            .to_owned();
+        let mut moved = conn.execute(backend.build(&dead)).await?.rows_affected();
+        moved += conn.execute(backend.build(&again)).await?.rows_affected();
+        Ok(moved)
+    }
+}

@@ -1,0 +1,54 @@
+use sea_orm::sea_query::Query;
+use sea_orm::ConnectionTrait;
+use smartflow_domain::{Envelope, OutboxStatus};
+
+use super::OutboxTable;
+use crate::schema::Outbox;
+use crate::{now_millis, StorageError};
+
+impl OutboxTable {
+    /// Inserts one `pending` row for the envelope through `conn`, which is normally the caller's
+    /// open transaction: the row exists exactly when that transaction commits.
+    pub async fn insert<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        envelope: &Envelope,
+        topic: &str,
+        max_retry: u32,
+    ) -> Result<(), StorageError> {
+        let now = now_millis();
+        let stmt = Query::insert()
+            .into_table(self.alias())
+            .columns([
+                Outbox::EventId,
+                Outbox::EventType,
+                Outbox::EventVersion,
+                Outbox::MessageKey,
+                Outbox::Topic,
+                Outbox::Payload,
+                Outbox::Traceparent,
+                Outbox::Status,
+                Outbox::RetryCount,
+                Outbox::MaxRetry,
+                Outbox::CreatedAt,
+                Outbox::UpdatedAt,
+            ])
+            .values_panic([
+                envelope.event_id.to_string().into(),
+                envelope.event_type.clone().into(),
+                (envelope.version as i32).into(),
+                envelope.message_key.clone().into(),
+                topic.into(),
+                envelope.to_json().into(),
+                envelope.traceparent().map(str::to_owned).into(),
+                OutboxStatus::Pending.as_str().into(),
+                0i32.into(),
+                (max_retry.min(i32::MAX as u32) as i32).into(),
+                now.into(),
+                now.into(),
+            ])
+            .to_owned();
+        conn.execute(conn.get_database_backend().build(&stmt)).await?;
+        Ok(())
+    }
+}

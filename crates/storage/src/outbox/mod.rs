@@ -1,0 +1,69 @@
+//! The outbox table family: one table per service, the same columns in each.
+//!
+//! Lanes: a row never attempted has `next_retry_at = NULL` (the fresh lane, claimed in id order);
+//! a row waiting for a retry has `next_retry_at` set (the retry lane, claimed when due). A
+//! `published` row's `next_retry_at` is the deadline by which its consumer must mark it
+//! `consumed`, after which the relay publishes it again. One index on
+//! `(status, next_retry_at, id)` serves all three scans.
+
+mod claim;
+mod consume;
+mod inspect;
+mod insert;
+mod settle;
+
+use sea_orm::sea_query::{Alias, Expr, SimpleExpr};
+use sea_orm::QueryResult;
+use smartflow_domain::route::check_sql_identifier;
+use smartflow_domain::OutboxStatus;
+
+pub use claim::{Claim, ClaimMode, ClaimRequest, ClaimedRow};
+pub use consume::FailureOutcome;
+pub use inspect::{OutboxRow, OutboxStats};
+pub use settle::{PublishFailure, SettleReport, Settlement};
+
+use crate::schema::Outbox;
+use crate::StorageError;
+
+/// One service's outbox table. The name is checked once here because it is spliced into SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTable {
+    name: String,
+}
+
+impl OutboxTable {
+    pub fn new(name: impl Into<String>) -> Result<Self, StorageError> {
+        let name = name.into();
+        check_sql_identifier("outbox table", &name)?;
+        Ok(Self { name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn alias(&self) -> Alias {
+        Alias::new(&self.name)
+    }
+}
+
+/// `status IN (every status from which a move to `to` is allowed)`: the guard that keeps late or
+/// concurrent writers off terminal rows.
+fn may_move_to(to: OutboxStatus) -> SimpleExpr {
+    Expr::col(Outbox::Status).is_in(
+        OutboxStatus::allowed_sources(to)
+            .into_iter()
+            .map(OutboxStatus::as_str),
+    )
+}
+
+fn status_is(status: OutboxStatus) -> SimpleExpr {
+    Expr::col(Outbox::Status).eq(status.as_str())
+}
+
+fn get<T: sea_orm::TryGetable>(row: &QueryResult, table: &str, col: &str) -> Result<T, StorageError> {
+    row.try_get::<T>("", col).map_err(|e| StorageError::Corrupt {
+        table: table.to_owned(),
+        reason: format!("column {col}: {e}"),
+    })
+}

@@ -1,0 +1,153 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sea_orm::sea_query::{Expr, Query, SimpleExpr, Value};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use smartflow_domain::{OutboxStatus, RetryPolicy};
+
+use super::claim::Hold;
+use super::{status_is, Claim, OutboxTable};
+use crate::schema::Outbox;
+use crate::time::millis;
+use crate::error_text::truncate;
+use crate::{now_millis, StorageError};
+
+/// A claimed row the broker did not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishFailure {
+    pub id: i64,
+    pub error: String,
+    /// False for errors that will never pass (the row goes straight to `dead`).
+    pub retryable: bool,
+}
+
+/// The outcome of publishing a claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    pub published: Vec<i64>,
+    pub failed: Vec<PublishFailure>,
+}
+
+/// How many rows each settle statement moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SettleReport {
+    pub published: u64,
+    pub retrying: u64,
+    pub dead: u64,
+}
+
+impl OutboxTable {
+    /// Records a claim's outcome and releases it: one statement marks every published row, and
+    /// one statement per (attempt count, error) group moves failures back to `pending` with
+    /// backoff or to `dead`. Only rows still `pending` (and, under a lease, still ours) move.
+    pub async fn settle(
+        &self,
+        db: &DatabaseConnection,
+        claim: Claim,
+        settlement: Settlement,
+        policy: &RetryPolicy,
+        republish_after: Option<Duration>,
+    ) -> Result<SettleReport, StorageError> {
+        let Claim { rows, hold } = claim;
+        let (txn, owner) = match hold {
+            Hold::Nothing => return Ok(SettleReport::default()),
+            Hold::Locks(txn) => (txn, None),
+            Hold::Lease { owner } => (db.begin().await?, Some(owner)),
+        };
+        let backend = txn.get_database_backend();
+        let now = now_millis();
+        let mine = |ids: Vec<i64>| -> SimpleExpr {
+            let mut cond = Expr::col(Outbox::Id)
+                .is_in(ids)
+                .and(status_is(OutboxStatus::Pending));
+            if let Some(owner) = &owner {
+                cond = cond.and(Expr::col(Outbox::LockedBy).eq(owner.clone()));
+            }
+            cond
+        };
+        let mut report = SettleReport::default();
+
+        if !settlement.published.is_empty() {
+            let deadline: Value = republish_after
+                .map(|d| now.saturating_add(millis(d)))
+                .into();
+            let stmt = Query::update()
+                .table(self.alias())
+                .value(Outbox::Status, OutboxStatus::Published.as_str())
+                .value(Outbox::PublishedAt, now)
+                .value(Outbox::NextRetryAt, deadline)
+                .value(Outbox::LockedBy, Value::String(None))
+                .value(Outbox::LockedUntil, Value::BigInt(None))
+                .value(Outbox::UpdatedAt, now)
+                .and_where(mine(settlement.published))
+                .to_owned();
+            report.published = txn.execute(backend.build(&stmt)).await?.rows_affected();
+        }
+
+        let by_id: BTreeMap<i64, (i32, i32)> = rows
+            .iter()
+            .map(|r| (r.id, (r.retry_count, r.max_retry)))
+            .collect();
+        let mut groups: BTreeMap<(i32, bool, String), Vec<i64>> = BTreeMap::new();
+        for failure in settlement.failed {
+            let Some(&(retry_count, max_retry)) = by_id.get(&failure.id) else {
+                continue;
+            };
+            let failures = (retry_count + 1).max(1) as u32;
+            let dead = !failure.retryable || policy.exhausted(failures, Some(max_retry as u32));
+            groups
+                .entry((retry_count, dead, failure.error))
+                .or_default()
+                .push(failure.id);
+        }
+        for ((retry_count, dead, error), ids) in groups {
+            let failures = retry_count + 1;
+            let (status, next): (OutboxStatus, Value) = if dead {
+                (OutboxStatus::Dead, Value::BigInt(None))
+            } else {
+                let delay = policy.delay_after(failures as u32);
+                (OutboxStatus::Pending, now.saturating_add(millis(delay)).into())
+            };
+            let stmt = Query::update()
+                .table(self.alias())
+                .value(Outbox::Status, status.as_str())
+                .value(Outbox::RetryCount, failures)
+                .value(Outbox::NextRetryAt, next)
+                .value(Outbox::LastError, truncate(&error))
+                .value(Outbox::LockedBy, Value::String(None))
+                .value(Outbox::LockedUntil, Value::BigInt(None))
+                .value(Outbox::UpdatedAt, now)
+                .and_where(mine(ids))
+                .to_owned();
+            let moved = txn.execute(backend.build(&stmt)).await?.rows_affected();
+            if dead {
+                report.dead += moved;
+            } else {
+                report.retrying += moved;
+            }
+        }
+        txn.commit().await?;
+        Ok(report)
+    }
+
+    /// Gives back a claim without publishing (a relay stopping): the rows stay `pending` and
+    /// untouched, ready for the next claim.
+    pub async fn release(&self, db: &DatabaseConnection, claim: Claim) -> Result<(), StorageError> {
+        match claim.hold {
+            Hold::Nothing => Ok(()),
+            Hold::Locks(txn) => Ok(txn.rollback().await?),
+            Hold::Lease { owner } => {
+                let ids: Vec<i64> = claim.rows.iter().map(|r| r.id).collect();
+                let stmt = Query::update()
+                    .table(self.alias())
+                    .value(Outbox::LockedBy, Value::String(None))
+                    .value(Outbox::LockedUntil, Value::BigInt(None))
+                    .and_where(Expr::col(Outbox::Id).is_in(ids))
+                    .and_where(Expr::col(Outbox::LockedBy).eq(owner))
+                    .to_owned();
+                db.execute(db.get_database_backend().build(&stmt)).await?;
+                Ok(())
+            }
+        }
+    }
+}

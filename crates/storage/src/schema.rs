@@ -1,0 +1,49 @@
+//! Column names as the queries in this crate spell them. The migrations crate creates the tables.
+
+use sea_orm::DeriveIden;
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum Outbox {
+    Id,
+    EventId,
+    EventType,
+    EventVersion,
+    MessageKey,
+    Topic,
+    Payload,
+    Traceparent,
+    Status,
+    RetryCount,
+    MaxRetry,
+    NextRetryAt,
+    LastError,
+    LockedBy,
+    LockedUntil,
+    CreatedAt,
+    PublishedAt,
+    ConsumedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum Inbox {
+    Table,
+    Consumer,
+    EventId,
+    EventType,
+    Status,
+    LastError,
+    HandledAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum ChatHistories {
+    Table,
+    Id,
+    EventId,
+    ConversationId,
+    UserId,
+    Role,
+    Content,
+    CreatedAt,
+}

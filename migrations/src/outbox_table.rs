@@ -1,0 +1,103 @@
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+#[derive(DeriveIden)]
+enum Outbox {
+    Id,
+    EventId,
+    EventType,
+    EventVersion,
+    MessageKey,
+    Topic,
+    Payload,
+    Traceparent,
+    Status,
+    RetryCount,
+    MaxRetry,
+    NextRetryAt,
+    LastError,
+    LockedBy,
+    LockedUntil,
+    CreatedAt,
+    PublishedAt,
+    ConsumedAt,
+    UpdatedAt,
+}
+
+/// Creates one service's outbox table and its indexes, if missing. Every service's outbox has
+/// these columns; timestamps are Unix milliseconds.
+pub async fn create_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
+    let table = Alias::new(name);
+    let mysql = manager.get_database_backend() == DbBackend::MySql;
+    let mut payload = ColumnDef::new(Outbox::Payload);
+    if mysql {
+        // TEXT stops at 64 KiB on MySQL; payloads may be larger.
+        payload.custom(Alias::new("LONGTEXT"));
+    } else {
+        payload.text();
+    }
+    payload.not_null();
+    manager
+        .create_table(
+            Table::create()
+                .table(table.clone())
+                .if_not_exists()
+                .col(
+                    ColumnDef::new(Outbox::Id)
+                        .big_integer()
+                        .not_null()
+                        .auto_increment()
+                        .primary_key(),
+                )
+                .col(ColumnDef::new(Outbox::EventId).string_len(36).not_null())
+                .col(ColumnDef::new(Outbox::EventType).string_len(128).not_null())
+                .col(ColumnDef::new(Outbox::EventVersion).integer().not_null())
+                .col(ColumnDef::new(Outbox::MessageKey).string_len(255).not_null())
+                .col(ColumnDef::new(Outbox::Topic).string_len(249).not_null())
+                .col(&mut payload)
+                .col(ColumnDef::new(Outbox::Traceparent).string_len(128).null())
+                .col(ColumnDef::new(Outbox::Status).string_len(16).not_null())
+                .col(ColumnDef::new(Outbox::RetryCount).integer().not_null().default(0))
+                .col(ColumnDef::new(Outbox::MaxRetry).integer().not_null())
+                .col(ColumnDef::new(Outbox::NextRetryAt).big_integer().null())
+                .col(ColumnDef::new(Outbox::LastError).text().null())
+                .col(ColumnDef::new(Outbox::LockedBy).string_len(64).null())
+                .col(ColumnDef::new(Outbox::LockedUntil).big_integer().null())
+                .col(ColumnDef::new(Outbox::CreatedAt).big_integer().not_null())
+                .col(ColumnDef::new(Outbox::PublishedAt).big_integer().null())
+                .col(ColumnDef::new(Outbox::ConsumedAt).big_integer().null())
+                .col(ColumnDef::new(Outbox::UpdatedAt).big_integer().not_null())
+                .to_owned(),
+        )
+        .await?;
+    manager
+        .create_index(
+            Index::create()
+                .name(format!("ux_{name}_event_id"))
+                .table(table.clone())
+                .col(Outbox::EventId)
+                .unique()
+                .to_owned(),
+        )
+        .await?;
+    // Serves the fresh lane (`status = 'pending' AND next_retry_at IS NULL ORDER BY id`), the
+    // retry lane and the overdue-published scan with one index.
+    manager
+        .create_index(
+            Index::create()
+                .name(format!("ix_{name}_claim"))
+                .table(table)
+                .col(Outbox::Status)
+                .col(Outbox::NextRetryAt)
+                .col(Outbox::Id)
+                .to_owned(),
+        )
+        .await
+}
+
+/// Drops a service's outbox table.
+pub async fn drop_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
+    manager
+        .drop_table(Table::drop().table(Alias::new(name)).if_exists().to_owned())
+        .await
+}
