@@ -11,6 +11,8 @@ pub struct ConnectConfig {
     pub url: String,
     pub max_connections: u32,
     pub connect_timeout: Duration,
+    /// How long a query may wait for a free pooled connection.
+    pub acquire_timeout: Duration,
     /// PostgreSQL only: the schema to use (tests give each run its own).
     pub pg_schema: Option<String>,
 }
@@ -21,6 +23,7 @@ impl ConnectConfig {
             url: url.into(),
             max_connections: 16,
             connect_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(30),
             pg_schema: None,
         }
     }
@@ -100,7 +103,7 @@ pub async fn connect(config: &ConnectConfig) -> Result<DatabaseConnection, Stora
     opts.max_connections(config.max_connections)
         .min_connections(1)
         .connect_timeout(config.connect_timeout)
-        .acquire_timeout(config.connect_timeout.max(Duration::from_secs(30)))
+        .acquire_timeout(config.acquire_timeout)
         .sqlx_logging(false);
     if let Some(schema) = &config.pg_schema {
         opts.set_schema_search_path(schema.clone());
@@ -158,6 +161,7 @@ mod tests {
     async fn an_unreachable_database_is_a_connect_error() {
         let mut cfg = ConnectConfig::new("postgres://nobody@127.0.0.1:1/none");
         cfg.connect_timeout = Duration::from_millis(500);
+        cfg.acquire_timeout = Duration::from_millis(500);
         let err = connect(&cfg).await.unwrap_err();
         assert!(matches!(err, StorageError::Connect { .. }), "{err}");
     }

@@ -1,1 +1,182 @@
+//! Test support shared by every crate's tests: each test gets its own database (a schema on
+//! PostgreSQL, a database on MariaDB, a file on SQLite) with every migration applied, so tests
+//! run in parallel without seeing each other's rows.
+//!
+//! The server addresses come from `SMARTFLOW_TEST_POSTGRES_URL` and `SMARTFLOW_TEST_MYSQL_URL`
+//! (defaults: the local servers on 127.0.0.1). This is a test-only crate, so reading the
+//! environment here is deliberate.
 
+use std::path::PathBuf;
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use smartflow_storage::{connect, ConnectConfig};
+
+/// The three databases every repository and bus scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
+impl Backend {
+    pub fn db_backend(self) -> DbBackend {
+        match self {
+            Backend::Sqlite => DbBackend::Sqlite,
+            Backend::Postgres => DbBackend::Postgres,
+            Backend::MariaDb => DbBackend::MySql,
+        }
+    }
+}
+
+pub fn postgres_url() -> String {
+    std::env::var("SMARTFLOW_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("SMARTFLOW_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// One isolated, migrated database.
+pub struct TestDb {
+    pub backend: Backend,
+    pub db: DatabaseConnection,
+    /// Connects a further pool to the same database, as a second process would.
+    pub config: ConnectConfig,
+    name: String,
+    sqlite_file: Option<PathBuf>,
+}
+
+impl TestDb {
+    /// Creates the isolated database and applies every migration. Panics with the reason when the
+    /// server cannot be reached: the test command starts the servers first.
+    pub async fn new(backend: Backend) -> TestDb {
+        init_tracing();
+        let name = format!("sf_{}", uuid::Uuid::new_v4().simple());
+        let (config, sqlite_file) = match backend {
+            Backend::Sqlite => {
+                let file = std::env::temp_dir().join(format!("{name}.db"));
+                let cfg = ConnectConfig::new(format!("sqlite://{}?mode=rwc", file.display()));
+                (cfg, Some(file))
+            }
+            Backend::Postgres => {
+                let admin = admin(&postgres_url()).await;
+                admin
+                    .execute_unprepared(&format!("CREATE SCHEMA {name}"))
+                    .await
+                    .expect("create test schema");
+                let mut cfg = ConnectConfig::new(postgres_url());
+                cfg.pg_schema = Some(name.clone());
+                (cfg, None)
+            }
+            Backend::MariaDb => {
+                let admin = admin(&mysql_url()).await;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                let base = mysql_url();
+                let server = base.rsplit_once('/').map(|(s, _)| s).unwrap_or(&base);
+                (ConnectConfig::new(format!("{server}/{name}")), None)
+            }
+        };
+        let db = connect(&config)
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?} test database: {e}"));
+        smartflow_migrations::run(&db).await.expect("migrations");
+        TestDb {
+            backend,
+            db,
+            config,
+            name,
+            sqlite_file,
+        }
+    }
+
+    /// A second, independent pool onto this test's database.
+    pub async fn connect_again(&self) -> DatabaseConnection {
+        connect(&self.config).await.expect("second connection")
+    }
+
+    /// A fresh unique name for topics and consumer groups of this test.
+    pub fn unique(&self, prefix: &str) -> String {
+        format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+    }
+
+    /// Drops the test's schema, database or file.
+    pub async fn cleanup(self) {
+        let _ = self.db.close().await;
+        match self.backend {
+            Backend::Sqlite => {
+                if let Some(file) = &self.sqlite_file {
+                    for suffix in ["", "-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+                    }
+                }
+            }
+            Backend::Postgres => {
+                let admin = admin(&postgres_url()).await;
+                let _ = admin
+                    .execute_unprepared(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+                    .await;
+            }
+            Backend::MariaDb => {
+                let admin = admin(&mysql_url()).await;
+                let _ = admin
+                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {}", self.name))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn admin(url: &str) -> DatabaseConnection {
+    Database::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach test server {url}: {e} (run `cargo xtask test`, which starts it)"))
+}
+
+/// Logs of the code under test go to the test output when `RUST_LOG` asks for them.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Writes one scenario `async fn name(db: TestDb)` once and runs it on SQLite, PostgreSQL and
+/// MariaDB as three tests: `sqlite::name`, `postgres::name`, `mariadb::name`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::TestDb::new($crate::Backend::Sqlite).await).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::TestDb::new($crate::Backend::Postgres).await).await
+                }
+            )+
+        }
+        mod mariadb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::TestDb::new($crate::Backend::MariaDb).await).await
+                }
+            )+
+        }
+    };
+}

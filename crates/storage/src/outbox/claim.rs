@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, Order, Query, SelectStatement};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult, Statement,
+    ConnectionTrait, IsolationLevel, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult, Statement,
     TransactionTrait,
 };
 use smartflow_domain::OutboxStatus;
@@ -147,7 +147,11 @@ impl OutboxTable {
         db: &DatabaseConnection,
         req: &ClaimRequest,
     ) -> Result<Claim, StorageError> {
-        let txn = db.begin().await?;
+        // Read committed: on MySQL the default repeatable read would take gap locks that block
+        // other relays' settles and every writer's inserts for as long as the batch is held.
+        let txn = db
+            .begin_with_config(Some(IsolationLevel::ReadCommitted), None)
+            .await?;
         if txn.get_database_backend() == DbBackend::Postgres {
             // A relay cut off mid-batch must not hold its row locks for ever.
             let ms = millis(req.hold_for).max(1000);

@@ -1,0 +1,37 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of what the bus did in this process, for logs and a metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub published: AtomicU64,
+    pub publish_retries: AtomicU64,
+    pub dead: AtomicU64,
+    pub consumed: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub handler_retries: AtomicU64,
+    pub republished_unconsumed: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A snapshot as (name, value) pairs.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("published", self.published.load(Ordering::Relaxed)),
+            ("publish_retries", self.publish_retries.load(Ordering::Relaxed)),
+            ("dead", self.dead.load(Ordering::Relaxed)),
+            ("consumed", self.consumed.load(Ordering::Relaxed)),
+            ("duplicates", self.duplicates.load(Ordering::Relaxed)),
+            ("handler_retries", self.handler_retries.load(Ordering::Relaxed)),
+            (
+                "republished_unconsumed",
+                self.republished_unconsumed.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}

@@ -1,0 +1,149 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand::RngCore;
+use sea_orm::{DatabaseTransaction, TransactionTrait};
+use smartflow_domain::{DomainError, Envelope, EventContract, RouteRegistry, TRACEPARENT_HEADER};
+use smartflow_storage::outbox::OutboxTable;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::{BusError, Metrics};
+
+/// Limits applied when publishing.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishConfig {
+    /// The largest envelope (as JSON bytes) accepted; larger ones are refused at publish time,
+    /// where the caller can still react, instead of dying later at the broker.
+    pub max_payload_bytes: usize,
+    /// How many failed attempts a row may have before it is `dead`.
+    pub max_retry: u32,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 900 * 1024,
+            max_retry: 20,
+        }
+    }
+}
+
+/// The entry point for services: writes events into the outbox inside the caller's transaction
+/// and wakes the relays of this process when that transaction commits.
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    routes: RouteRegistry,
+    tables: HashMap<String, OutboxTable>,
+    config: PublishConfig,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+}
+
+impl EventBus {
+    pub fn new(routes: RouteRegistry, config: PublishConfig) -> Result<Self, BusError> {
+        if config.max_payload_bytes == 0 || config.max_retry == 0 {
+            return Err(BusError::Config(
+                "max_payload_bytes and max_retry must be above zero".into(),
+            ));
+        }
+        let mut tables = HashMap::new();
+        for route in routes.routes() {
+            tables.insert(route.service.clone(), OutboxTable::new(&route.outbox_table)?);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                routes,
+                tables,
+                config,
+                wake: Arc::new(Notify::new()),
+                metrics: Arc::new(Metrics::default()),
+            }),
+        })
+    }
+
+    pub fn routes(&self) -> &RouteRegistry {
+        &self.inner.routes
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The signal relays of this process wait on between rounds.
+    pub fn wake_signal(&self) -> Arc<Notify> {
+        self.inner.wake.clone()
+    }
+
+    /// Writes a typed event into its service's outbox through `txn`. Nothing is published unless
+    /// `txn` commits. Returns the event id. An event type with no route, or a payload over the
+    /// limit, is an error and nothing is written.
+    pub async fn publish<E: EventContract>(
+        &self,
+        txn: &DatabaseTransaction,
+        message_key: &str,
+        event: &E,
+    ) -> Result<Uuid, BusError> {
+        let envelope = Envelope::for_event(message_key, event)?;
+        self.publish_envelope(txn, envelope).await
+    }
+
+    /// As [`publish`](Self::publish) for an envelope built by the caller (an untyped event, or
+    /// one that carries a trace context of its own). A missing trace context is started here.
+    #[tracing::instrument(skip_all, fields(event_type = %envelope.event_type, event_id = %envelope.event_id))]
+    pub async fn publish_envelope(
+        &self,
+        txn: &DatabaseTransaction,
+        mut envelope: Envelope,
+    ) -> Result<Uuid, BusError> {
+        let route = self.inner.routes.resolve(&envelope.event_type)?;
+        let table = &self.inner.tables[&route.service];
+        envelope
+            .headers
+            .entry(TRACEPARENT_HEADER.to_owned())
+            .or_insert_with(new_traceparent);
+        let size = envelope.to_json().len();
+        if size > self.inner.config.max_payload_bytes {
+            return Err(DomainError::PayloadTooLarge {
+                event_type: envelope.event_type,
+                size,
+                limit: self.inner.config.max_payload_bytes,
+            }
+            .into());
+        }
+        table
+            .insert(txn, &envelope, &route.topic, self.inner.config.max_retry)
+            .await?;
+        Ok(envelope.event_id)
+    }
+
+    /// Commits `txn` and wakes this process's relays at once, so a new row does not wait for
+    /// the next poll.
+    pub async fn commit(&self, txn: DatabaseTransaction) -> Result<(), BusError> {
+        txn.commit().await?;
+        self.wake_relays();
+        Ok(())
+    }
+
+    /// Tells the relays of this process that new rows may be waiting.
+    pub fn wake_relays(&self) {
+        self.inner.wake.notify_waiters();
+    }
+
+    /// Opens a transaction on `db`; a convenience so services need not import sea-orm's traits.
+    pub async fn begin<C: TransactionTrait>(&self, db: &C) -> Result<DatabaseTransaction, BusError> {
+        Ok(db.begin().await?)
+    }
+}
+
+/// A W3C `traceparent` that starts a new trace: version 00, random trace and span ids, sampled.
+fn new_traceparent() -> String {
+    let mut rng = rand::thread_rng();
+    let trace = ((rng.next_u64() as u128) << 64) | rng.next_u64() as u128;
+    let span = rng.next_u64();
+    format!("00-{trace:032x}-{span:016x}-01")
+}

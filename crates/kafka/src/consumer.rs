@@ -1,0 +1,206 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use smartflow_domain::{InboundTransport, IncomingMessage, TransportError};
+use tokio::time::Instant;
+
+use crate::config::KafkaConfig;
+use crate::error::KafkaError;
+
+/// A member of one consumer group that hands out batches and commits only what it is told to.
+///
+/// Offsets are never committed or stored automatically: a message is redelivered (to this or
+/// another member) until [`InboundTransport::commit`] has covered it, which gives at-least-once
+/// delivery with the commit placed after the handler's effects are durable.
+pub struct KafkaConsumer {
+    // Shared with the blocking-pool task that runs synchronous commits.
+    consumer: Arc<StreamConsumer>,
+}
+
+impl KafkaConsumer {
+    /// Creates the consumer, joins `group_id` and subscribes to `topics`. A group with no committed
+    /// offset starts from the earliest retained message, so nothing published before the first
+    /// start is skipped. Joining happens in the background: the first `recv_batch` may wait for
+    /// the group's rebalance. Must be called inside a Tokio runtime.
+    pub fn new(config: &KafkaConfig, group_id: &str, topics: &[&str]) -> Result<Self, KafkaError> {
+        if group_id.trim().is_empty() {
+            return Err(KafkaError::Config("group id must not be empty".to_owned()));
+        }
+        if topics.is_empty() {
+            return Err(KafkaError::Config(format!(
+                "consumer group `{group_id}` must subscribe to at least one topic"
+            )));
+        }
+        let mut client = config.base_client_config()?;
+        client
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            // Storing offsets as messages are handed out would let a later commit cover messages
+            // whose effects are not durable yet; commits name explicit offsets instead.
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer = config
+            .finish(client)
+            .create()
+            .map_err(|e| KafkaError::client("creating Kafka consumer", e))?;
+        consumer
+            .subscribe(topics)
+            .map_err(|e| KafkaError::client(format!("subscribing to {}", topics.join(", ")), e))?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+        })
+    }
+
+    /// Leaves the group, so its partitions move to the remaining members at once instead of after
+    /// the session timeout, and returns when librdkafka has closed the consumer. Uncommitted
+    /// messages are redelivered to whoever gets their partitions. Dropping the consumer does the
+    /// same, but blocks the dropping thread meanwhile; this runs it on the blocking pool.
+    pub async fn close(self) {
+        // A commit still running holds the other reference; the close then happens when it ends.
+        let consumer = self.consumer;
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+            tracing::error!(error = %e, "closing the Kafka consumer failed");
+        }
+    }
+
+    async fn next(&self) -> Result<IncomingMessage, RdKafkaError> {
+        self.consumer.recv().await.map(|m| to_incoming(&m))
+    }
+}
+
+#[async_trait]
+impl InboundTransport for KafkaConsumer {
+    /// Waits for one message, then gathers whatever else arrives before `linger` has passed since
+    /// it, up to `max` (at least one). An error before the first message is returned as retryable
+    /// (broker outages, topics not created yet); an error after it ends the batch early and is
+    /// only logged, so the messages already taken are not lost.
+    async fn recv_batch(
+        &self,
+        max: usize,
+        linger: Duration,
+    ) -> Result<Vec<IncomingMessage>, TransportError> {
+        let first = self
+            .next()
+            .await
+            .map_err(|e| TransportError::retryable(format!("receiving from Kafka failed: {e}")))?;
+        let mut batch = vec![first];
+        let deadline = Instant::now() + linger;
+        while batch.len() < max {
+            match tokio::time::timeout_at(deadline, self.next()).await {
+                Err(_lingered) => break,
+                Ok(Ok(message)) => batch.push(message),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Kafka consumer error; returning the partial batch");
+                    break;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Commits, per partition, the offset after the highest message given, and returns only once
+    /// the group coordinator has accepted it. Failures are retryable: the commit can be repeated,
+    /// and if the partition has meanwhile moved to another member, the uncommitted messages are
+    /// redelivered there.
+    async fn commit(&self, messages: &[IncomingMessage]) -> Result<(), TransportError> {
+        let offsets = next_offsets(messages);
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::with_capacity(offsets.len());
+        for ((topic, partition), next) in &offsets {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|e| TransportError::permanent(format!("invalid offset to commit: {e}")))?;
+        }
+        // A synchronous commit is the only kind whose outcome we can return: an async commit
+        // reports failures later through a callback, after this method would already have said Ok.
+        // It waits on a broker round trip, so it runs on the blocking pool, not a runtime thread.
+        let consumer = Arc::clone(&self.consumer);
+        tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
+            .await
+            .map_err(|e| TransportError::retryable(format!("Kafka commit task failed: {e}")))?
+            .map_err(|e| TransportError::retryable(format!("committing Kafka offsets failed: {e}")))
+    }
+}
+
+/// The offset to commit per (topic, partition): one past the highest offset seen, since a Kafka
+/// commit names the next message to read.
+fn next_offsets(messages: &[IncomingMessage]) -> BTreeMap<(String, i32), i64> {
+    let mut next = BTreeMap::new();
+    for message in messages {
+        let entry = next
+            .entry((message.topic.clone(), message.partition))
+            .or_insert(message.offset + 1);
+        *entry = (*entry).max(message.offset + 1);
+    }
+    next
+}
+
+/// Copies a message out of librdkafka's buffer. A header with a null value becomes an empty value,
+/// since the port has no way to say "null" and no producer of ours writes one.
+fn to_incoming(message: &BorrowedMessage<'_>) -> IncomingMessage {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    IncomingMessage {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, partition: i32, offset: i64) -> IncomingMessage {
+        IncomingMessage {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn commits_one_past_the_highest_offset_per_partition() {
+        let offsets = next_offsets(&[
+            message("a", 0, 7),
+            message("a", 0, 3),
+            message("a", 1, 0),
+            message("b", 0, 41),
+        ]);
+        assert_eq!(
+            offsets.into_iter().collect::<Vec<_>>(),
+            vec![
+                (("a".to_owned(), 0), 8),
+                (("a".to_owned(), 1), 1),
+                (("b".to_owned(), 0), 42),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_group_id_is_a_config_error() {
+        let config = KafkaConfig::new("localhost:9092");
+        let err = KafkaConsumer::new(&config, "", &["t"]).err().unwrap();
+        assert!(matches!(err, KafkaError::Config(_)), "{err:?}");
+    }
+}

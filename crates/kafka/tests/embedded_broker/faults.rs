@@ -1,0 +1,78 @@
+use smartflow_domain::OutboundTransport;
+use smartflow_kafka::{EmbeddedBroker, KafkaProducer, ProduceFault};
+
+use crate::fixture::{config_for, message, send_all_ok, unique};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_produce_errors_are_retried_inside_the_producer() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let topic = unique("not-leader");
+    broker.create_topic(&topic, 1).unwrap();
+    let producer = KafkaProducer::new(&config_for(&broker)).unwrap();
+
+    broker
+        .inject_produce_errors(3, ProduceFault::NotLeader)
+        .unwrap();
+    let batch = (0..5)
+        .map(|i| message(&topic, "k", &i.to_string(), &[]))
+        .collect();
+    send_all_ok(&producer, batch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_rejection_is_permanent_and_the_producer_stays_usable() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let topic = unique("too-large");
+    broker.create_topic(&topic, 1).unwrap();
+    let producer = KafkaProducer::new(&config_for(&broker)).unwrap();
+    send_all_ok(&producer, vec![message(&topic, "k", "warm-up", &[])]).await;
+
+    broker
+        .inject_produce_errors(1, ProduceFault::MessageTooLarge)
+        .unwrap();
+    let outcomes = producer
+        .send_batch(vec![message(&topic, "k", "rejected", &[])])
+        .await;
+    let err = outcomes[0].as_ref().expect_err("the broker rejected it");
+    assert!(!err.retryable, "{err:?}");
+
+    send_all_ok(&producer, vec![message(&topic, "k", "accepted", &[])]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_rejection_is_permanent_and_other_topics_still_work() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let denied = unique("denied");
+    let allowed = unique("allowed");
+    broker.create_topic(&denied, 1).unwrap();
+    broker.create_topic(&allowed, 1).unwrap();
+    let producer = KafkaProducer::new(&config_for(&broker)).unwrap();
+    send_all_ok(&producer, vec![message(&denied, "k", "warm-up", &[])]).await;
+
+    broker
+        .inject_produce_errors(1, ProduceFault::TopicAuthorizationFailed)
+        .unwrap();
+    let outcomes = producer
+        .send_batch(vec![message(&denied, "k", "rejected", &[])])
+        .await;
+    let err = outcomes[0].as_ref().expect_err("the broker rejected it");
+    assert!(!err.retryable, "{err:?}");
+
+    // librdkafka marks the denied topic as failed until its next metadata refresh; only that
+    // topic, though.
+    send_all_ok(&producer, vec![message(&allowed, "k", "accepted", &[])]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleared_produce_errors_are_not_returned() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let topic = unique("cleared");
+    broker.create_topic(&topic, 1).unwrap();
+    let producer = KafkaProducer::new(&config_for(&broker)).unwrap();
+
+    broker
+        .inject_produce_errors(5, ProduceFault::MessageTooLarge)
+        .unwrap();
+    broker.clear_produce_errors().unwrap();
+    send_all_ok(&producer, vec![message(&topic, "k", "fine", &[])]).await;
+}

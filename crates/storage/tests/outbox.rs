@@ -1,0 +1,231 @@
+//! Outbox repository scenarios, each run on SQLite, PostgreSQL and MariaDB.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use smartflow_domain::{Envelope, EventContract, OutboxStatus, RetryPolicy};
+use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable, PublishFailure, Settlement, FailureOutcome};
+use smartflow_storage::{now_millis, ConnectionTrait, TransactionTrait};
+use smartflow_testkit::{on_every_backend, TestDb};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Ping {
+    n: u32,
+}
+impl EventContract for Ping {
+    const EVENT_TYPE: &'static str = "test.ping";
+}
+
+fn table() -> OutboxTable {
+    OutboxTable::new("agent_outbox").unwrap()
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_secs(1),
+        max_retry: 3,
+    }
+}
+
+fn request(owner: &str, fresh: u64) -> ClaimRequest {
+    ClaimRequest {
+        owner: owner.into(),
+        fresh_limit: fresh,
+        retry_limit: 100,
+        hold_for: Duration::from_secs(30),
+        now: now_millis(),
+    }
+}
+
+async fn insert_n(t: &TestDb, n: u32) -> Vec<String> {
+    let txn = t.db.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let env = Envelope::for_event(format!("k{}", i % 3), &Ping { n: i }).unwrap();
+        ids.push(env.event_id.to_string());
+        table().insert(&txn, &env, "topic-a", 3).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    ids
+}
+
+async fn rolled_back_insert_leaves_nothing(t: TestDb) {
+    let txn = t.db.begin().await.unwrap();
+    let env = Envelope::for_event("k", &Ping { n: 1 }).unwrap();
+    table().insert(&txn, &env, "topic-a", 3).await.unwrap();
+    txn.rollback().await.unwrap();
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let claim = table().claim(&t.db, mode, &request("r1", 10)).await.unwrap();
+    assert!(claim.rows.is_empty(), "a rolled-back row must never be claimed");
+    assert!(table().find(&t.db, &env.event_id.to_string()).await.unwrap().is_none());
+    t.cleanup().await;
+}
+
+async fn concurrent_claims_never_share_a_row(t: TestDb) {
+    let ids = insert_n(&t, 50).await;
+    let other = t.connect_again().await;
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let a = table().claim(&t.db, mode, &request("a", 30)).await.unwrap();
+    let b = table().claim(&other, mode, &request("b", 30)).await.unwrap();
+    let mut seen: Vec<i64> = a.rows.iter().chain(b.rows.iter()).map(|r| r.id).collect();
+    assert_eq!(a.rows.len(), 30);
+    assert_eq!(b.rows.len(), 20, "the second claim takes what the first left");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 50, "no row is held by both claims");
+    let pa: Vec<i64> = a.rows.iter().map(|r| r.id).collect();
+    let pb: Vec<i64> = b.rows.iter().map(|r| r.id).collect();
+    table()
+        .settle(&t.db, a, Settlement { published: pa, failed: vec![] }, &policy(), None)
+        .await
+        .unwrap();
+    table()
+        .settle(&other, b, Settlement { published: pb, failed: vec![] }, &policy(), None)
+        .await
+        .unwrap();
+    let stats = table().stats(&t.db).await.unwrap();
+    assert_eq!(stats.published, 50);
+    assert_eq!(stats.pending, 0);
+    for id in ids {
+        let row = table().find(&t.db, &id).await.unwrap().unwrap();
+        assert_eq!(row.status, OutboxStatus::Published);
+        assert!(row.published_at.is_some());
+    }
+    t.cleanup().await;
+}
+
+async fn an_abandoned_claim_comes_back(t: TestDb) {
+    insert_n(&t, 5).await;
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let crashed = t.connect_again().await;
+    let mut req = request("crashed", 10);
+    req.hold_for = Duration::from_millis(300);
+    let claim = table().claim(&crashed, mode, &req).await.unwrap();
+    assert_eq!(claim.rows.len(), 5);
+    // The relay process dies: its claim is dropped and its connections close.
+    drop(claim);
+    crashed.close().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = table().claim(&t.db, mode, &request("survivor", 10)).await.unwrap();
+    assert_eq!(again.rows.len(), 5, "another relay takes over every row");
+    table().release(&t.db, again).await.unwrap();
+    t.cleanup().await;
+}
+
+async fn failures_retry_with_backoff_then_die(t: TestDb) {
+    let ids = insert_n(&t, 2).await;
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    // Row 0 fails with a retryable error until retries run out; row 1 fails permanently.
+    for round in 1..=3u32 {
+        let claim = loop {
+            let c = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
+            if !c.rows.is_empty() || round > 1 {
+                break c;
+            }
+        };
+        let failed = claim
+            .rows
+            .iter()
+            .map(|r| PublishFailure {
+                id: r.id,
+                error: format!("broker said no ({round})"),
+                retryable: r.event_id == ids[0],
+            })
+            .collect();
+        table()
+            .settle(&t.db, claim, Settlement { published: vec![], failed }, &policy(), None)
+            .await
+            .unwrap();
+        let row0 = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
+        assert_eq!(row0.retry_count, round as i32);
+        if round < 3 {
+            assert_eq!(row0.status, OutboxStatus::Pending);
+            let due = row0.next_retry_at.expect("a retry has a due time");
+            assert!(due > now_millis() - 1000);
+            // Not claimable before it is due.
+            let early = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
+            assert!(early.rows.iter().all(|r| r.event_id != ids[0]) || due <= now_millis());
+            table().release(&t.db, early).await.unwrap();
+            tokio::time::sleep(Duration::from_millis((due - now_millis()).max(0) as u64 + 20)).await;
+        } else {
+            assert_eq!(row0.status, OutboxStatus::Dead, "out of retries");
+            assert_eq!(row0.last_error.as_deref(), Some("broker said no (3)"));
+        }
+        let row1 = table().find(&t.db, &ids[1]).await.unwrap().unwrap();
+        assert_eq!(row1.status, OutboxStatus::Dead, "a permanent error is dead at once");
+        assert_eq!(row1.last_error.as_deref(), Some("broker said no (1)"));
+    }
+    t.cleanup().await;
+}
+
+async fn terminal_rows_are_never_overwritten(t: TestDb) {
+    let ids = insert_n(&t, 2).await;
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
+    let published = claim.rows.iter().map(|r| r.id).collect();
+    table()
+        .settle(&t.db, claim, Settlement { published, failed: vec![] }, &policy(), None)
+        .await
+        .unwrap();
+    assert!(table().mark_consumed(&t.db, &ids[0]).await.unwrap());
+    assert!(!table().mark_consumed(&t.db, &ids[0]).await.unwrap(), "second mark is a no-op");
+    let out = table()
+        .record_failure(&t.db, &ids[0], "late failure", true, &policy())
+        .await
+        .unwrap();
+    assert_eq!(out, FailureOutcome::Untouched);
+    let out = table()
+        .record_failure(&t.db, &ids[1], "poison", false, &policy())
+        .await
+        .unwrap();
+    assert_eq!(out, FailureOutcome::Dead);
+    assert!(!table().mark_consumed(&t.db, &ids[1]).await.unwrap(), "dead stays dead");
+    let row0 = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
+    assert_eq!(row0.status, OutboxStatus::Consumed);
+    assert_eq!(row0.last_error, None);
+    let row1 = table().find(&t.db, &ids[1]).await.unwrap().unwrap();
+    assert_eq!(row1.status, OutboxStatus::Dead);
+    assert_eq!(row1.last_error.as_deref(), Some("poison"));
+    t.cleanup().await;
+}
+
+async fn unconsumed_rows_are_published_again(t: TestDb) {
+    let ids = insert_n(&t, 1).await;
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
+    let published = claim.rows.iter().map(|r| r.id).collect();
+    table()
+        .settle(&t.db, claim, Settlement { published, failed: vec![] }, &policy(), Some(Duration::from_millis(1)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(table().requeue_unconsumed(&t.db, now_millis()).await.unwrap(), 1);
+    let row = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
+    assert_eq!(row.status, OutboxStatus::Pending);
+    assert_eq!(row.retry_count, 1);
+    let again = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
+    assert_eq!(again.rows.len(), 1, "the retry lane picks it up");
+    table().release(&t.db, again).await.unwrap();
+    t.cleanup().await;
+}
+
+async fn migrations_are_idempotent_and_concurrent(t: TestDb) {
+    let a = t.connect_again().await;
+    let b = t.connect_again().await;
+    let (ra, rb) = tokio::join!(smartflow_migrations::run(&a), smartflow_migrations::run(&b));
+    ra.unwrap();
+    rb.unwrap();
+    smartflow_migrations::run(&t.db).await.unwrap();
+    t.cleanup().await;
+}
+
+on_every_backend!(
+    rolled_back_insert_leaves_nothing,
+    concurrent_claims_never_share_a_row,
+    an_abandoned_claim_comes_back,
+    failures_retry_with_backoff_then_die,
+    terminal_rows_are_never_overwritten,
+    unconsumed_rows_are_published_again,
+    migrations_are_idempotent_and_concurrent,
+);
