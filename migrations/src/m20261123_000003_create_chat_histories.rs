@@ -35,16 +35,32 @@ impl MigrationTrait for Migration {
                             .auto_increment()
                             .primary_key(),
                     )
-                    .col(ColumnDef::new(ChatHistories::EventId).string_len(36).not_null())
+                    .col(
+                        ColumnDef::new(ChatHistories::EventId)
+                            .string_len(36)
+                            .not_null(),
+                    )
                     .col(
                         ColumnDef::new(ChatHistories::ConversationId)
                             .string_len(128)
                             .not_null(),
                     )
-                    .col(ColumnDef::new(ChatHistories::UserId).string_len(128).not_null())
-                    .col(ColumnDef::new(ChatHistories::Role).string_len(16).not_null())
+                    .col(
+                        ColumnDef::new(ChatHistories::UserId)
+                            .string_len(128)
+                            .not_null(),
+                    )
+                    .col(
+                        ColumnDef::new(ChatHistories::Role)
+                            .string_len(16)
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(ChatHistories::Content).text().not_null())
-                    .col(ColumnDef::new(ChatHistories::CreatedAt).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(ChatHistories::CreatedAt)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .to_owned(),
             )
             .await?;
@@ -72,7 +88,12 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .drop_table(Table::drop().table(ChatHistories::Table).if_exists().to_owned())
+            .drop_table(
+                Table::drop()
+                    .table(ChatHistories::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
             .await
     }
 }

@@ -52,12 +52,21 @@ pub async fn create_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Res
                 .col(ColumnDef::new(Outbox::EventId).string_len(36).not_null())
                 .col(ColumnDef::new(Outbox::EventType).string_len(128).not_null())
                 .col(ColumnDef::new(Outbox::EventVersion).integer().not_null())
-                .col(ColumnDef::new(Outbox::MessageKey).string_len(255).not_null())
+                .col(
+                    ColumnDef::new(Outbox::MessageKey)
+                        .string_len(255)
+                        .not_null(),
+                )
                 .col(ColumnDef::new(Outbox::Topic).string_len(249).not_null())
                 .col(&mut payload)
                 .col(ColumnDef::new(Outbox::Traceparent).string_len(128).null())
                 .col(ColumnDef::new(Outbox::Status).string_len(16).not_null())
-                .col(ColumnDef::new(Outbox::RetryCount).integer().not_null().default(0))
+                .col(
+                    ColumnDef::new(Outbox::RetryCount)
+                        .integer()
+                        .not_null()
+                        .default(0),
+                )
                 .col(ColumnDef::new(Outbox::MaxRetry).integer().not_null())
                 .col(ColumnDef::new(Outbox::NextRetryAt).big_integer().null())
                 .col(ColumnDef::new(Outbox::LastError).text().null())

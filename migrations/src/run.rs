@@ -61,8 +61,10 @@ async fn run_locked(db: &DatabaseConnection) -> Result<(), DbErr> {
                 "CREATE TABLE IF NOT EXISTS smartflow_migration_lock (id INTEGER PRIMARY KEY)",
             )
             .await?;
-            txn.execute_unprepared("INSERT OR REPLACE INTO smartflow_migration_lock (id) VALUES (1)")
-                .await?;
+            txn.execute_unprepared(
+                "INSERT OR REPLACE INTO smartflow_migration_lock (id) VALUES (1)",
+            )
+            .await?;
         }
     }
     let result = Migrator::up(&txn, None).await;
@@ -77,7 +79,9 @@ async fn run_locked(db: &DatabaseConnection) -> Result<(), DbErr> {
 
 fn is_busy(e: &DbErr) -> bool {
     let text = e.to_string();
-    text.contains("database is locked") || text.contains("SQLITE_BUSY") || text.contains("(code: 5)")
+    text.contains("database is locked")
+        || text.contains("SQLITE_BUSY")
+        || text.contains("(code: 5)")
 }
 
 async fn tokio_sleep(d: Duration) {

@@ -46,8 +46,11 @@ impl From<smartflow_storage::StorageError> for HandlerError {
 pub trait EventHandler: Send + Sync {
     /// Writes the event's effect through `txn` and nothing else: the bus commits those writes
     /// together with the event's `consumed` mark, or rolls both back when this returns an error.
-    async fn handle(&self, txn: &DatabaseTransaction, envelope: &Envelope)
-        -> Result<(), HandlerError>;
+    async fn handle(
+        &self,
+        txn: &DatabaseTransaction,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError>;
 }
 
 /// A handler for one typed event; the registry decodes the payload before calling it.
@@ -125,7 +128,11 @@ impl HandlerRegistryBuilder {
 
     /// Registers an untyped handler for an event type.
     pub fn on_type(mut self, event_type: &str, handler: Arc<dyn EventHandler>) -> Self {
-        if self.handlers.insert(event_type.to_owned(), handler).is_some() {
+        if self
+            .handlers
+            .insert(event_type.to_owned(), handler)
+            .is_some()
+        {
             self.duplicates.push(event_type.to_owned());
         }
         self

@@ -12,7 +12,9 @@ pub mod relay;
 
 pub use consumer::{ConsumerConfig, ConsumerRunner, Dedupe};
 pub use error::BusError;
-pub use handler::{EventHandler, HandlerError, HandlerRegistry, HandlerRegistryBuilder, TypedHandler};
+pub use handler::{
+    EventHandler, HandlerError, HandlerRegistry, HandlerRegistryBuilder, TypedHandler,
+};
 pub use metrics::Metrics;
 pub use publish::{EventBus, PublishConfig};
 pub use relay::{Relay, RelayConfig, RelayRound};

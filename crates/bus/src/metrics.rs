@@ -23,11 +23,17 @@ impl Metrics {
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("published", self.published.load(Ordering::Relaxed)),
-            ("publish_retries", self.publish_retries.load(Ordering::Relaxed)),
+            (
+                "publish_retries",
+                self.publish_retries.load(Ordering::Relaxed),
+            ),
             ("dead", self.dead.load(Ordering::Relaxed)),
             ("consumed", self.consumed.load(Ordering::Relaxed)),
             ("duplicates", self.duplicates.load(Ordering::Relaxed)),
-            ("handler_retries", self.handler_retries.load(Ordering::Relaxed)),
+            (
+                "handler_retries",
+                self.handler_retries.load(Ordering::Relaxed),
+            ),
             (
                 "republished_unconsumed",
                 self.republished_unconsumed.load(Ordering::Relaxed),

@@ -53,7 +53,10 @@ impl EventBus {
         }
         let mut tables = HashMap::new();
         for route in routes.routes() {
-            tables.insert(route.service.clone(), OutboxTable::new(&route.outbox_table)?);
+            tables.insert(
+                route.service.clone(),
+                OutboxTable::new(&route.outbox_table)?,
+            );
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -135,7 +138,10 @@ impl EventBus {
     }
 
     /// Opens a transaction on `db`; a convenience so services need not import sea-orm's traits.
-    pub async fn begin<C: TransactionTrait>(&self, db: &C) -> Result<DatabaseTransaction, BusError> {
+    pub async fn begin<C: TransactionTrait>(
+        &self,
+        db: &C,
+    ) -> Result<DatabaseTransaction, BusError> {
         Ok(db.begin().await?)
     }
 }

@@ -117,7 +117,10 @@ mod tests {
         assert!(env.decode::<Pong>().is_err());
         let mut wrong = env.clone();
         wrong.payload = serde_json::json!({"n": "seven"});
-        assert!(matches!(wrong.decode::<Ping>(), Err(DomainError::Payload { .. })));
+        assert!(matches!(
+            wrong.decode::<Ping>(),
+            Err(DomainError::Payload { .. })
+        ));
         assert!(Envelope::from_slice(b"{not json").is_err());
     }
 }

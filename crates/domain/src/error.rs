@@ -23,7 +23,9 @@ pub enum DomainError {
     IllegalTransition { from: String, to: String },
     #[error("payload of event type `{event_type}` cannot be encoded or decoded: {reason}")]
     Payload { event_type: String, reason: String },
-    #[error("payload of event type `{event_type}` is {size} bytes, over the limit of {limit} bytes")]
+    #[error(
+        "payload of event type `{event_type}` is {size} bytes, over the limit of {limit} bytes"
+    )]
     PayloadTooLarge {
         event_type: String,
         size: usize,

@@ -16,5 +16,5 @@ pub use retry::RetryPolicy;
 pub use route::{RouteRegistry, RouteRegistryBuilder, ServiceRoute};
 pub use status::OutboxStatus;
 pub use transport::{
-    IncomingMessage, InboundTransport, OutboundMessage, OutboundTransport, TransportError,
+    InboundTransport, IncomingMessage, OutboundMessage, OutboundTransport, TransportError,
 };

@@ -25,7 +25,9 @@ impl RetryPolicy {
     /// Checks the policy before it is used; a zero base or a cap below the base is a mistake.
     pub fn validated(self) -> Result<Self, DomainError> {
         if self.base_delay.is_zero() {
-            return Err(DomainError::InvalidRetryPolicy("base_delay must be above zero"));
+            return Err(DomainError::InvalidRetryPolicy(
+                "base_delay must be above zero",
+            ));
         }
         if self.max_delay < self.base_delay {
             return Err(DomainError::InvalidRetryPolicy(
@@ -33,7 +35,9 @@ impl RetryPolicy {
             ));
         }
         if self.max_retry == 0 {
-            return Err(DomainError::InvalidRetryPolicy("max_retry must be at least 1"));
+            return Err(DomainError::InvalidRetryPolicy(
+                "max_retry must be at least 1",
+            ));
         }
         Ok(self)
     }

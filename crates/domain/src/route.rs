@@ -180,7 +180,13 @@ mod tests {
     use super::*;
 
     fn agent() -> ServiceRoute {
-        ServiceRoute::new("agent", "agent_outbox", "smartflow.agent", "agent-consumers").unwrap()
+        ServiceRoute::new(
+            "agent",
+            "agent_outbox",
+            "smartflow.agent",
+            "agent-consumers",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -190,12 +196,18 @@ mod tests {
             .event("agent.chat.message.appended", "agent")
             .build()
             .unwrap();
-        assert_eq!(reg.resolve("agent.chat.message.appended").unwrap(), &agent());
+        assert_eq!(
+            reg.resolve("agent.chat.message.appended").unwrap(),
+            &agent()
+        );
         assert_eq!(
             reg.resolve("nobody.knows"),
             Err(DomainError::UnknownEventType("nobody.knows".into()))
         );
-        assert_eq!(reg.event_types_of("agent"), vec!["agent.chat.message.appended"]);
+        assert_eq!(
+            reg.event_types_of("agent"),
+            vec!["agent.chat.message.appended"]
+        );
     }
 
     #[test]
@@ -205,7 +217,10 @@ mod tests {
             Err(DomainError::UnknownService { .. })
         ));
         assert!(matches!(
-            RouteRegistry::builder().service(agent()).service(agent()).build(),
+            RouteRegistry::builder()
+                .service(agent())
+                .service(agent())
+                .build(),
             Err(DomainError::DuplicateService(_))
         ));
         assert!(matches!(

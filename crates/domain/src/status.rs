@@ -100,7 +100,10 @@ mod tests {
     fn terminal_states_allow_no_way_out() {
         for from in [Consumed, Dead] {
             for to in OutboxStatus::ALL {
-                assert!(!from.can_transition_to(to), "{from} -> {to} must be refused");
+                assert!(
+                    !from.can_transition_to(to),
+                    "{from} -> {to} must be refused"
+                );
                 assert!(from.transition(to).is_err());
             }
         }
@@ -123,8 +126,14 @@ mod tests {
 
     #[test]
     fn allowed_sources_match_the_state_machine() {
-        assert_eq!(OutboxStatus::allowed_sources(Consumed), vec![Pending, Published]);
-        assert_eq!(OutboxStatus::allowed_sources(Dead), vec![Pending, Published]);
+        assert_eq!(
+            OutboxStatus::allowed_sources(Consumed),
+            vec![Pending, Published]
+        );
+        assert_eq!(
+            OutboxStatus::allowed_sources(Dead),
+            vec![Pending, Published]
+        );
         assert_eq!(OutboxStatus::allowed_sources(Published), vec![Pending]);
     }
 

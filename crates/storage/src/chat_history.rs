@@ -30,7 +30,10 @@ pub struct ChatMessage {
 }
 
 /// Inserts one message. `event_id` is unique, so the same event can never store twice.
-pub async fn insert<C: ConnectionTrait>(conn: &C, msg: &NewChatMessage) -> Result<(), StorageError> {
+pub async fn insert<C: ConnectionTrait>(
+    conn: &C,
+    msg: &NewChatMessage,
+) -> Result<(), StorageError> {
     let stmt = Query::insert()
         .into_table(ChatHistories::Table)
         .columns([
@@ -50,7 +53,8 @@ pub async fn insert<C: ConnectionTrait>(conn: &C, msg: &NewChatMessage) -> Resul
             msg.created_at.into(),
         ])
         .to_owned();
-    conn.execute(conn.get_database_backend().build(&stmt)).await?;
+    conn.execute(conn.get_database_backend().build(&stmt))
+        .await?;
     Ok(())
 }
 
@@ -76,7 +80,9 @@ pub async fn list<C: ConnectionTrait>(
         .order_by(ChatHistories::Id, Order::Asc)
         .limit(limit)
         .to_owned();
-    let rows = conn.query_all(conn.get_database_backend().build(&stmt)).await?;
+    let rows = conn
+        .query_all(conn.get_database_backend().build(&stmt))
+        .await?;
     rows.iter()
         .map(|r| {
             Ok(ChatMessage {
@@ -101,7 +107,9 @@ pub async fn count<C: ConnectionTrait>(conn: &C) -> Result<u64, StorageError> {
         )
         .from(ChatHistories::Table)
         .to_owned();
-    let row = conn.query_one(conn.get_database_backend().build(&stmt)).await?;
+    let row = conn
+        .query_one(conn.get_database_backend().build(&stmt))
+        .await?;
     let n: i64 = match row {
         Some(r) => r.try_get("", "n")?,
         None => 0,

@@ -43,7 +43,9 @@ pub fn validate_url(url: &str) -> Result<(), StorageError> {
     match scheme {
         "sqlite" => {
             if rest.is_empty() {
-                return Err(invalid("sqlite URLs need a file path, e.g. sqlite://smartflow.db?mode=rwc"));
+                return Err(invalid(
+                    "sqlite URLs need a file path, e.g. sqlite://smartflow.db?mode=rwc",
+                ));
             }
         }
         "postgres" | "postgresql" | "mysql" => {
@@ -153,7 +155,9 @@ mod tests {
             redact("mysql://root:s3cret@db:3306/test"),
             "mysql://root:***@db:3306/test"
         );
-        let err = validate_url("mysql://root:s3cret@db:x/test").unwrap_err().to_string();
+        let err = validate_url("mysql://root:s3cret@db:x/test")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("s3cret"), "{err}");
     }
 

@@ -5,8 +5,8 @@
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, TransactionTrait};
 
-use crate::schema::Inbox;
 use crate::error_text::truncate;
+use crate::schema::Inbox;
 use crate::{now_millis, StorageError};
 
 /// Whether the consumer applied the event or gave up on it.
@@ -103,7 +103,10 @@ pub async fn find<C: ConnectionTrait>(
         .and_where(Expr::col(Inbox::Consumer).eq(consumer))
         .and_where(Expr::col(Inbox::EventId).eq(event_id))
         .to_owned();
-    let Some(row) = conn.query_one(conn.get_database_backend().build(&stmt)).await? else {
+    let Some(row) = conn
+        .query_one(conn.get_database_backend().build(&stmt))
+        .await?
+    else {
         return Ok(None);
     };
     Ok(Some(InboxEntry {

@@ -4,10 +4,10 @@
 pub mod chat_history;
 pub mod connect;
 pub mod error;
+mod error_text;
 pub mod inbox;
 pub mod outbox;
 mod schema;
-mod error_text;
 mod time;
 
 pub use connect::{connect, ConnectConfig};

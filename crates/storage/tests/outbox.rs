@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use smartflow_domain::{Envelope, EventContract, OutboxStatus, RetryPolicy};
-use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable, PublishFailure, Settlement, FailureOutcome};
+use smartflow_storage::outbox::{
+    ClaimMode, ClaimRequest, FailureOutcome, OutboxTable, PublishFailure, Settlement,
+};
 use smartflow_storage::{now_millis, ConnectionTrait, TransactionTrait};
 use smartflow_testkit::{on_every_backend, TestDb};
 
@@ -56,9 +58,19 @@ async fn rolled_back_insert_leaves_nothing(t: TestDb) {
     table().insert(&txn, &env, "topic-a", 3).await.unwrap();
     txn.rollback().await.unwrap();
     let mode = ClaimMode::for_backend(t.db.get_database_backend());
-    let claim = table().claim(&t.db, mode, &request("r1", 10)).await.unwrap();
-    assert!(claim.rows.is_empty(), "a rolled-back row must never be claimed");
-    assert!(table().find(&t.db, &env.event_id.to_string()).await.unwrap().is_none());
+    let claim = table()
+        .claim(&t.db, mode, &request("r1", 10))
+        .await
+        .unwrap();
+    assert!(
+        claim.rows.is_empty(),
+        "a rolled-back row must never be claimed"
+    );
+    assert!(table()
+        .find(&t.db, &env.event_id.to_string())
+        .await
+        .unwrap()
+        .is_none());
     t.cleanup().await;
 }
 
@@ -67,21 +79,46 @@ async fn concurrent_claims_never_share_a_row(t: TestDb) {
     let other = t.connect_again().await;
     let mode = ClaimMode::for_backend(t.db.get_database_backend());
     let a = table().claim(&t.db, mode, &request("a", 30)).await.unwrap();
-    let b = table().claim(&other, mode, &request("b", 30)).await.unwrap();
+    let b = table()
+        .claim(&other, mode, &request("b", 30))
+        .await
+        .unwrap();
     let mut seen: Vec<i64> = a.rows.iter().chain(b.rows.iter()).map(|r| r.id).collect();
     assert_eq!(a.rows.len(), 30);
-    assert_eq!(b.rows.len(), 20, "the second claim takes what the first left");
+    assert_eq!(
+        b.rows.len(),
+        20,
+        "the second claim takes what the first left"
+    );
     seen.sort();
     seen.dedup();
     assert_eq!(seen.len(), 50, "no row is held by both claims");
     let pa: Vec<i64> = a.rows.iter().map(|r| r.id).collect();
     let pb: Vec<i64> = b.rows.iter().map(|r| r.id).collect();
     table()
-        .settle(&t.db, a, Settlement { published: pa, failed: vec![] }, &policy(), None)
+        .settle(
+            &t.db,
+            a,
+            Settlement {
+                published: pa,
+                failed: vec![],
+            },
+            &policy(),
+            None,
+        )
         .await
         .unwrap();
     table()
-        .settle(&other, b, Settlement { published: pb, failed: vec![] }, &policy(), None)
+        .settle(
+            &other,
+            b,
+            Settlement {
+                published: pb,
+                failed: vec![],
+            },
+            &policy(),
+            None,
+        )
         .await
         .unwrap();
     let stats = table().stats(&t.db).await.unwrap();
@@ -107,7 +144,10 @@ async fn an_abandoned_claim_comes_back(t: TestDb) {
     drop(claim);
     crashed.close().await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let again = table().claim(&t.db, mode, &request("survivor", 10)).await.unwrap();
+    let again = table()
+        .claim(&t.db, mode, &request("survivor", 10))
+        .await
+        .unwrap();
     assert_eq!(again.rows.len(), 5, "another relay takes over every row");
     table().release(&t.db, again).await.unwrap();
     t.cleanup().await;
@@ -134,7 +174,16 @@ async fn failures_retry_with_backoff_then_die(t: TestDb) {
             })
             .collect();
         table()
-            .settle(&t.db, claim, Settlement { published: vec![], failed }, &policy(), None)
+            .settle(
+                &t.db,
+                claim,
+                Settlement {
+                    published: vec![],
+                    failed,
+                },
+                &policy(),
+                None,
+            )
             .await
             .unwrap();
         let row0 = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
@@ -147,13 +196,20 @@ async fn failures_retry_with_backoff_then_die(t: TestDb) {
             let early = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
             assert!(early.rows.iter().all(|r| r.event_id != ids[0]) || due <= now_millis());
             table().release(&t.db, early).await.unwrap();
-            tokio::time::sleep(Duration::from_millis((due - now_millis()).max(0) as u64 + 20)).await;
+            tokio::time::sleep(Duration::from_millis(
+                (due - now_millis()).max(0) as u64 + 20,
+            ))
+            .await;
         } else {
             assert_eq!(row0.status, OutboxStatus::Dead, "out of retries");
             assert_eq!(row0.last_error.as_deref(), Some("broker said no (3)"));
         }
         let row1 = table().find(&t.db, &ids[1]).await.unwrap().unwrap();
-        assert_eq!(row1.status, OutboxStatus::Dead, "a permanent error is dead at once");
+        assert_eq!(
+            row1.status,
+            OutboxStatus::Dead,
+            "a permanent error is dead at once"
+        );
         assert_eq!(row1.last_error.as_deref(), Some("broker said no (1)"));
     }
     t.cleanup().await;
@@ -165,11 +221,23 @@ async fn terminal_rows_are_never_overwritten(t: TestDb) {
     let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
     let published = claim.rows.iter().map(|r| r.id).collect();
     table()
-        .settle(&t.db, claim, Settlement { published, failed: vec![] }, &policy(), None)
+        .settle(
+            &t.db,
+            claim,
+            Settlement {
+                published,
+                failed: vec![],
+            },
+            &policy(),
+            None,
+        )
         .await
         .unwrap();
     assert!(table().mark_consumed(&t.db, &ids[0]).await.unwrap());
-    assert!(!table().mark_consumed(&t.db, &ids[0]).await.unwrap(), "second mark is a no-op");
+    assert!(
+        !table().mark_consumed(&t.db, &ids[0]).await.unwrap(),
+        "second mark is a no-op"
+    );
     let out = table()
         .record_failure(&t.db, &ids[0], "late failure", true, &policy())
         .await
@@ -180,7 +248,10 @@ async fn terminal_rows_are_never_overwritten(t: TestDb) {
         .await
         .unwrap();
     assert_eq!(out, FailureOutcome::Dead);
-    assert!(!table().mark_consumed(&t.db, &ids[1]).await.unwrap(), "dead stays dead");
+    assert!(
+        !table().mark_consumed(&t.db, &ids[1]).await.unwrap(),
+        "dead stays dead"
+    );
     let row0 = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
     assert_eq!(row0.status, OutboxStatus::Consumed);
     assert_eq!(row0.last_error, None);
@@ -196,11 +267,26 @@ async fn unconsumed_rows_are_published_again(t: TestDb) {
     let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
     let published = claim.rows.iter().map(|r| r.id).collect();
     table()
-        .settle(&t.db, claim, Settlement { published, failed: vec![] }, &policy(), Some(Duration::from_millis(1)))
+        .settle(
+            &t.db,
+            claim,
+            Settlement {
+                published,
+                failed: vec![],
+            },
+            &policy(),
+            Some(Duration::from_millis(1)),
+        )
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(table().requeue_unconsumed(&t.db, now_millis()).await.unwrap(), 1);
+    assert_eq!(
+        table()
+            .requeue_unconsumed(&t.db, now_millis())
+            .await
+            .unwrap(),
+        1
+    );
     let row = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
     assert_eq!(row.status, OutboxStatus::Pending);
     assert_eq!(row.retry_count, 1);

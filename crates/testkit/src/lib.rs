@@ -133,9 +133,9 @@ impl TestDb {
 }
 
 async fn admin(url: &str) -> DatabaseConnection {
-    Database::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach test server {url}: {e} (run `cargo xtask test`, which starts it)"))
+    Database::connect(url).await.unwrap_or_else(|e| {
+        panic!("cannot reach test server {url}: {e} (run `cargo xtask test`, which starts it)")
+    })
 }
 
 /// Logs of the code under test go to the test output when `RUST_LOG` asks for them.

@@ -64,7 +64,10 @@ impl ConsumerRunner {
         );
         let _guard = span.enter();
         let Some(handler) = self.handlers.get(&envelope.event_type) else {
-            let reason = format!("no handler is registered for event type `{}`", envelope.event_type);
+            let reason = format!(
+                "no handler is registered for event type `{}`",
+                envelope.event_type
+            );
             return self
                 .fail(txn, envelope, HandlerError::Permanent(reason), report)
                 .await;
@@ -129,7 +132,13 @@ impl ConsumerRunner {
         match &self.dedupe {
             Dedupe::OutboxMark(table) => {
                 let outcome = table
-                    .record_failure(txn, &event_id, error.reason(), error.is_retryable(), &self.config.retry)
+                    .record_failure(
+                        txn,
+                        &event_id,
+                        error.reason(),
+                        error.is_retryable(),
+                        &self.config.retry,
+                    )
                     .await?;
                 match outcome {
                     FailureOutcome::Retrying { next_retry_at } => {
@@ -196,9 +205,18 @@ impl ConsumerRunner {
                     == FailureOutcome::Dead
             }
             Dedupe::Inbox { consumer } => {
-                let event_type = message.header(crate::relay::EVENT_TYPE_HEADER).unwrap_or("<unknown>");
-                inbox::record(txn, consumer, event_id, event_type, InboxStatus::Dead, Some(&reason))
-                    .await?
+                let event_type = message
+                    .header(crate::relay::EVENT_TYPE_HEADER)
+                    .unwrap_or("<unknown>");
+                inbox::record(
+                    txn,
+                    consumer,
+                    event_id,
+                    event_type,
+                    InboxStatus::Dead,
+                    Some(&reason),
+                )
+                .await?
             }
         };
         if dead {

@@ -145,7 +145,11 @@ impl ConsumerRunner {
 
     /// Applies a batch and commits its offsets, retrying on database or commit failures until it
     /// succeeds or `shutdown` fires. Returns false when stopped before the batch was done.
-    async fn apply_until_done(&self, batch: &[IncomingMessage], shutdown: &CancellationToken) -> bool {
+    async fn apply_until_done(
+        &self,
+        batch: &[IncomingMessage],
+        shutdown: &CancellationToken,
+    ) -> bool {
         let mut attempt = 0u32;
         loop {
             attempt += 1;

@@ -42,7 +42,11 @@ pub struct RelayConfig {
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
-            owner: format!("relay-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            owner: format!(
+                "relay-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
             batch_size: 1000,
             retry_batch_size: 200,
             workers: 2,
@@ -126,10 +130,20 @@ impl Relay {
         }
         let claimed = claim.rows.len();
         let rows = std::mem::take(&mut claim.rows);
-        let settlement = publish_batch::publish(&*i.transport, rows, &mut claim.rows).await;
+        // The claim must be settled while it is still ours: past `claim_timeout` another relay
+        // may take the rows (lease) or the server ends our session (row locks).
+        let deadline = i.config.claim_timeout.mul_f32(0.75);
+        let settlement =
+            publish_batch::publish(&*i.transport, rows, &mut claim.rows, deadline).await;
         let report = i
             .table
-            .settle(&i.db, claim, settlement, &i.config.retry, i.config.republish_after)
+            .settle(
+                &i.db,
+                claim,
+                settlement,
+                &i.config.retry,
+                i.config.republish_after,
+            )
             .await?;
         Metrics::add(&i.metrics.published, report.published);
         Metrics::add(&i.metrics.publish_retries, report.retrying);
@@ -206,7 +220,11 @@ impl Relay {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    let wait = i.config.retry.delay_after(failures).min(Duration::from_secs(5));
+                    let wait = i
+                        .config
+                        .retry
+                        .delay_after(failures)
+                        .min(Duration::from_secs(5));
                     tracing::error!(worker, error = %e, retry_in_ms = wait.as_millis() as u64, "relay round failed");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}

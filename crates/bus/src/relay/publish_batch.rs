@@ -1,4 +1,6 @@
-use smartflow_domain::{OutboundMessage, OutboundTransport, TRACEPARENT_HEADER};
+use std::time::Duration;
+
+use smartflow_domain::{OutboundMessage, OutboundTransport, TransportError, TRACEPARENT_HEADER};
 use smartflow_storage::outbox::{ClaimedRow, PublishFailure, Settlement};
 
 /// Headers every published message carries, so consumers can route and trace without parsing
@@ -13,6 +15,7 @@ pub(super) async fn publish(
     transport: &dyn OutboundTransport,
     rows: Vec<ClaimedRow>,
     keep: &mut Vec<ClaimedRow>,
+    deadline: Duration,
 ) -> Settlement {
     let mut messages = Vec::with_capacity(rows.len());
     keep.reserve(rows.len());
@@ -20,7 +23,10 @@ pub(super) async fn publish(
         let mut headers = vec![
             (EVENT_ID_HEADER.to_owned(), row.event_id.clone()),
             (EVENT_TYPE_HEADER.to_owned(), row.event_type.clone()),
-            (EVENT_VERSION_HEADER.to_owned(), row.event_version.to_string()),
+            (
+                EVENT_VERSION_HEADER.to_owned(),
+                row.event_version.to_string(),
+            ),
         ];
         if let Some(tp) = row.traceparent.take() {
             headers.push((TRACEPARENT_HEADER.to_owned(), tp));
@@ -33,7 +39,17 @@ pub(super) async fn publish(
         });
         keep.push(row);
     }
-    let outcomes = transport.send_batch(messages).await;
+    let outcomes = match tokio::time::timeout(deadline, transport.send_batch(messages)).await {
+        Ok(outcomes) => outcomes,
+        // Unacknowledged messages may still arrive; consumers drop the duplicates.
+        Err(_) => vec![
+            Err(TransportError::retryable(format!(
+                "the broker did not acknowledge within {} ms",
+                deadline.as_millis()
+            )));
+            keep.len()
+        ],
+    };
     let mut settlement = Settlement::default();
     for (row, outcome) in keep.iter().zip(outcomes) {
         match outcome {

@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, Order, Query, SelectStatement};
 use sea_orm::{
-    ConnectionTrait, IsolationLevel, DatabaseConnection, DatabaseTransaction, DbBackend, QueryResult, Statement,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel,
+    QueryResult, Statement, TransactionTrait,
 };
 use smartflow_domain::OutboxStatus;
 
@@ -74,7 +74,9 @@ pub(super) enum Hold {
 
 impl std::fmt::Debug for Claim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Claim").field("rows", &self.rows.len()).finish()
+        f.debug_struct("Claim")
+            .field("rows", &self.rows.len())
+            .finish()
     }
 }
 

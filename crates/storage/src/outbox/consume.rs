@@ -3,16 +3,18 @@ use sea_orm::ConnectionTrait;
 use smartflow_domain::{OutboxStatus, RetryPolicy};
 
 use super::{get, may_move_to, status_is, OutboxTable};
+use crate::error_text::truncate;
 use crate::schema::Outbox;
 use crate::time::millis;
-use crate::error_text::truncate;
 use crate::{now_millis, StorageError};
 
 /// What `record_failure` did to the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureOutcome {
     /// Back to `pending`; the relay publishes it again at `next_retry_at`.
-    Retrying { next_retry_at: i64 },
+    Retrying {
+        next_retry_at: i64,
+    },
     Dead,
     /// The row is already terminal (or gone); nothing changed.
     Untouched,
@@ -37,7 +39,9 @@ impl OutboxTable {
             .and_where(Expr::col(Outbox::EventId).eq(event_id))
             .and_where(may_move_to(OutboxStatus::Consumed))
             .to_owned();
-        let res = conn.execute(conn.get_database_backend().build(&stmt)).await?;
+        let res = conn
+            .execute(conn.get_database_backend().build(&stmt))
+            .await?;
         Ok(res.rows_affected() == 1)
     }
 
@@ -67,7 +71,11 @@ impl OutboxTable {
         let now = now_millis();
         let dead = !retryable || policy.exhausted(failures as u32, Some(max_retry as u32));
         let (status, next, outcome) = if dead {
-            (OutboxStatus::Dead, Value::BigInt(None), FailureOutcome::Dead)
+            (
+                OutboxStatus::Dead,
+                Value::BigInt(None),
+                FailureOutcome::Dead,
+            )
         } else {
             let at = now.saturating_add(millis(policy.delay_after(failures as u32)));
             (
@@ -106,9 +114,8 @@ impl OutboxTable {
         now: i64,
     ) -> Result<u64, StorageError> {
         let backend = conn.get_database_backend();
-        let overdue = || {
-            status_is(OutboxStatus::Published).and(Expr::col(Outbox::NextRetryAt).lte(now))
-        };
+        let overdue =
+            || status_is(OutboxStatus::Published).and(Expr::col(Outbox::NextRetryAt).lte(now));
         let error = "published but not consumed by its deadline";
         let dead = Query::update()
             .table(self.alias())
@@ -118,7 +125,9 @@ impl OutboxTable {
             .value(Outbox::LastError, error)
             .value(Outbox::UpdatedAt, now)
             .and_where(overdue())
-            .and_where(Expr::expr(Expr::col(Outbox::RetryCount).add(1)).gte(Expr::col(Outbox::MaxRetry)))
+            .and_where(
+                Expr::expr(Expr::col(Outbox::RetryCount).add(1)).gte(Expr::col(Outbox::MaxRetry)),
+            )
             .to_owned();
         let again = Query::update()
             .table(self.alias())

@@ -48,7 +48,8 @@ impl OutboxTable {
                 now.into(),
             ])
             .to_owned();
-        conn.execute(conn.get_database_backend().build(&stmt)).await?;
+        conn.execute(conn.get_database_backend().build(&stmt))
+            .await?;
         Ok(())
     }
 }

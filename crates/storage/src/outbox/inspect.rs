@@ -64,7 +64,9 @@ impl OutboxTable {
             .from(self.alias())
             .and_where(Expr::col(Outbox::EventId).eq(event_id))
             .to_owned();
-        let row = conn.query_one(conn.get_database_backend().build(&stmt)).await?;
+        let row = conn
+            .query_one(conn.get_database_backend().build(&stmt))
+            .await?;
         row.map(|r| self.row(&r)).transpose()
     }
 
@@ -82,7 +84,9 @@ impl OutboxTable {
             .order_by(Outbox::Id, Order::Asc)
             .limit(limit)
             .to_owned();
-        let rows = conn.query_all(conn.get_database_backend().build(&stmt)).await?;
+        let rows = conn
+            .query_all(conn.get_database_backend().build(&stmt))
+            .await?;
         rows.iter().map(|r| self.row(r)).collect()
     }
 
@@ -91,7 +95,10 @@ impl OutboxTable {
         let backend = conn.get_database_backend();
         let stmt = Query::select()
             .column(Outbox::Status)
-            .expr_as(Func::count(Expr::col(Outbox::Id)), sea_orm::sea_query::Alias::new("n"))
+            .expr_as(
+                Func::count(Expr::col(Outbox::Id)),
+                sea_orm::sea_query::Alias::new("n"),
+            )
             .expr_as(
                 Func::min(Expr::col(Outbox::CreatedAt)),
                 sea_orm::sea_query::Alias::new("oldest"),

@@ -8,8 +8,8 @@
 
 mod claim;
 mod consume;
-mod inspect;
 mod insert;
+mod inspect;
 mod settle;
 
 use sea_orm::sea_query::{Alias, Expr, SimpleExpr};
@@ -61,9 +61,14 @@ fn status_is(status: OutboxStatus) -> SimpleExpr {
     Expr::col(Outbox::Status).eq(status.as_str())
 }
 
-fn get<T: sea_orm::TryGetable>(row: &QueryResult, table: &str, col: &str) -> Result<T, StorageError> {
-    row.try_get::<T>("", col).map_err(|e| StorageError::Corrupt {
-        table: table.to_owned(),
-        reason: format!("column {col}: {e}"),
-    })
+fn get<T: sea_orm::TryGetable>(
+    row: &QueryResult,
+    table: &str,
+    col: &str,
+) -> Result<T, StorageError> {
+    row.try_get::<T>("", col)
+        .map_err(|e| StorageError::Corrupt {
+            table: table.to_owned(),
+            reason: format!("column {col}: {e}"),
+        })
 }

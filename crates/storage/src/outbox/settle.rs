@@ -7,9 +7,9 @@ use smartflow_domain::{OutboxStatus, RetryPolicy};
 
 use super::claim::Hold;
 use super::{status_is, Claim, OutboxTable};
+use crate::error_text::truncate;
 use crate::schema::Outbox;
 use crate::time::millis;
-use crate::error_text::truncate;
 use crate::{now_millis, StorageError};
 
 /// A claimed row the broker did not take.
@@ -106,7 +106,10 @@ impl OutboxTable {
                 (OutboxStatus::Dead, Value::BigInt(None))
             } else {
                 let delay = policy.delay_after(failures as u32);
-                (OutboxStatus::Pending, now.saturating_add(millis(delay)).into())
+                (
+                    OutboxStatus::Pending,
+                    now.saturating_add(millis(delay)).into(),
+                )
             };
             let stmt = Query::update()
                 .table(self.alias())

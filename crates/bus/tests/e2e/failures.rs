@@ -1,0 +1,176 @@
+//! Failures: handler errors, poison messages, a broker that is down or refuses produce requests.
+
+use std::time::Duration;
+
+use smartflow_bus::domain::{Envelope, OutboxStatus};
+use smartflow_bus::HandlerRegistry;
+use smartflow_kafka::ProduceFault;
+use smartflow_storage::chat_history;
+use smartflow_testkit::{on_every_backend, TestDb};
+
+use crate::delivery::as_delivered;
+use crate::fixture::*;
+
+async fn handler_errors_retry_then_die_and_poison_dies_at_once(t: TestDb) {
+    let w = World::new(t).await;
+    let ids = w.publish(&["retry", "poison", "fine"]).await;
+    let relay = w.relay();
+    let (runner, _) = w.consumer(handlers());
+    // Deliver, fail, get republished by the relay, fail again... until the row runs out of retries.
+    for attempt in 1..=3 {
+        w.relay_until_drained(&relay).await;
+        let batch = as_delivered(&w, &ids).await;
+        runner.process_batch(&batch).await.unwrap();
+        let row = w.table().find(&w.t.db, &ids[0]).await.unwrap().unwrap();
+        assert_eq!(row.retry_count, attempt);
+        assert_eq!(row.last_error.as_deref(), Some("downstream busy"));
+        if attempt < 3 {
+            assert_eq!(
+                row.status,
+                OutboxStatus::Pending,
+                "a retryable error goes back to pending"
+            );
+            let due = row.next_retry_at.unwrap();
+            tokio::time::sleep(Duration::from_millis(
+                (due - smartflow_storage::now_millis()).max(0) as u64 + 20,
+            ))
+            .await;
+        } else {
+            assert_eq!(row.status, OutboxStatus::Dead, "out of retries");
+        }
+    }
+    let poison = w.table().find(&w.t.db, &ids[1]).await.unwrap().unwrap();
+    assert_eq!(poison.status, OutboxStatus::Dead);
+    assert_eq!(poison.last_error.as_deref(), Some("content is poison"));
+    assert_eq!(poison.retry_count, 1);
+    let fine = w.table().find(&w.t.db, &ids[2]).await.unwrap().unwrap();
+    assert_eq!(fine.status, OutboxStatus::Consumed);
+    let stored = chat_history::list(&w.t.db, "conv-1", 10).await.unwrap();
+    assert_eq!(stored.len(), 1, "failed handlers leave no writes behind");
+    assert_eq!(stored[0].content, "fine");
+    w.finish().await;
+}
+
+async fn unknown_event_types_and_undecodable_messages_are_dead_with_a_reason(t: TestDb) {
+    let w = World::new(t).await;
+    let txn = w.bus.begin(&w.t.db).await.unwrap();
+    let unhandled = w
+        .bus
+        .publish(&txn, "k", &Unhandled { x: 1 })
+        .await
+        .unwrap()
+        .to_string();
+    w.bus.commit(txn).await.unwrap();
+    let garbled = w.publish(&["will be garbled"]).await.remove(0);
+    let mut batch = as_delivered(&w, &[unhandled.clone(), garbled.clone()]).await;
+    batch[1].payload = Some(b"{\"not\": \"an envelope\"".to_vec());
+    // And a message from outside smartflow, with no event id at all.
+    let mut stranger = batch[1].clone();
+    stranger.headers.clear();
+    batch.push(stranger);
+
+    let (runner, _) = w.consumer(
+        HandlerRegistry::builder()
+            .on::<Said, _>(StoreSaid)
+            .build()
+            .unwrap(),
+    );
+    let report = runner.process_batch(&batch).await.unwrap();
+    assert_eq!((report.dead, report.rejected, report.applied), (2, 1, 0));
+    let row = w.table().find(&w.t.db, &unhandled).await.unwrap().unwrap();
+    assert_eq!(row.status, OutboxStatus::Dead);
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap()
+            .contains("no handler is registered for event type `test.unhandled`"),
+        "{:?}",
+        row.last_error
+    );
+    let row = w.table().find(&w.t.db, &garbled).await.unwrap().unwrap();
+    assert_eq!(row.status, OutboxStatus::Dead);
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("undecodable message"),
+        "{:?}",
+        row.last_error
+    );
+
+    // A payload that is an envelope but not a valid `Said` is dead too.
+    let ok = w.publish(&["shape"]).await.remove(0);
+    let mut batch = as_delivered(&w, std::slice::from_ref(&ok)).await;
+    let mut env = Envelope::from_slice(batch[0].payload.as_deref().unwrap()).unwrap();
+    env.payload = serde_json::json!({"conversation": 7});
+    batch[0].payload = Some(env.to_json().into_bytes());
+    runner.process_batch(&batch).await.unwrap();
+    let row = w.table().find(&w.t.db, &ok).await.unwrap().unwrap();
+    assert_eq!(row.status, OutboxStatus::Dead);
+    assert!(
+        row.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("undecodable payload"),
+        "{:?}",
+        row.last_error
+    );
+    w.finish().await;
+}
+
+async fn a_down_broker_loses_nothing_and_rows_retry(t: TestDb) {
+    let w = World::new(t).await;
+    let ids = w.publish(&["a", "b", "c", "d", "e"]).await;
+    let relay = w.relay();
+    w.broker.set_broker_down(1).unwrap();
+    let round = relay.run_once().await.unwrap();
+    assert_eq!((round.claimed, round.published, round.retrying), (5, 0, 5));
+    for id in &ids {
+        let row = w.table().find(&w.t.db, id).await.unwrap().unwrap();
+        assert_eq!(row.status, OutboxStatus::Pending);
+        assert_eq!(row.retry_count, 1);
+        assert!(row.last_error.is_some(), "the broker's error is kept");
+    }
+    w.broker.set_broker_up(1).unwrap();
+    w.relay_until_drained(&relay).await;
+    let stats = w.stats().await;
+    assert_eq!((stats.published, stats.dead), (5, 0));
+    let counts = count_by_event_id(&w.read_topic(5).await);
+    for id in &ids {
+        assert!(
+            counts.get(id).copied().unwrap_or(0) >= 1,
+            "{id} reached the broker"
+        );
+    }
+    w.finish().await;
+}
+
+async fn rejected_produce_requests_retry_or_die_by_error(t: TestDb) {
+    let w = World::new(t).await;
+    let relay = w.relay();
+    // Leadership errors pass after the producer's own retries: everything is published.
+    w.broker
+        .inject_produce_errors(3, ProduceFault::NotLeader)
+        .unwrap();
+    w.publish(&["a", "b"]).await;
+    w.relay_until_drained(&relay).await;
+    assert_eq!(w.stats().await.published, 2);
+    // A message the broker will never take is dead with the broker's reason.
+    w.broker.clear_produce_errors().unwrap();
+    w.broker
+        .inject_produce_errors(1, ProduceFault::MessageTooLarge)
+        .unwrap();
+    let id = w.publish(&["too big for the broker"]).await.remove(0);
+    w.relay_until_drained(&relay).await;
+    let row = w.table().find(&w.t.db, &id).await.unwrap().unwrap();
+    assert_eq!(row.status, OutboxStatus::Dead);
+    assert!(row.last_error.is_some());
+    w.finish().await;
+}
+
+on_every_backend!(
+    handler_errors_retry_then_die_and_poison_dies_at_once,
+    unknown_event_types_and_undecodable_messages_are_dead_with_a_reason,
+    a_down_broker_loses_nothing_and_rows_retry,
+    rejected_produce_requests_retry_or_die_by_error,
+);
