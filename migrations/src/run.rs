@@ -7,7 +7,7 @@ use sea_orm_migration::sea_orm::{
 
 use crate::Migrator;
 
-const PG_LOCK_KEY: i64 = 0x5f5f_736d_6172_74; // "__smart"
+const PG_LOCK_KEY: i64 = 0x005f_5f73_6d61_7274; // "__smart"
 const MYSQL_LOCK_NAME: &str = "smartflow_migrations";
 const ATTEMPTS: u32 = 20;
 
