@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Metrics {
     pub published: AtomicU64,
     pub publish_retries: AtomicU64,
-    pub dead: AtomicU64,
+    /// Rows the relay gave up publishing.
+    pub publish_dead: AtomicU64,
+    /// Events a consumer gave up handling.
+    pub handler_dead: AtomicU64,
     pub consumed: AtomicU64,
     pub duplicates: AtomicU64,
     pub handler_retries: AtomicU64,
@@ -27,7 +30,8 @@ impl Metrics {
                 "publish_retries",
                 self.publish_retries.load(Ordering::Relaxed),
             ),
-            ("dead", self.dead.load(Ordering::Relaxed)),
+            ("publish_dead", self.publish_dead.load(Ordering::Relaxed)),
+            ("handler_dead", self.handler_dead.load(Ordering::Relaxed)),
             ("consumed", self.consumed.load(Ordering::Relaxed)),
             ("duplicates", self.duplicates.load(Ordering::Relaxed)),
             (

@@ -109,7 +109,8 @@ impl EventBus {
             .headers
             .entry(TRACEPARENT_HEADER.to_owned())
             .or_insert_with(new_traceparent);
-        let size = envelope.to_json().len();
+        let encoded = envelope.to_json();
+        let size = encoded.len();
         if size > self.inner.config.max_payload_bytes {
             return Err(DomainError::PayloadTooLarge {
                 event_type: envelope.event_type,
@@ -119,7 +120,13 @@ impl EventBus {
             .into());
         }
         table
-            .insert(txn, &envelope, &route.topic, self.inner.config.max_retry)
+            .insert_encoded(
+                txn,
+                &envelope,
+                encoded,
+                &route.topic,
+                self.inner.config.max_retry,
+            )
             .await?;
         Ok(envelope.event_id)
     }

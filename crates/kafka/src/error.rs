@@ -12,7 +12,7 @@ pub enum KafkaError {
     #[error("{context}: {source}")]
     Client {
         context: String,
-        #[source]
+        // In the message only: marking it `#[source]` too would print it twice in error chains.
         source: rdkafka::error::KafkaError,
     },
 

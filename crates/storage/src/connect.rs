@@ -110,12 +110,23 @@ pub async fn connect(config: &ConnectConfig) -> Result<DatabaseConnection, Stora
     if let Some(schema) = &config.pg_schema {
         opts.set_schema_search_path(schema.clone());
     }
-    let db = Database::connect(opts)
-        .await
-        .map_err(|source| StorageError::Connect {
+    // sea-orm folds the connect timeout into the pool's acquire timeout, so bound the first
+    // connection here to make `connect_timeout` mean what it says.
+    let db = match tokio::time::timeout(config.connect_timeout, Database::connect(opts)).await {
+        Ok(result) => result.map_err(|source| StorageError::Connect {
             url: redact(&config.url),
             source,
-        })?;
+        })?,
+        Err(_) => {
+            return Err(StorageError::Connect {
+                url: redact(&config.url),
+                source: sea_orm::DbErr::Custom(format!(
+                    "no connection within {} ms",
+                    config.connect_timeout.as_millis()
+                )),
+            })
+        }
+    };
     db.ping().await.map_err(|source| StorageError::Connect {
         url: redact(&config.url),
         source,

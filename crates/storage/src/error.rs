@@ -9,7 +9,7 @@ pub enum StorageError {
     #[error("cannot connect to the database at {url}: {source}")]
     Connect {
         url: String,
-        #[source]
+        // In the message only: marking it `#[source]` too would print it twice in error chains.
         source: DbErr,
     },
     #[error("database error: {0}")]

@@ -296,6 +296,43 @@ async fn unconsumed_rows_are_published_again(t: TestDb) {
     t.cleanup().await;
 }
 
+async fn a_lost_broker_gets_every_published_row_again(t: TestDb) {
+    let ids = insert_n(&t, 3).await;
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
+    let published = claim.rows.iter().map(|r| r.id).collect();
+    table()
+        .settle(
+            &t.db,
+            claim,
+            Settlement {
+                published,
+                failed: vec![],
+            },
+            &policy(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(table().mark_consumed(&t.db, &ids[0]).await.unwrap());
+    assert_eq!(table().requeue_all_published(&t.db).await.unwrap(), 2);
+    for id in &ids[1..] {
+        let row = table().find(&t.db, id).await.unwrap().unwrap();
+        assert_eq!(row.status, OutboxStatus::Pending);
+        assert_eq!(
+            row.last_error.as_deref(),
+            Some("published to a broker that has since lost it")
+        );
+    }
+    let consumed = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        consumed.status,
+        OutboxStatus::Consumed,
+        "terminal rows stay"
+    );
+    t.cleanup().await;
+}
+
 async fn migrations_are_idempotent_and_concurrent(t: TestDb) {
     let a = t.connect_again().await;
     let b = t.connect_again().await;
@@ -313,5 +350,6 @@ on_every_backend!(
     failures_retry_with_backoff_then_die,
     terminal_rows_are_never_overwritten,
     unconsumed_rows_are_published_again,
+    a_lost_broker_gets_every_published_row_again,
     migrations_are_idempotent_and_concurrent,
 );

@@ -45,7 +45,7 @@ impl ConsumerRunner {
         Metrics::add(&m.consumed, report.applied);
         Metrics::add(&m.duplicates, report.duplicates);
         Metrics::add(&m.handler_retries, report.retrying);
-        Metrics::add(&m.dead, report.dead);
+        Metrics::add(&m.handler_dead, report.dead);
         Ok(report)
     }
 

@@ -147,7 +147,7 @@ impl Relay {
             .await?;
         Metrics::add(&i.metrics.published, report.published);
         Metrics::add(&i.metrics.publish_retries, report.retrying);
-        Metrics::add(&i.metrics.dead, report.dead);
+        Metrics::add(&i.metrics.publish_dead, report.dead);
         if report.retrying + report.dead > 0 {
             tracing::warn!(
                 retrying = report.retrying,
@@ -172,6 +172,24 @@ impl Relay {
             .await?;
         if moved > 0 {
             tracing::warn!(moved, "published rows not consumed in time go out again");
+            Metrics::add(&self.inner.metrics.republished_unconsumed, moved);
+        }
+        Ok(moved)
+    }
+
+    /// Sends every `published` row again: call it at start-up when the broker is the in-memory
+    /// embedded one, whose messages did not survive the restart. Returns how many rows moved.
+    pub async fn republish_all_published(&self) -> Result<u64, BusError> {
+        let moved = self
+            .inner
+            .table
+            .requeue_all_published(&self.inner.db)
+            .await?;
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                "published rows go out again to the new embedded broker"
+            );
             Metrics::add(&self.inner.metrics.republished_unconsumed, moved);
         }
         Ok(moved)

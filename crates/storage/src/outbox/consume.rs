@@ -113,10 +113,42 @@ impl OutboxTable {
         conn: &C,
         now: i64,
     ) -> Result<u64, StorageError> {
-        let backend = conn.get_database_backend();
         let overdue =
             || status_is(OutboxStatus::Published).and(Expr::col(Outbox::NextRetryAt).lte(now));
-        let error = "published but not consumed by its deadline";
+        self.requeue_published(
+            conn,
+            now,
+            overdue,
+            "published but not consumed by its deadline",
+        )
+        .await
+    }
+
+    /// Every `published` row goes back to `pending` (or `dead` when out of retries), whatever its
+    /// deadline: for a broker that lost everything it held, like the in-memory embedded one after
+    /// a restart. Returns how many rows moved.
+    pub async fn requeue_all_published<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+    ) -> Result<u64, StorageError> {
+        let all = || status_is(OutboxStatus::Published);
+        self.requeue_published(
+            conn,
+            now_millis(),
+            all,
+            "published to a broker that has since lost it",
+        )
+        .await
+    }
+
+    async fn requeue_published<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        now: i64,
+        overdue: impl Fn() -> sea_orm::sea_query::SimpleExpr,
+        error: &str,
+    ) -> Result<u64, StorageError> {
+        let backend = conn.get_database_backend();
         let dead = Query::update()
             .table(self.alias())
             .value(Outbox::Status, OutboxStatus::Dead.as_str())

@@ -16,6 +16,20 @@ impl OutboxTable {
         topic: &str,
         max_retry: u32,
     ) -> Result<(), StorageError> {
+        self.insert_encoded(conn, envelope, envelope.to_json(), topic, max_retry)
+            .await
+    }
+
+    /// As [`insert`](Self::insert), with the envelope already encoded by the caller (who measured
+    /// its size) so it is serialized once.
+    pub async fn insert_encoded<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        envelope: &Envelope,
+        encoded: String,
+        topic: &str,
+        max_retry: u32,
+    ) -> Result<(), StorageError> {
         let now = now_millis();
         let stmt = Query::insert()
             .into_table(self.alias())
@@ -39,7 +53,7 @@ impl OutboxTable {
                 (envelope.version as i32).into(),
                 envelope.message_key.clone().into(),
                 topic.into(),
-                envelope.to_json().into(),
+                encoded.into(),
                 envelope.traceparent().map(str::to_owned).into(),
                 OutboxStatus::Pending.as_str().into(),
                 0i32.into(),

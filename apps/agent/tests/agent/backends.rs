@@ -1,0 +1,30 @@
+use smartflow_agent::AgentConfig;
+use smartflow_testkit::{Backend, TestDb};
+
+use crate::messages::chat_round_trip;
+use crate::support::*;
+
+/// The agent's configuration for a test database: the URL, plus the schema on PostgreSQL.
+fn config_for(test_db: &TestDb) -> AgentConfig {
+    let mut config = AgentConfig::embedded(test_db.config.url.clone());
+    config.database_schema = test_db.config.pg_schema.clone();
+    config
+}
+
+async fn round_trip_on(backend: Backend) {
+    let test_db = TestDb::new(backend).await;
+    let agent = start(config_for(&test_db)).await;
+    chat_round_trip(&agent).await;
+    stop(agent).await;
+    test_db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_round_trip() {
+    round_trip_on(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_round_trip() {
+    round_trip_on(Backend::MariaDb).await;
+}

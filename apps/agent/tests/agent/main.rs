@@ -1,0 +1,9 @@
+//! The agent, started in-process against real databases and an embedded Kafka-protocol broker,
+//! driven through its HTTP API. Every test has its own database and its own broker, so they run
+//! in parallel.
+
+mod backends;
+mod messages;
+mod startup;
+mod support;
+mod validation;

@@ -1,0 +1,126 @@
+use reqwest::StatusCode;
+use serde_json::Value;
+use smartflow_agent::events::OUTBOX_TABLE;
+use smartflow_agent::RunningAgent;
+use smartflow_domain::OutboxStatus;
+use smartflow_storage::outbox::OutboxTable;
+
+use crate::support::*;
+
+/// The end-to-end scenario every backend runs: messages go in through the API, through the
+/// outbox, the relay, Kafka and the consumer, and come back from the history in order.
+pub async fn chat_round_trip(agent: &RunningAgent) {
+    let sent = [
+        ("alice", "user", "first"),
+        ("bot", "assistant", "second, with ünïcode ✓"),
+        ("alice", "system", "third\nspans lines"),
+    ];
+    let mut ids = Vec::new();
+    for (user, role, content) in sent {
+        ids.push(post_message(agent, "conv-1", user, role, content).await);
+    }
+    let other_id = post_message(agent, "conv-2", "carol", "user", "elsewhere").await;
+
+    let messages = wait_for_messages(agent, "conv-1", 3).await;
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    for ((message, (user, role, content)), id) in messages.iter().zip(sent).zip(&ids) {
+        assert_eq!(&message.event_id, id);
+        assert_eq!(message.user_id, user);
+        assert_eq!(message.role, role);
+        assert_eq!(message.content, content);
+        chrono::DateTime::parse_from_rfc3339(&message.created_at).expect("created_at is RFC 3339");
+    }
+    assert!(messages
+        .windows(2)
+        .all(|w| w[0].created_at <= w[1].created_at));
+
+    let other = wait_for_messages(agent, "conv-2", 1).await;
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].event_id, other_id);
+    assert_eq!(other[0].content, "elsewhere");
+    assert_eq!(
+        list_messages(agent, "conv-1").await.len(),
+        3,
+        "conv-2's message stays out of conv-1"
+    );
+    assert!(list_messages(agent, "conv-3").await.is_empty());
+
+    // The history row and the consumed mark commit together, so both are visible by now.
+    let outbox = OutboxTable::new(OUTBOX_TABLE).unwrap();
+    for id in ids.iter().chain([&other_id]) {
+        let row = outbox
+            .find(agent.db(), id)
+            .await
+            .unwrap()
+            .expect("the outbox row exists");
+        assert_eq!(row.status, OutboxStatus::Consumed, "{row:?}");
+        assert_eq!(row.last_error, None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_come_back_in_order_and_outbox_rows_end_consumed() {
+    let dir = TempDir::new();
+    let agent = start(sqlite_config(&dir)).await;
+    chat_round_trip(&agent).await;
+
+    let metrics = client()
+        .get(format!("{}/metrics", agent.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = metrics.text().await.unwrap();
+    for expected in [
+        "smartflow_outbox_rows{table=\"agent_outbox\",status=\"consumed\"} 4",
+        "smartflow_outbox_rows{table=\"agent_outbox\",status=\"pending\"} 0",
+        "smartflow_outbox_rows{table=\"agent_outbox\",status=\"dead\"} 0",
+        "smartflow_outbox_oldest_pending_age_ms{table=\"agent_outbox\"} 0",
+        "# TYPE smartflow_bus_published_total counter",
+        "smartflow_bus_consumed_total ",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+    stop(agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_ok_and_unknown_paths_are_json_404() {
+    let dir = TempDir::new();
+    let agent = start(sqlite_config(&dir)).await;
+    let health = client()
+        .get(format!("{}/healthz", agent.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+
+    let missing = client()
+        .get(format!("{}/v2/nothing", agent.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(missing).await,
+        (StatusCode::NOT_FOUND, "not_found".to_owned())
+    );
+    let wrong_method = client()
+        .delete(messages_url(&agent, "c1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(wrong_method).await,
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed".to_owned()
+        )
+    );
+    stop(agent).await;
+}

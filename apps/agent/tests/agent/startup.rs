@@ -1,0 +1,87 @@
+use smartflow_agent::{Agent, AgentConfig};
+
+use crate::support::*;
+
+async fn start_error(config: AgentConfig) -> String {
+    match Agent::start(config).await {
+        Ok(agent) => {
+            agent.shutdown().await;
+            panic!("the agent started")
+        }
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_database_url_fails_start_naming_the_problem() {
+    smartflow_testkit::init_tracing();
+    let err = start_error(AgentConfig::embedded("localhost:5432/smartflow")).await;
+    assert!(err.contains("SMARTFLOW_DATABASE_URL is malformed"), "{err}");
+    assert!(err.contains("invalid database URL"), "{err}");
+    assert!(err.contains("scheme"), "{err}");
+
+    let err = start_error(AgentConfig::embedded("mysql://root:s3cret@db:notaport/app")).await;
+    assert!(err.contains("port"), "{err}");
+    assert!(!err.contains("s3cret"), "the password leaked: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_fails_start_after_the_wait() {
+    smartflow_testkit::init_tracing();
+    let mut config = AgentConfig::embedded("postgres://nobody:s3cret@127.0.0.1:1/none");
+    config.database_wait_secs = 2;
+    let err = start_error(config).await;
+    assert!(err.contains("cannot connect to the database"), "{err}");
+    assert!(err.contains("SMARTFLOW_DATABASE_WAIT_SECS"), "{err}");
+    assert!(!err.contains("s3cret"), "the password leaked: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_for_a_database_without_schemas_is_refused() {
+    let dir = TempDir::new();
+    let mut config = sqlite_config(&dir);
+    config.database_schema = Some("tenant_1".into());
+    let err = start_error(config).await;
+    assert!(err.contains("SMARTFLOW_DATABASE_SCHEMA"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_fails_start_clearly() {
+    let dir = TempDir::new();
+    let mut config = sqlite_config(&dir);
+    config.kafka_brokers = Some("127.0.0.1:1".into());
+    config.broker_wait_secs = 2;
+    let err = start_error(config).await;
+    assert!(err.contains("cannot reach Kafka"), "{err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_http_port_fails_start() {
+    let dir = TempDir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = sqlite_config(&dir);
+    config.http_addr = taken.local_addr().unwrap();
+    let err = start_error(config).await;
+    assert!(err.contains("SMARTFLOW_HTTP_ADDR"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_graceful_and_a_restart_on_the_same_file_keeps_the_history() {
+    let dir = TempDir::new();
+    let agent = start(sqlite_config(&dir)).await;
+    let first = post_message(&agent, "conv-1", "alice", "user", "before the restart").await;
+    wait_for_messages(&agent, "conv-1", 1).await;
+    stop(agent).await;
+
+    // Migrations run again on the existing tables; the history is still there.
+    let agent = start(sqlite_config(&dir)).await;
+    let before = list_messages(&agent, "conv-1").await;
+    assert_eq!(before.len(), 1);
+    assert_eq!(before[0].event_id, first);
+    let second = post_message(&agent, "conv-1", "alice", "user", "after the restart").await;
+    let messages = wait_for_messages(&agent, "conv-1", 2).await;
+    let ids: Vec<&str> = messages.iter().map(|m| m.event_id.as_str()).collect();
+    assert_eq!(ids, [first.as_str(), second.as_str()]);
+    stop(agent).await;
+}
