@@ -4,6 +4,8 @@
 mod m20261123_000001_create_agent_outbox;
 mod m20261123_000002_create_inbox;
 mod m20261123_000003_create_chat_histories;
+mod m20261123_000010_create_notification_outbox;
+mod m20261123_000011_create_notification_records;
 mod outbox_table;
 mod run;
 
@@ -22,6 +24,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_create_agent_outbox::Migration),
             Box::new(m20261123_000002_create_inbox::Migration),
             Box::new(m20261123_000003_create_chat_histories::Migration),
+            Box::new(m20261123_000010_create_notification_outbox::Migration),
+            Box::new(m20261123_000011_create_notification_records::Migration),
         ]
     }
 }

@@ -50,7 +50,7 @@ impl Agent {
         if config.max_content_chars == 0 {
             bail!("SMARTFLOW_MAX_CONTENT_CHARS must be at least 1");
         }
-        let routes = events::routes(&config.topic)
+        let routes = events::routes(&config.topic, &config.notification_topic)
             .with_context(|| format!("SMARTFLOW_TOPIC `{}` is not a usable topic", config.topic))?;
         let route = events::agent_route(&config.topic)?;
 
@@ -103,7 +103,7 @@ impl Agent {
         let runner = ConsumerRunner::for_route(
             db.clone(),
             &route,
-            handlers::registry().context("registering the event handlers")?,
+            handlers::registry(bus.clone()).context("registering the event handlers")?,
             consumer.clone(),
             ConsumerConfig::default(),
             bus.metrics().clone(),

@@ -65,6 +65,10 @@ pub struct AgentConfig {
     #[arg(long, env = "SMARTFLOW_TOPIC", default_value = DEFAULT_TOPIC)]
     pub topic: String,
 
+    /// The notification service's topic, where first-message notification requests go.
+    #[arg(long, env = "SMARTFLOW_NOTIFICATION_TOPIC", default_value = smartflow_notification::events::DEFAULT_TOPIC)]
+    pub notification_topic: String,
+
     /// The largest event envelope accepted, in bytes; keep it under the broker's message.max.bytes.
     #[arg(long, env = "SMARTFLOW_MAX_PAYLOAD_BYTES", default_value_t = DEFAULT_MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
@@ -95,6 +99,7 @@ impl Default for AgentConfig {
             kafka_partitions: DEFAULT_KAFKA_PARTITIONS,
             kafka_replication: DEFAULT_KAFKA_REPLICATION,
             topic: DEFAULT_TOPIC.to_owned(),
+            notification_topic: smartflow_notification::events::DEFAULT_TOPIC.to_owned(),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_content_chars: DEFAULT_MAX_CONTENT_CHARS,
             broker_wait_secs: DEFAULT_BROKER_WAIT_SECS,

@@ -58,11 +58,13 @@ impl EventContract for ChatMessageAppended {
 
 /// The agent's route: its outbox table, `topic` and consumer group, with every agent event type
 /// registered to it.
-pub fn routes(topic: &str) -> Result<RouteRegistry, DomainError> {
-    RouteRegistry::builder()
+pub fn routes(topic: &str, notification_topic: &str) -> Result<RouteRegistry, DomainError> {
+    let builder = RouteRegistry::builder()
         .service(agent_route(topic)?)
-        .event(ChatMessageAppended::EVENT_TYPE, SERVICE)
-        .build()
+        .event(ChatMessageAppended::EVENT_TYPE, SERVICE);
+    // The agent publishes notification requests into the notification service's outbox; that
+    // service's relay and consumer take them from there.
+    smartflow_notification::register(builder, notification_topic)?.build()
 }
 
 /// The agent's service route alone, as the consumer runner wants it.
@@ -76,7 +78,7 @@ mod tests {
 
     #[test]
     fn the_event_resolves_to_the_agent_route() {
-        let registry = routes(DEFAULT_TOPIC).unwrap();
+        let registry = routes(DEFAULT_TOPIC, smartflow_notification::events::DEFAULT_TOPIC).unwrap();
         let route = registry.resolve(ChatMessageAppended::EVENT_TYPE).unwrap();
         assert_eq!(route.outbox_table, OUTBOX_TABLE);
         assert_eq!(route.topic, DEFAULT_TOPIC);
@@ -85,7 +87,7 @@ mod tests {
 
     #[test]
     fn an_illegal_topic_is_refused() {
-        assert!(routes("no spaces allowed").is_err());
+        assert!(routes("no spaces allowed", smartflow_notification::events::DEFAULT_TOPIC).is_err());
     }
 
     #[test]

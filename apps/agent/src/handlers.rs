@@ -2,16 +2,31 @@
 
 use async_trait::async_trait;
 use sea_orm::DatabaseTransaction;
-use smartflow_bus::{HandlerError, HandlerRegistry, TypedHandler};
+use smartflow_bus::{BusError, EventBus, HandlerError, HandlerRegistry, TypedHandler};
 use smartflow_domain::Envelope;
+use smartflow_notification::events::NotificationRequested;
 use smartflow_storage::chat_history::{self, NewChatMessage};
 
 use crate::events::ChatMessageAppended;
 
 /// Stores an appended message in the chat history, in the bus's transaction, so the row and the
-/// event's `consumed` mark commit together.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PersistChatMessage;
+/// event's `consumed` mark commit together. The first message of a conversation also requests a
+/// notification, in the same transaction, with one dedupe key per conversation.
+#[derive(Clone)]
+pub struct PersistChatMessage {
+    bus: EventBus,
+}
+
+impl PersistChatMessage {
+    pub fn new(bus: EventBus) -> Self {
+        Self { bus }
+    }
+}
+
+/// The notification dedupe key of a conversation's first message.
+pub fn first_message_dedupe_key(conversation_id: &str) -> String {
+    format!("agent.conversation.first_message:{conversation_id}")
+}
 
 #[async_trait]
 impl TypedHandler<ChatMessageAppended> for PersistChatMessage {
@@ -24,20 +39,42 @@ impl TypedHandler<ChatMessageAppended> for PersistChatMessage {
         let message = NewChatMessage {
             // The event id is unique in the table: a second copy of the same event cannot store twice.
             event_id: envelope.event_id.to_string(),
-            conversation_id: event.conversation_id,
-            user_id: event.user_id,
+            conversation_id: event.conversation_id.clone(),
+            user_id: event.user_id.clone(),
             role: event.role.as_str().to_owned(),
             content: event.content,
             created_at: event.occurred_at_ms,
         };
         chat_history::insert(txn, &message).await?;
+        let first = chat_history::list(txn, &event.conversation_id, 2).await?.len() == 1;
+        if first {
+            let request = NotificationRequested {
+                channel: "feishu".into(),
+                target: None,
+                title: "New conversation".into(),
+                text: format!(
+                    "Conversation {}: first message from {}",
+                    event.conversation_id, event.user_id
+                ),
+                dedupe_key: first_message_dedupe_key(&event.conversation_id),
+                requested_by: crate::events::SERVICE.into(),
+                user_id: Some(event.user_id.clone()),
+            };
+            self.bus
+                .publish(txn, &request.message_key(), &request)
+                .await
+                .map_err(|e| match e {
+                    BusError::Domain(_) => HandlerError::Permanent(e.to_string()),
+                    other => HandlerError::Retryable(other.to_string()),
+                })?;
+        }
         Ok(())
     }
 }
 
 /// Every handler of the agent's consumer.
-pub fn registry() -> Result<HandlerRegistry, smartflow_bus::BusError> {
+pub fn registry(bus: EventBus) -> Result<HandlerRegistry, BusError> {
     HandlerRegistry::builder()
-        .on::<ChatMessageAppended, _>(PersistChatMessage)
+        .on::<ChatMessageAppended, _>(PersistChatMessage::new(bus))
         .build()
 }

@@ -6,6 +6,7 @@ pub mod connect;
 pub mod error;
 mod error_text;
 pub mod inbox;
+pub mod notification;
 pub mod outbox;
 mod schema;
 mod time;

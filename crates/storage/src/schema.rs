@@ -47,3 +47,24 @@ pub(crate) enum ChatHistories {
     Content,
     CreatedAt,
 }
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum NotificationRecords {
+    Table,
+    Id,
+    Channel,
+    DedupeKey,
+    SourceEventId,
+    Payload,
+    Status,
+    Attempts,
+    MaxAttempts,
+    NextRetryAt,
+    LeaseOwner,
+    LeaseUntil,
+    LastError,
+    ProviderResponse,
+    CreatedAt,
+    UpdatedAt,
+    SentAt,
+}

@@ -4,6 +4,7 @@
 
 mod backends;
 mod messages;
+mod notify;
 mod startup;
 mod support;
 mod validation;

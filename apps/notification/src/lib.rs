@@ -1,0 +1,28 @@
+//! The smartflow notification service: other services request a notification by publishing
+//! [`NotificationRequested`] through the outbox; this service records it once per
+//! `(channel, dedupe_key)` in the consumer's transaction, then sends it through a provider
+//! outside any transaction, with a lease on the record, retries with backoff, and a scanner
+//! that recovers failed and abandoned sends.
+//!
+//! A library so tests can run the whole service in-process with [`Notification::start`], and
+//! so publishers can depend on [`events`] for the event type and its route.
+
+pub mod app;
+pub mod config;
+pub mod dispatch;
+pub mod events;
+pub mod handler;
+pub mod http;
+pub mod provider;
+pub mod wake_on_commit;
+
+pub use app::{Notification, RunningNotification};
+pub use config::NotificationConfig;
+pub use dispatch::{DispatchConfig, Dispatcher, RoundReport};
+pub use events::{register, route, routes, Channel, NotificationRequested};
+pub use handler::{RecordNotification, StoredNotification};
+pub use provider::{
+    FeishuConfig, FeishuWebhook, NotificationProvider, OutgoingNotification, ProviderError,
+    Providers, Receipt, TargetPolicy,
+};
+pub use wake_on_commit::WakeOnCommit;

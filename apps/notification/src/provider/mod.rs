@@ -1,0 +1,274 @@
+//! Providers deliver a notification to the outside world. The dispatcher sees only the
+//! [`NotificationProvider`] trait; [`feishu::FeishuWebhook`] is the real implementation.
+
+pub mod feishu;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use reqwest::Url;
+use thiserror::Error;
+
+use crate::events::Channel;
+
+pub use feishu::{FeishuConfig, FeishuWebhook};
+
+/// One notification as a provider sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingNotification {
+    /// The webhook URL, or `None` for the provider's configured default.
+    pub target: Option<String>,
+    pub title: String,
+    pub text: String,
+}
+
+/// What the provider answered when it accepted a notification, kept in the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub response: String,
+}
+
+/// A failed delivery, and the decision it carries: a retryable error sends the record to
+/// `failed` with backoff; a permanent one makes it `dead`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProviderError {
+    #[error("{reason}")]
+    Retryable {
+        reason: String,
+        /// The provider's answer, when there was one.
+        response: Option<String>,
+    },
+    #[error("{reason}")]
+    Permanent {
+        reason: String,
+        response: Option<String>,
+    },
+}
+
+impl ProviderError {
+    pub fn retryable(reason: impl Into<String>) -> Self {
+        ProviderError::Retryable {
+            reason: reason.into(),
+            response: None,
+        }
+    }
+
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        ProviderError::Permanent {
+            reason: reason.into(),
+            response: None,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProviderError::Retryable { .. })
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            ProviderError::Retryable { reason, .. } | ProviderError::Permanent { reason, .. } => {
+                reason
+            }
+        }
+    }
+
+    pub fn response(&self) -> Option<&str> {
+        match self {
+            ProviderError::Retryable { response, .. }
+            | ProviderError::Permanent { response, .. } => response.as_deref(),
+        }
+    }
+}
+
+/// Delivers notifications of one channel.
+#[async_trait]
+pub trait NotificationProvider: Send + Sync {
+    /// Delivers one notification, at most once per call, within the provider's own timeout
+    /// (which must stay below the dispatcher's lease). `Ok` means the provider accepted it;
+    /// an error says whether a later attempt may succeed.
+    async fn send(&self, notification: &OutgoingNotification) -> Result<Receipt, ProviderError>;
+}
+
+/// The immutable map `channel -> provider`, built once at start-up.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_channel: HashMap<Channel, Arc<dyn NotificationProvider>>,
+}
+
+impl Providers {
+    /// Adds (or replaces) the provider of a channel; used while building, before sharing.
+    pub fn with(mut self, channel: Channel, provider: Arc<dyn NotificationProvider>) -> Self {
+        self.by_channel.insert(channel, provider);
+        self
+    }
+
+    /// The provider of a channel; `None` is an error for the caller to record, never a skip.
+    pub fn get(&self, channel: Channel) -> Option<&Arc<dyn NotificationProvider>> {
+        self.by_channel.get(&channel)
+    }
+}
+
+/// Which webhook URLs notifications may be sent to, and the default one. Requests name their
+/// target, so without this list the service would POST to any address a caller chooses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPolicy {
+    allowed: Vec<Url>,
+    default: Option<Url>,
+}
+
+/// A target or prefix that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{0}")]
+pub struct TargetError(pub String);
+
+impl TargetPolicy {
+    /// `allowed` are URL prefixes (scheme, host, port and a path prefix), e.g.
+    /// `https://open.feishu.cn/open-apis/bot/v2/hook/`. The default, if any, must match one.
+    pub fn new(allowed: Vec<String>, default: Option<String>) -> Result<Self, TargetError> {
+        let mut parsed = Vec::new();
+        for prefix in allowed {
+            let prefix = prefix.trim();
+            if prefix.is_empty() {
+                continue;
+            }
+            let url = parse_http_url(prefix)
+                .map_err(|e| TargetError(format!("allowed target prefix `{prefix}`: {e}")))?;
+            parsed.push(url);
+        }
+        if parsed.is_empty() {
+            return Err(TargetError(
+                "at least one allowed target prefix is needed".to_owned(),
+            ));
+        }
+        let mut policy = Self {
+            allowed: parsed,
+            default: None,
+        };
+        if let Some(default) = default
+            .map(|d| d.trim().to_owned())
+            .filter(|d| !d.is_empty())
+        {
+            let url = policy
+                .check(&default)
+                .map_err(|e| TargetError(format!("the default webhook: {e}")))?;
+            policy.default = Some(url);
+        }
+        Ok(policy)
+    }
+
+    pub fn has_default(&self) -> bool {
+        self.default.is_some()
+    }
+
+    /// The URL of a target if it is allowed.
+    pub fn check(&self, target: &str) -> Result<Url, TargetError> {
+        let url = parse_http_url(target.trim())?;
+        let allowed = self.allowed.iter().any(|prefix| {
+            prefix.scheme() == url.scheme()
+                && prefix.host_str() == url.host_str()
+                && prefix.port_or_known_default() == url.port_or_known_default()
+                && url.path().starts_with(prefix.path())
+        });
+        if !allowed {
+            return Err(TargetError(format!(
+                "target {} is not an allowed webhook (see SMARTFLOW_FEISHU_ALLOWED_TARGETS)",
+                redact_target(target)
+            )));
+        }
+        Ok(url)
+    }
+
+    /// The URL to send to: the explicit target if allowed, else the default.
+    pub fn resolve(&self, target: Option<&str>) -> Result<Url, TargetError> {
+        match target.map(str::trim).filter(|t| !t.is_empty()) {
+            Some(target) => self.check(target),
+            None => self.default.clone().ok_or_else(|| {
+                TargetError("no target given and no default webhook configured".to_owned())
+            }),
+        }
+    }
+}
+
+fn parse_http_url(s: &str) -> Result<Url, TargetError> {
+    let url = Url::parse(s).map_err(|e| TargetError(format!("not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(TargetError(
+            "only http and https URLs are allowed".to_owned(),
+        ));
+    }
+    if url.host_str().is_none() {
+        return Err(TargetError("the URL names no host".to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(TargetError("the URL must not carry credentials".to_owned()));
+    }
+    Ok(url)
+}
+
+/// A webhook URL for logs and API answers: the last path segment of a custom-bot webhook is
+/// its access token, so it is hidden.
+pub fn redact_target(target: &str) -> String {
+    match Url::parse(target.trim()) {
+        Ok(url) => {
+            let path = url.path();
+            let shown = match path.rsplit_once('/') {
+                Some((head, last)) if !last.is_empty() => format!("{head}/***"),
+                _ => path.to_owned(),
+            };
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(
+                "{}://{}{port}{shown}",
+                url.scheme(),
+                url.host_str().unwrap_or("")
+            )
+        }
+        Err(_) => "<not a URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOOK: &str = "https://open.feishu.cn/open-apis/bot/v2/hook/";
+
+    #[test]
+    fn only_targets_under_an_allowed_prefix_pass() {
+        let policy = TargetPolicy::new(vec![HOOK.into()], None).unwrap();
+        policy.check(&format!("{HOOK}abc-123")).unwrap();
+        for bad in [
+            "https://open.feishu.cn.evil.example/open-apis/bot/v2/hook/abc",
+            "https://open.feishu.cn/open-apis/other/abc",
+            "http://open.feishu.cn/open-apis/bot/v2/hook/abc",
+            "https://open.feishu.cn:8443/open-apis/bot/v2/hook/abc",
+            "https://user:pw@open.feishu.cn/open-apis/bot/v2/hook/abc",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            assert!(policy.check(bad).is_err(), "{bad}");
+        }
+        assert!(policy.resolve(None).is_err());
+        assert!(TargetPolicy::new(vec![], None).is_err());
+        assert!(TargetPolicy::new(vec![HOOK.into()], Some("https://elsewhere/x".into())).is_err());
+        let with_default =
+            TargetPolicy::new(vec![HOOK.into()], Some(format!("{HOOK}default"))).unwrap();
+        assert_eq!(
+            with_default.resolve(Some(" ")).unwrap().as_str(),
+            format!("{HOOK}default")
+        );
+    }
+
+    #[test]
+    fn tokens_are_hidden_from_shown_targets() {
+        assert_eq!(
+            redact_target(&format!("{HOOK}s3cret-token")),
+            format!("{HOOK}***")
+        );
+        assert_eq!(
+            redact_target("http://127.0.0.1:8080/hook/abc"),
+            "http://127.0.0.1:8080/hook/***"
+        );
+        assert!(!redact_target("garbage s3cret").contains("s3cret"));
+    }
+}

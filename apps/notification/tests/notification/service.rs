@@ -1,0 +1,164 @@
+//! The whole service, started in-process on every backend with the embedded broker: requests
+//! through the HTTP API travel the outbox, the relay, Kafka and the consumer, and are sent once
+//! per key to the (fake) webhook, signed.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use smartflow_notification::http::{Accepted, Found};
+use smartflow_notification::{Notification, NotificationConfig, RunningNotification};
+use smartflow_storage::outbox::OutboxTable;
+use smartflow_testkit::{on_every_backend, TestDb};
+
+use crate::support::*;
+
+const SECRET: &str = "SEC-service-test";
+
+fn config_for(t: &TestDb, fake: &FakeFeishu) -> NotificationConfig {
+    let mut config = NotificationConfig::embedded(t.config.url.clone());
+    config.database_schema = t.config.pg_schema.clone();
+    config.topic = t.unique("notifications");
+    config.feishu_allowed_targets = fake.prefix();
+    config.feishu_webhook_url = Some(fake.url());
+    config.feishu_secret = Some(SECRET.into());
+    config.feishu_timeout_ms = 2_000;
+    config.retry_base_ms = 100;
+    config.retry_max_ms = 400;
+    config.scan_interval_ms = 100;
+    config
+}
+
+async fn start(config: NotificationConfig) -> RunningNotification {
+    match Notification::start(config).await {
+        Ok(service) => service,
+        Err(e) => panic!("the notification service did not start: {e:#}"),
+    }
+}
+
+async fn post(service: &RunningNotification, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1/notifications", service.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn find(service: &RunningNotification, channel: &str, key: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{}/v1/notifications", service.base_url()))
+        .query(&[("channel", channel), ("dedupe_key", key)])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn error_code(response: reqwest::Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (status, body["error"]["code"].as_str().unwrap().to_owned())
+}
+
+async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
+    let fake = FakeFeishu::start(Some(SECRET)).await;
+    fake.script([Answer::Status(502)]);
+    let service = start(config_for(&t, &fake)).await;
+
+    let request = serde_json::json!({
+        "channel": "feishu",
+        "title": "New conversation",
+        "text": "conversation c-1 has its first message",
+        "dedupe_key": "conversation:c-1",
+        "user_id": "u-1",
+    });
+    let mut event_ids = Vec::new();
+    for _ in 0..2 {
+        let response = post(&service, request.clone()).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let accepted: Accepted = response.json().await.unwrap();
+        uuid::Uuid::parse_str(&accepted.event_id).unwrap();
+        event_ids.push(accepted.event_id);
+    }
+    assert_ne!(event_ids[0], event_ids[1]);
+
+    // The first call gets a 502 and the retry scanner sends it again.
+    wait_until("the notification is sent", || async {
+        let response = find(&service, "feishu", "conversation:c-1").await;
+        response.status() == StatusCode::OK
+            && response.json::<Found>().await.unwrap().notification.status == "sent"
+    })
+    .await;
+    let found: Found = find(&service, "feishu", "conversation:c-1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let view = found.notification;
+    assert_eq!(view.attempts, 2, "{view:?}");
+    assert_eq!(view.title, "New conversation");
+    assert_eq!(view.requested_by, "http-api");
+    assert_eq!(view.user_id.as_deref(), Some("u-1"));
+    assert_eq!(view.target, None, "sent to the default webhook");
+    assert!(view.sent_at.is_some());
+    assert!(event_ids.contains(view.source_event_id.as_ref().unwrap()));
+
+    let outbox = OutboxTable::new("notification_outbox").unwrap();
+    wait_until("both requests are consumed", || async {
+        outbox.stats(service.db()).await.unwrap().consumed == 2
+    })
+    .await;
+    // The 502 and the successful retry; the duplicate request sent nothing.
+    assert_eq!(fake.requests().len(), 2, "{:?}", fake.texts());
+    assert_eq!(fake.count("conversation c-1 has its first message"), 2);
+    for body in fake.requests() {
+        assert!(body["sign"].is_string(), "requests are signed: {body}");
+    }
+
+    // Errors are JSON with a code.
+    assert_eq!(
+        error_code(find(&service, "feishu", "no-such-key").await).await,
+        (StatusCode::NOT_FOUND, "not_found".to_owned())
+    );
+    let mut sms = request.clone();
+    sms["channel"] = "sms".into();
+    assert_eq!(
+        error_code(post(&service, sms).await).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".to_owned())
+    );
+    let mut outside = request.clone();
+    outside["target"] = "https://example.com/hook".into();
+    assert_eq!(
+        error_code(post(&service, outside).await).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".to_owned())
+    );
+    let missing = reqwest::Client::new()
+        .get(format!("{}/v1/notifications", service.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(missing).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".to_owned())
+    );
+    let health = reqwest::get(format!("{}/healthz", service.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = reqwest::get(format!("{}/metrics", service.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("smartflow_notification_records{status=\"sent\"} 1"),
+        "{metrics}"
+    );
+
+    tokio::time::timeout(PATIENCE, service.shutdown())
+        .await
+        .expect("shutdown returns");
+    t.cleanup().await;
+}
+
+on_every_backend!(requests_over_http_are_sent_once_per_key);
