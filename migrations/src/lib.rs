@@ -6,6 +6,10 @@ mod m20261123_000002_create_inbox;
 mod m20261123_000003_create_chat_histories;
 mod m20261123_000010_create_notification_outbox;
 mod m20261123_000011_create_notification_records;
+mod m20261123_000020_create_users;
+mod m20261123_000021_create_refresh_tokens;
+mod m20261123_000022_create_token_usage;
+mod m20261123_000023_create_revoked_access_tokens;
 mod outbox_table;
 mod run;
 
@@ -26,6 +30,10 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000003_create_chat_histories::Migration),
             Box::new(m20261123_000010_create_notification_outbox::Migration),
             Box::new(m20261123_000011_create_notification_records::Migration),
+            Box::new(m20261123_000020_create_users::Migration),
+            Box::new(m20261123_000021_create_refresh_tokens::Migration),
+            Box::new(m20261123_000022_create_token_usage::Migration),
+            Box::new(m20261123_000023_create_revoked_access_tokens::Migration),
         ]
     }
 }

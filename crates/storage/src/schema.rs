@@ -49,6 +49,52 @@ pub(crate) enum ChatHistories {
 }
 
 #[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum Users {
+    Table,
+    Id,
+    Email,
+    PasswordHash,
+    TokenQuota,
+    TokenUsage,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum RefreshTokens {
+    Table,
+    TokenHash,
+    FamilyId,
+    UserId,
+    AccessJti,
+    AccessExpiresAt,
+    IssuedAt,
+    ExpiresAt,
+    RetiredAt,
+    RevokedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum TokenUsageLedger {
+    Table,
+    EventId,
+    UserId,
+    ConversationId,
+    Tokens,
+    OccurredAt,
+    RecordedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
+pub(crate) enum RevokedAccessTokens {
+    Table,
+    Jti,
+    UserId,
+    ExpiresAt,
+    RevokedAt,
+}
+
+#[derive(DeriveIden, Clone, Copy)]
 pub(crate) enum NotificationRecords {
     Table,
     Id,

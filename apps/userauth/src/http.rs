@@ -1,0 +1,277 @@
+//! The HTTP API. Request and response bodies are types of this module, never storage rows.
+//!
+//! | route | body / header | success |
+//! |---|---|---|
+//! | `POST /v1/auth/register` | `{"email", "password"}` | 201 `{"user_id", "email"}` |
+//! | `POST /v1/auth/login` | `{"email", "password"}` | 200 [`TokenResponse`] |
+//! | `POST /v1/auth/refresh` | `{"refresh_token"}` | 200 [`TokenResponse`] |
+//! | `POST /v1/auth/logout` | `Authorization: Bearer` | 204 |
+//! | `GET /v1/auth/me` | `Authorization: Bearer` | 200 [`MeResponse`] |
+//! | `GET /v1/auth/authorize` | `Authorization: Bearer` | 200 [`AuthorizeResponse`], or 429 `quota_exceeded` |
+//! | `GET /healthz` | | 200 `{"status": "ok"}` |
+//!
+//! Every failure is `{"error": {"code", "message"}}` with the status of [`AuthError::status`].
+
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat};
+use serde::{Deserialize, Serialize};
+use smartflow_storage::users::User;
+
+use crate::error::{AuthError, ErrorChain};
+use crate::service::{AuthService, Principal, TokenPair};
+use crate::validation::bearer_token;
+
+/// Request bodies are a few hundred bytes; anything over this is refused before it is read whole.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The API's routes over `service`.
+pub fn router(service: AuthService) -> Router {
+    Router::new()
+        .route("/v1/auth/register", post(register))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/refresh", post(refresh))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/me", get(me))
+        .route("/v1/auth/authorize", get(authorize))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .with_state(service)
+}
+
+/// The wire form of every error.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        if let AuthError::Internal(cause) = &self {
+            tracing::error!(error = %ErrorChain(cause.as_ref()), "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+            },
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        if self.is_bearer_failure() {
+            // RFC 6750: a refused bearer token is answered with a challenge naming the problem.
+            let error = if matches!(self, AuthError::MissingToken) {
+                "Bearer"
+            } else {
+                "Bearer error=\"invalid_token\""
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(error));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for AuthError {
+    fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AuthError::PayloadTooLarge
+        } else {
+            // Bad syntax, missing fields, wrong types and a missing content type alike.
+            AuthError::InvalidRequest(rejection.body_text())
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    pub user_id: String,
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+impl From<TokenPair> for TokenResponse {
+    fn from(pair: TokenPair) -> Self {
+        Self {
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: pair.expires_in,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeResponse {
+    pub user_id: String,
+    pub email: String,
+    pub token_usage: i64,
+    pub token_quota: i64,
+    /// RFC 3339, UTC, millisecond precision.
+    pub created_at: String,
+}
+
+/// What `GET /v1/auth/authorize` answers for a user who may go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizeResponse {
+    pub user_id: String,
+    pub email: String,
+    pub token_usage: i64,
+    pub token_quota: i64,
+}
+
+impl From<User> for AuthorizeResponse {
+    fn from(user: User) -> Self {
+        Self {
+            user_id: user.id,
+            email: user.email,
+            token_usage: user.token_usage,
+            token_quota: user.token_quota,
+        }
+    }
+}
+
+/// The principal of the request's bearer token, checked against the blacklist.
+async fn principal(service: &AuthService, headers: &HeaderMap) -> Result<Principal, AuthError> {
+    service.authenticate(presented_token(headers)?).await
+}
+
+fn presented_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::MissingToken)?
+        .to_str()
+        .map_err(|_| AuthError::InvalidToken)?;
+    bearer_token(value).ok_or(AuthError::MissingToken)
+}
+
+async fn register(
+    State(service): State<AuthService>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Result<(StatusCode, Json<RegisterResponse>), AuthError> {
+    let Json(body) = body?;
+    let user = service.register(&body.email, &body.password).await?;
+    tracing::info!(user_id = %user.id, "registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            user_id: user.id,
+            email: user.email,
+        }),
+    ))
+}
+
+async fn login(
+    State(service): State<AuthService>,
+    body: Result<Json<Credentials>, JsonRejection>,
+) -> Result<Json<TokenResponse>, AuthError> {
+    let Json(body) = body?;
+    let pair = service.login(&body.email, &body.password).await?;
+    Ok(Json(pair.into()))
+}
+
+async fn refresh(
+    State(service): State<AuthService>,
+    body: Result<Json<RefreshRequest>, JsonRejection>,
+) -> Result<Json<TokenResponse>, AuthError> {
+    let Json(body) = body?;
+    let pair = service.refresh(&body.refresh_token).await?;
+    Ok(Json(pair.into()))
+}
+
+async fn logout(
+    State(service): State<AuthService>,
+    headers: HeaderMap,
+) -> Result<StatusCode, AuthError> {
+    let principal = principal(&service, &headers).await?;
+    service.logout(&principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(
+    State(service): State<AuthService>,
+    headers: HeaderMap,
+) -> Result<Json<MeResponse>, AuthError> {
+    let principal = principal(&service, &headers).await?;
+    let user = service.user_of(&principal).await?;
+    let created_at = DateTime::from_timestamp_millis(user.created_at)
+        .ok_or_else(|| AuthError::internal(format!("user {} has a time out of range", user.id)))?
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    Ok(Json(MeResponse {
+        user_id: user.id,
+        email: user.email,
+        token_usage: user.token_usage,
+        token_quota: user.token_quota,
+        created_at,
+    }))
+}
+
+async fn authorize(
+    State(service): State<AuthService>,
+    headers: HeaderMap,
+) -> Result<Json<AuthorizeResponse>, AuthError> {
+    let user = service.authorize(presented_token(&headers)?).await?;
+    Ok(Json(user.into()))
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
+async fn healthz(State(service): State<AuthService>) -> Result<Json<Health>, AuthError> {
+    match tokio::time::timeout(HEALTH_PING_TIMEOUT, service.db().ping()).await {
+        Ok(Ok(())) => Ok(Json(Health { status: "ok" })),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health check: the database does not answer");
+            Err(AuthError::Unavailable("the database is unreachable".into()))
+        }
+        Err(_) => {
+            tracing::warn!("health check: the database ping timed out");
+            Err(AuthError::Unavailable("the database is unreachable".into()))
+        }
+    }
+}
+
+async fn not_found() -> AuthError {
+    AuthError::NotFound
+}
+
+async fn method_not_allowed() -> AuthError {
+    AuthError::MethodNotAllowed
+}
