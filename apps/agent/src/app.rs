@@ -1,6 +1,7 @@
 //! Start-up and shutdown: connects and migrates the database, reaches (or starts) the broker,
 //! and runs the relay, the consumer and the HTTP API under one cancellation token.
 
+use smartflow_userauth::client::UserauthClient;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -30,6 +31,9 @@ use crate::http::{self, ApiState};
 
 /// Pause between two attempts to reach an unreachable database at start-up.
 const DATABASE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long the agent waits for userauth's verdict on a token.
+const USERAUTH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long a stop waits for the producer to deliver what the relay handed it.
 const PRODUCER_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most characters of content a MySQL/MariaDB `TEXT` column (65,535 bytes) is sure to hold,
@@ -116,11 +120,25 @@ impl Agent {
         let local_addr = listener
             .local_addr()
             .context("reading the HTTP listener's address")?;
+        let auth = match &config.userauth_url {
+            Some(url) => Some(
+                UserauthClient::new(url, USERAUTH_TIMEOUT)
+                    .with_context(|| format!("SMARTFLOW_USERAUTH_URL {url}"))?,
+            ),
+            None => {
+                tracing::warn!(
+                    "SMARTFLOW_USERAUTH_URL is not set: requests are not authenticated and anyone \
+                     may post as any user; set it outside local development"
+                );
+                None
+            }
+        };
         let router = http::router(ApiState {
             db: db.clone(),
             bus: bus.clone(),
             outbox: OutboxTable::new(OUTBOX_TABLE)?,
             max_content_chars: config.max_content_chars,
+            auth,
         });
 
         let shutdown = CancellationToken::new();

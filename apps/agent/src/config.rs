@@ -65,6 +65,12 @@ pub struct AgentConfig {
     #[arg(long, env = "SMARTFLOW_TOPIC", default_value = DEFAULT_TOPIC)]
     pub topic: String,
 
+    /// The userauth service (e.g. http://127.0.0.1:8082). Set: every request needs a userauth
+    /// access token (`Authorization: Bearer`) and new messages are refused at the user's quota.
+    /// Absent: no authentication, for local development only.
+    #[arg(long, env = "SMARTFLOW_USERAUTH_URL")]
+    pub userauth_url: Option<String>,
+
     /// The notification service's topic, where first-message notification requests go.
     #[arg(long, env = "SMARTFLOW_NOTIFICATION_TOPIC", default_value = smartflow_notification::events::DEFAULT_TOPIC)]
     pub notification_topic: String,
@@ -100,6 +106,7 @@ impl Default for AgentConfig {
             kafka_replication: DEFAULT_KAFKA_REPLICATION,
             topic: DEFAULT_TOPIC.to_owned(),
             notification_topic: smartflow_notification::events::DEFAULT_TOPIC.to_owned(),
+            userauth_url: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_content_chars: DEFAULT_MAX_CONTENT_CHARS,
             broker_wait_secs: DEFAULT_BROKER_WAIT_SECS,

@@ -61,7 +61,11 @@ impl EventContract for ChatMessageAppended {
 pub fn routes(topic: &str, notification_topic: &str) -> Result<RouteRegistry, DomainError> {
     let builder = RouteRegistry::builder()
         .service(agent_route(topic)?)
-        .event(ChatMessageAppended::EVENT_TYPE, SERVICE);
+        .event(ChatMessageAppended::EVENT_TYPE, SERVICE)
+        .event(
+            smartflow_userauth::events::TokenUsageRecorded::EVENT_TYPE,
+            SERVICE,
+        );
     // The agent publishes notification requests into the notification service's outbox; that
     // service's relay and consumer take them from there.
     smartflow_notification::register(builder, notification_topic)?.build()
@@ -78,7 +82,8 @@ mod tests {
 
     #[test]
     fn the_event_resolves_to_the_agent_route() {
-        let registry = routes(DEFAULT_TOPIC, smartflow_notification::events::DEFAULT_TOPIC).unwrap();
+        let registry =
+            routes(DEFAULT_TOPIC, smartflow_notification::events::DEFAULT_TOPIC).unwrap();
         let route = registry.resolve(ChatMessageAppended::EVENT_TYPE).unwrap();
         assert_eq!(route.outbox_table, OUTBOX_TABLE);
         assert_eq!(route.topic, DEFAULT_TOPIC);
@@ -87,7 +92,11 @@ mod tests {
 
     #[test]
     fn an_illegal_topic_is_refused() {
-        assert!(routes("no spaces allowed", smartflow_notification::events::DEFAULT_TOPIC).is_err());
+        assert!(routes(
+            "no spaces allowed",
+            smartflow_notification::events::DEFAULT_TOPIC
+        )
+        .is_err());
     }
 
     #[test]

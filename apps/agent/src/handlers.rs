@@ -6,6 +6,7 @@ use smartflow_bus::{BusError, EventBus, HandlerError, HandlerRegistry, TypedHand
 use smartflow_domain::Envelope;
 use smartflow_notification::events::NotificationRequested;
 use smartflow_storage::chat_history::{self, NewChatMessage};
+use smartflow_userauth::events::TokenUsageRecorded;
 
 use crate::events::ChatMessageAppended;
 
@@ -36,6 +37,7 @@ impl TypedHandler<ChatMessageAppended> for PersistChatMessage {
         event: ChatMessageAppended,
         envelope: &Envelope,
     ) -> Result<(), HandlerError> {
+        let tokens = tokens_of(&event.content);
         let message = NewChatMessage {
             // The event id is unique in the table: a second copy of the same event cannot store twice.
             event_id: envelope.event_id.to_string(),
@@ -46,7 +48,20 @@ impl TypedHandler<ChatMessageAppended> for PersistChatMessage {
             created_at: event.occurred_at_ms,
         };
         chat_history::insert(txn, &message).await?;
-        let first = chat_history::list(txn, &event.conversation_id, 2).await?.len() == 1;
+        // Charged in the transaction that stores the message: exactly once, and only if stored.
+        let usage = TokenUsageRecorded {
+            user_id: event.user_id.clone(),
+            conversation_id: event.conversation_id.clone(),
+            tokens,
+        };
+        self.bus
+            .publish(txn, &event.user_id, &usage)
+            .await
+            .map_err(handler_error)?;
+        let first = chat_history::list(txn, &event.conversation_id, 2)
+            .await?
+            .len()
+            == 1;
         if first {
             let request = NotificationRequested {
                 channel: "feishu".into(),
@@ -63,11 +78,37 @@ impl TypedHandler<ChatMessageAppended> for PersistChatMessage {
             self.bus
                 .publish(txn, &request.message_key(), &request)
                 .await
-                .map_err(|e| match e {
-                    BusError::Domain(_) => HandlerError::Permanent(e.to_string()),
-                    other => HandlerError::Retryable(other.to_string()),
-                })?;
+                .map_err(handler_error)?;
         }
+        Ok(())
+    }
+}
+
+/// The tokens a message costs: about four characters a token, at least one.
+pub fn tokens_of(content: &str) -> u64 {
+    (content.chars().count() as u64).div_ceil(4).max(1)
+}
+
+fn handler_error(e: BusError) -> HandlerError {
+    match e {
+        BusError::Domain(_) => HandlerError::Permanent(e.to_string()),
+        other => HandlerError::Retryable(other.to_string()),
+    }
+}
+
+/// Usage events travel on the agent's topic for userauth; the agent's own consumer only marks
+/// them consumed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageIsUserauths;
+
+#[async_trait]
+impl TypedHandler<TokenUsageRecorded> for UsageIsUserauths {
+    async fn handle(
+        &self,
+        _txn: &DatabaseTransaction,
+        _event: TokenUsageRecorded,
+        _envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         Ok(())
     }
 }
@@ -76,5 +117,6 @@ impl TypedHandler<ChatMessageAppended> for PersistChatMessage {
 pub fn registry(bus: EventBus) -> Result<HandlerRegistry, BusError> {
     HandlerRegistry::builder()
         .on::<ChatMessageAppended, _>(PersistChatMessage::new(bus))
+        .on::<TokenUsageRecorded, _>(UsageIsUserauths)
         .build()
 }

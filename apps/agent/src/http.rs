@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -19,6 +19,7 @@ use smartflow_bus::{BusError, EventBus};
 use smartflow_domain::DomainError;
 use smartflow_storage::chat_history;
 use smartflow_storage::outbox::OutboxTable;
+use smartflow_userauth::client::{AuthorizeError, UserauthClient};
 
 use crate::events::{ChatMessageAppended, Role};
 
@@ -37,6 +38,8 @@ pub struct ApiState {
     pub bus: EventBus,
     pub outbox: OutboxTable,
     pub max_content_chars: usize,
+    /// Userauth's verifier; `None` runs without authentication (local development).
+    pub auth: Option<UserauthClient>,
 }
 
 /// The API's routes over `state`.
@@ -70,6 +73,14 @@ pub enum ApiError {
     NotFound,
     MethodNotAllowed,
     Unavailable(String),
+    /// No `Authorization: Bearer` header where userauth requires one.
+    MissingToken,
+    /// Userauth's verdict (401 for a bad token, 429 at the quota), passed on unchanged.
+    Rejected {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
     Internal,
 }
 
@@ -80,8 +91,10 @@ impl ApiError {
         ApiError::Internal
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
+            ApiError::MissingToken => "missing_token",
+            ApiError::Rejected { code, .. } => code,
             ApiError::InvalidRequest(_) => "invalid_request",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::NotFound => "not_found",
@@ -93,6 +106,8 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            ApiError::MissingToken => StatusCode::UNAUTHORIZED,
+            ApiError::Rejected { status, .. } => *status,
             ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -110,6 +125,10 @@ impl ApiError {
             ApiError::NotFound => "no such resource".to_owned(),
             ApiError::MethodNotAllowed => "method not allowed on this resource".to_owned(),
             ApiError::Internal => "internal error".to_owned(),
+            ApiError::MissingToken => {
+                "an `Authorization: Bearer` access token is required".to_owned()
+            }
+            ApiError::Rejected { message, .. } => message.clone(),
         }
     }
 }
@@ -121,7 +140,7 @@ struct ErrorBody {
 
 #[derive(Serialize)]
 struct ErrorDetail {
-    code: &'static str,
+    code: String,
     message: String,
 }
 
@@ -129,7 +148,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code(),
+                code: self.code().to_owned(),
                 message: self.message(),
             },
         };
@@ -174,7 +193,10 @@ impl fmt::Display for ErrorChain<'_> {
 /// wrong one gets our message naming the allowed values rather than serde's.
 #[derive(Debug, Deserialize)]
 pub struct PostMessage {
-    pub user_id: String,
+    /// Required without authentication; with it, the token names the user and a `user_id` that
+    /// names someone else is refused.
+    #[serde(default)]
+    pub user_id: Option<String>,
     pub role: String,
     pub content: String,
 }
@@ -226,14 +248,16 @@ pub fn validate_conversation_id(id: &str) -> Result<(), ApiError> {
 /// Checks a posted message and returns its role.
 pub fn validate_message(body: &PostMessage, max_content_chars: usize) -> Result<Role, ApiError> {
     let invalid = |m: String| Err(ApiError::InvalidRequest(m));
-    if body.user_id.trim().is_empty() {
-        return invalid("user_id must not be empty".to_owned());
-    }
-    if body.user_id.chars().count() > MAX_ID_CHARS {
-        return invalid(format!("user_id must be at most {MAX_ID_CHARS} characters"));
-    }
-    if body.user_id.chars().any(char::is_control) {
-        return invalid("user_id must not contain control characters".to_owned());
+    if let Some(user_id) = &body.user_id {
+        if user_id.trim().is_empty() {
+            return invalid("user_id must not be empty".to_owned());
+        }
+        if user_id.chars().count() > MAX_ID_CHARS {
+            return invalid(format!("user_id must be at most {MAX_ID_CHARS} characters"));
+        }
+        if user_id.chars().any(char::is_control) {
+            return invalid("user_id must not contain control characters".to_owned());
+        }
     }
     let Some(role) = Role::parse(&body.role) else {
         return invalid("role must be one of user, assistant, system".to_owned());
@@ -257,17 +281,29 @@ pub fn validate_message(body: &PostMessage, max_content_chars: usize) -> Result<
 #[tracing::instrument(skip_all, fields(conversation_id))]
 async fn post_message(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<PostMessage>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let Path(conversation_id) = path?;
     validate_conversation_id(&conversation_id)?;
     tracing::Span::current().record("conversation_id", conversation_id.as_str());
+    let authenticated = authenticate(&state, &headers, Quota::Enforced).await?;
     let Json(body) = body?;
     let role = validate_message(&body, state.max_content_chars)?;
+    let user_id = match (authenticated, body.user_id) {
+        (Some(token_user), Some(claimed)) if claimed != token_user => {
+            return Err(ApiError::InvalidRequest(
+                "user_id does not match the access token's user".to_owned(),
+            ))
+        }
+        (Some(token_user), _) => token_user,
+        (None, Some(claimed)) => claimed,
+        (None, None) => return Err(ApiError::InvalidRequest("user_id is required".to_owned())),
+    };
     let event = ChatMessageAppended {
         conversation_id,
-        user_id: body.user_id,
+        user_id,
         role,
         content: body.content,
         occurred_at_ms: smartflow_storage::now_millis(),
@@ -297,6 +333,56 @@ async fn post_message(
     ))
 }
 
+/// Whether a request spends the user's quota (posting) or not (reading).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quota {
+    Enforced,
+    Ignored,
+}
+
+/// The user the request acts for, per userauth; `None` when the agent runs without
+/// authentication. Token failures answer as userauth says (401, or 429 at the quota).
+async fn authenticate(
+    state: &ApiState,
+    headers: &HeaderMap,
+    quota: Quota,
+) -> Result<Option<String>, ApiError> {
+    let Some(client) = &state.auth else {
+        return Ok(None);
+    };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(smartflow_userauth::validation::bearer_token)
+        .ok_or(ApiError::MissingToken)?;
+    match client.authorize(token).await {
+        Ok(user) => Ok(Some(user.user_id)),
+        Err(AuthorizeError::Rejected {
+            status,
+            code,
+            message,
+        }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+            // At the quota the token itself is good: reading stays allowed. Userauth answers
+            // 429 only after it has verified the token.
+            if status == StatusCode::TOO_MANY_REQUESTS && quota == Quota::Ignored {
+                return Ok(None);
+            }
+            Err(ApiError::Rejected {
+                status,
+                code,
+                message,
+            })
+        }
+        Err(AuthorizeError::Unavailable(reason)) => {
+            tracing::error!(%reason, "userauth could not be asked");
+            Err(ApiError::Unavailable(
+                "authentication is unavailable; try again later".to_owned(),
+            ))
+        }
+    }
+}
+
 fn publish_error(error: BusError) -> ApiError {
     match error {
         BusError::Domain(DomainError::PayloadTooLarge { size, limit, .. }) => {
@@ -311,8 +397,10 @@ fn publish_error(error: BusError) -> ApiError {
 #[tracing::instrument(skip_all, fields(conversation_id))]
 async fn list_messages(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<MessageList>, ApiError> {
+    authenticate(&state, &headers, Quota::Ignored).await?;
     let Path(conversation_id) = path?;
     validate_conversation_id(&conversation_id)?;
     tracing::Span::current().record("conversation_id", conversation_id.as_str());
@@ -434,7 +522,7 @@ mod tests {
 
     fn body(user_id: &str, role: &str, content: &str) -> PostMessage {
         PostMessage {
-            user_id: user_id.to_owned(),
+            user_id: Some(user_id.to_owned()),
             role: role.to_owned(),
             content: content.to_owned(),
         }

@@ -2,6 +2,7 @@
 //! driven through its HTTP API. Every test has its own database and its own broker, so they run
 //! in parallel.
 
+mod auth;
 mod backends;
 mod messages;
 mod notify;

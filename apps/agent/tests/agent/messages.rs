@@ -63,6 +63,20 @@ async fn messages_come_back_in_order_and_outbox_rows_end_consumed() {
     let dir = TempDir::new();
     let agent = start(sqlite_config(&dir)).await;
     chat_round_trip(&agent).await;
+    // Each stored message also published its token-usage event, consumed a moment later.
+    let outbox = OutboxTable::new(OUTBOX_TABLE).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let stats = outbox.stats(agent.db()).await.unwrap();
+        if stats.consumed == 8 && stats.pending + stats.published == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outbox never settled: {stats:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let metrics = client()
         .get(format!("{}/metrics", agent.base_url()))
@@ -76,7 +90,7 @@ async fn messages_come_back_in_order_and_outbox_rows_end_consumed() {
         .starts_with("text/plain"));
     let text = metrics.text().await.unwrap();
     for expected in [
-        "smartflow_outbox_rows{table=\"agent_outbox\",status=\"consumed\"} 4",
+        "smartflow_outbox_rows{table=\"agent_outbox\",status=\"consumed\"} 8",
         "smartflow_outbox_rows{table=\"agent_outbox\",status=\"pending\"} 0",
         "smartflow_outbox_rows{table=\"agent_outbox\",status=\"dead\"} 0",
         "smartflow_outbox_oldest_pending_age_ms{table=\"agent_outbox\"} 0",

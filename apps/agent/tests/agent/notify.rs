@@ -25,7 +25,10 @@ struct Webhook {
     stop: CancellationToken,
 }
 
-async fn record(State(bodies): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>) -> Json<Value> {
+async fn record(
+    State(bodies): State<Arc<Mutex<Vec<Value>>>>,
+    Json(body): Json<Value>,
+) -> Json<Value> {
     bodies.lock().unwrap().push(body);
     Json(json!({"code": 0, "msg": "success", "data": {}}))
 }
@@ -41,7 +44,9 @@ impl Webhook {
         let stop = CancellationToken::new();
         let until = stop.clone().cancelled_owned();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(until).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(until)
+                .await;
         });
         let prefix = format!("http://{addr}/open-apis/bot/v2/hook/");
         Webhook {
@@ -53,7 +58,12 @@ impl Webhook {
     }
 
     fn texts(&self) -> Vec<String> {
-        self.bodies.lock().unwrap().iter().map(|b| b.to_string()).collect()
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.to_string())
+            .collect()
     }
 }
 
@@ -103,17 +113,27 @@ async fn first_messages_notify_once_per_conversation(t: TestDb) {
             if status_of(&notifications, &key).await.as_deref() == Some("sent") {
                 break;
             }
-            assert!(Instant::now() < deadline, "no notification sent for {conversation}");
+            assert!(
+                Instant::now() < deadline,
+                "no notification sent for {conversation}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     // Give a wrongly repeated send time to show up before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let texts = webhook.texts();
-    assert_eq!(texts.len(), 2, "one webhook call per conversation: {texts:?}");
+    assert_eq!(
+        texts.len(),
+        2,
+        "one webhook call per conversation: {texts:?}"
+    );
     for conversation in [&a, &b] {
         assert_eq!(
-            texts.iter().filter(|t| t.contains(conversation.as_str())).count(),
+            texts
+                .iter()
+                .filter(|t| t.contains(conversation.as_str()))
+                .count(),
             1,
             "{conversation}: {texts:?}"
         );
