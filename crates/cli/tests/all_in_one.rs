@@ -1,0 +1,290 @@
+//! The README walkthrough, driven over HTTP against `start_all`: register and log in at
+//! userauth, chat with the agent using the access token, read the history, see the first
+//! message's notification sent to a local stand-in for a Feishu webhook, and run into the quota.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use smartflow_cli::{start_all, AllConfig, RunningAll};
+use tokio::time::Instant;
+
+/// Bound on waiting for background work (consumer groups alone take seconds to form on the
+/// embedded broker); reached only when the test fails. No assertion is about how long anything
+/// took.
+const PATIENCE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(100);
+
+/// A directory of this test's own, removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("smartflow-cli-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn sqlite_url(&self) -> String {
+        format!(
+            "sqlite://{}?mode=rwc",
+            self.0.join("smartflow.db").display()
+        )
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A local stand-in for a Feishu custom-bot webhook: answers every POST with Feishu's success
+/// body and counts the calls.
+struct FakeWebhook {
+    prefix: String,
+    calls: Arc<AtomicUsize>,
+}
+
+impl FakeWebhook {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = Router::new()
+            .route(
+                "/open-apis/bot/v2/hook/{token}",
+                post(|State(calls): State<Arc<AtomicUsize>>| async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Json(json!({"code": 0, "msg": "success", "data": {}}))
+                }),
+            )
+            .with_state(calls.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            prefix: format!("http://{addr}/open-apis/bot/v2/hook/"),
+            calls,
+        }
+    }
+}
+
+/// Polls `probe` until it returns `Some`, failing the test after `PATIENCE`.
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {} s waiting for {what}",
+            PATIENCE.as_secs()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_walkthrough_runs_end_to_end_in_one_process() {
+    smartflow_testkit::init_tracing();
+    let dir = TempDir::new();
+    let webhook = FakeWebhook::start().await;
+    let mut config = AllConfig::embedded(dir.sqlite_url());
+    config.feishu_allowed_targets = Some(webhook.prefix.clone());
+    config.feishu_webhook_url = Some(format!("{}walkthrough-token", webhook.prefix));
+    let all = match start_all(config).await {
+        Ok(all) => all,
+        Err(e) => panic!("smartflow did not start: {e:#}"),
+    };
+    walkthrough(&all, &webhook).await;
+    tokio::time::timeout(PATIENCE, all.shutdown())
+        .await
+        .expect("shutdown returns");
+}
+
+async fn walkthrough(all: &RunningAll, webhook: &FakeWebhook) {
+    let http = reqwest::Client::new();
+    let userauth = all.userauth().base_url();
+    let agent = all.agent().base_url();
+    let notification = all.notification().base_url();
+    let credentials = json!({"email": "alice@example.com", "password": "correct-horse-42"});
+
+    // Register and log in.
+    let (status, registered) = json_of(
+        http.post(format!("{userauth}/v1/auth/register"))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    let user_id = registered["user_id"].as_str().unwrap().to_owned();
+    let (status, tokens) = json_of(
+        http.post(format!("{userauth}/v1/auth/login"))
+            .json(&credentials)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access_token = tokens["access_token"].as_str().unwrap().to_owned();
+
+    // The agent checks tokens with this userauth: none is refused.
+    let messages = format!("{agent}/v1/conversations/walkthrough-1/messages");
+    let message = json!({"role": "user", "content": "Hello, smartflow!"});
+    let (status, body) = json_of(http.post(&messages).json(&message).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // Chat with the token; the message reaches the history through the outbox and Kafka.
+    let (status, accepted) = json_of(
+        http.post(&messages)
+            .bearer_auth(&access_token)
+            .json(&message)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    let event_id = accepted["event_id"].as_str().unwrap().to_owned();
+    let history = eventually("the message in the history", || async {
+        let (status, body) = json_of(
+            http.get(&messages)
+                .bearer_auth(&access_token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let list = body["messages"].as_array().unwrap().clone();
+        (!list.is_empty()).then_some(list)
+    })
+    .await;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["event_id"], event_id.as_str());
+    assert_eq!(history[0]["user_id"], user_id.as_str());
+    assert_eq!(history[0]["content"], "Hello, smartflow!");
+
+    // The conversation's first message requested a notification, which the notification
+    // service recorded and sent to the webhook.
+    let dedupe_key = smartflow_agent::handlers::first_message_dedupe_key("walkthrough-1");
+    let record = eventually("the notification to be sent", || async {
+        let (status, body) = json_of(
+            http.get(format!("{notification}/v1/notifications"))
+                .query(&[("channel", "feishu"), ("dedupe_key", dedupe_key.as_str())])
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        match status {
+            StatusCode::NOT_FOUND => None,
+            StatusCode::OK => {
+                let record = body["notification"].clone();
+                assert!(
+                    !matches!(record["status"].as_str(), Some("dead")),
+                    "the notification is dead: {record}"
+                );
+                (record["status"] == "sent").then_some(record)
+            }
+            other => panic!("GET /v1/notifications answered {other}: {body}"),
+        }
+    })
+    .await;
+    assert_eq!(record["user_id"], user_id.as_str());
+    assert!(webhook.calls.load(Ordering::SeqCst) >= 1);
+
+    // The message's tokens reach userauth's ledger through the agent's topic.
+    let me = format!("{userauth}/v1/auth/me");
+    eventually("the message's tokens to be counted", || async {
+        let (status, body) = json_of(
+            http.get(&me)
+                .bearer_auth(&access_token)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        (body["token_usage"].as_i64().unwrap() > 0).then_some(())
+    })
+    .await;
+
+    // With a low quota, posting goes on until the counted usage reaches it; then the agent
+    // refuses with userauth's answer. Reading stays allowed.
+    let quota_set = smartflow_storage::users::set_quota(all.userauth().db(), &user_id, 1)
+        .await
+        .unwrap();
+    assert!(quota_set);
+    let refusal = eventually("the agent to refuse at the quota", || async {
+        let (status, body) = json_of(
+            http.post(&messages)
+                .bearer_auth(&access_token)
+                .json(&json!({"role": "user", "content": "One more, please."}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        match status {
+            StatusCode::ACCEPTED => None,
+            StatusCode::TOO_MANY_REQUESTS => Some(body),
+            other => panic!("posting answered {other}: {body}"),
+        }
+    })
+    .await;
+    assert_eq!(refusal["error"]["code"], "quota_exceeded", "{refusal}");
+    let (status, body) = json_of(
+        http.get(&messages)
+            .bearer_auth(&access_token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_start_names_the_service_and_returns() {
+    smartflow_testkit::init_tracing();
+    let dir = TempDir::new();
+    // Held for the whole test, so the agent cannot listen there; userauth starts before it and
+    // must be shut down again.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = AllConfig::embedded(dir.sqlite_url());
+    config.agent_addr = taken.local_addr().unwrap();
+    let started = tokio::time::timeout(PATIENCE, start_all(config))
+        .await
+        .expect("start_all returns");
+    let error = match started {
+        Ok(_) => panic!("smartflow started on a taken address"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        error.contains("starting the agent (SMARTFLOW_AGENT_ADDR"),
+        "{error}"
+    );
+    assert!(error.contains("cannot listen"), "{error}");
+}
