@@ -1,1 +1,52 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's chores, in Rust so they run wherever cargo does.
+//!
+//! - `test`: starts PostgreSQL and MariaDB if they are down, then `cargo test --workspace`.
+//! - `ci`: formatting, clippy, the dependency-direction check, then the same as `test`.
+//! - `bench`: the outbox, relay and end-to-end latency benchmark (always in release mode).
+
+mod bench;
+mod ci;
+mod deps;
+mod process;
+mod services;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "smartflow's development and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Makes sure PostgreSQL and MariaDB accept connections (starting them if not), then runs
+    /// `cargo test --workspace`.
+    Test,
+    /// What CI runs: fmt check, clippy with `-D warnings`, the dependency-direction check, tests.
+    Ci,
+    /// Checks that the library crates depend only downwards (part of `ci`).
+    Deps,
+    /// Measures the outbox's cost, relay throughput and end-to-end latency on every backend.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.task {
+        Task::Test => ci::test(),
+        Task::Ci => ci::ci(),
+        Task::Deps => deps::check_workspace().map(|()| ExitCode::SUCCESS),
+        Task::Bench(args) => bench::main(args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

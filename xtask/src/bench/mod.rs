@@ -1,0 +1,276 @@
+//! `cargo xtask bench`: the outbox's cost to a business transaction, producer and relay
+//! throughput, and end-to-end latency at a steady rate, on SQLite, PostgreSQL and MariaDB against
+//! an in-process broker. See `docs/benchmarks.md` for what each figure means and the last run.
+//!
+//! It always measures a release build: run from a debug build (as `cargo xtask` is), it re-runs
+//! itself with `cargo run --release -p xtask -- bench ...`, because debug builds of sqlx, serde and
+//! the bus give figures that say nothing about production.
+
+mod fixture;
+mod latency;
+mod outbox_cost;
+mod report;
+mod throughput;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use smartflow_testkit::Backend;
+
+use crate::process::{cargo, exit_code, run};
+use report::Figures;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Also write every figure as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Backends to measure, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sqlite,postgres,mariadb"
+    )]
+    backends: Vec<BackendArg>,
+    /// Seconds of the steady-rate end-to-end latency run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Events per second the latency run's publisher commits.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// Seconds of each outbox-cost measurement (plain and with outbox, per writer count).
+    #[arg(long, default_value_t = 4.0)]
+    cost_seconds: f64,
+    /// Concurrent writers of the second outbox-cost measurement (the first has one).
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// Messages sent in the raw producer measurement.
+    #[arg(long, default_value_t = 100_000)]
+    producer_messages: usize,
+    /// Outbox rows preloaded for the relay measurement on PostgreSQL and MariaDB.
+    #[arg(long, default_value_t = 100_000)]
+    relay_rows: usize,
+    /// Outbox rows preloaded for the relay measurement on SQLite.
+    #[arg(long, default_value_t = 100_000)]
+    sqlite_relay_rows: usize,
+    /// The relay's batch size (`RelayConfig::batch_size`).
+    #[arg(long, default_value_t = 1000)]
+    relay_batch: u64,
+    /// The relay's concurrent round loops (`RelayConfig::workers`).
+    #[arg(long, default_value_t = 2)]
+    relay_workers: usize,
+    /// Partitions of each benchmark topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Which measurements to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cost,throughput,latency"
+    )]
+    phases: Vec<Phase>,
+    /// A librdkafka property for every client, as KEY=VALUE (repeatable), to try a tuning.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = key_value)]
+    kafka_set: Vec<(String, String)>,
+    /// Measure even in a debug build (the figures are then meaningless; for checking the harness).
+    #[arg(long)]
+    allow_debug: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Phase {
+    /// Figure a: business transaction with and without the outbox row.
+    Cost,
+    /// Figure b: raw producer and relay throughput.
+    Throughput,
+    /// Figure c: end-to-end latency at a steady rate.
+    Latency,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    Sqlite,
+    #[value(alias = "pg")]
+    Postgres,
+    #[value(alias = "mysql")]
+    Mariadb,
+}
+
+impl BackendArg {
+    fn backend(self) -> Backend {
+        match self {
+            BackendArg::Sqlite => Backend::Sqlite,
+            BackendArg::Postgres => Backend::Postgres,
+            BackendArg::Mariadb => Backend::MariaDb,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            BackendArg::Sqlite => "SQLite",
+            BackendArg::Postgres => "PostgreSQL",
+            BackendArg::Mariadb => "MariaDB",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            BackendArg::Sqlite => "sqlite",
+            BackendArg::Postgres => "postgres",
+            BackendArg::Mariadb => "mariadb",
+        }
+    }
+}
+
+pub fn main(args: BenchArgs) -> Result<ExitCode> {
+    if cfg!(debug_assertions) && !args.allow_debug {
+        println!("bench: debug builds give misleading figures; re-running as a release build");
+        let status = run(cargo()
+            .args(["run", "--release", "--package", "xtask", "--"])
+            .args(std::env::args_os().skip(1)))?;
+        return Ok(exit_code(status));
+    }
+    if args.backends.iter().any(|b| *b != BackendArg::Sqlite) {
+        crate::services::ensure_databases()?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the Tokio runtime")?;
+    let figures = runtime.block_on(run_all(&args));
+    println!("\n{}", report::table(&figures));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report::json(&args, &figures))?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
+    let failed = figures.iter().filter(|f| !f.errors.is_empty()).count();
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        println!("{failed} backend(s) had failures; see above");
+        ExitCode::FAILURE
+    })
+}
+
+async fn run_all(args: &BenchArgs) -> Vec<Figures> {
+    let mut all = Vec::new();
+    let mut seen = Vec::new();
+    for &backend in &args.backends {
+        if seen.contains(&backend) {
+            continue;
+        }
+        seen.push(backend);
+        let mut figures = Figures::new(backend.label(), backend.key());
+        println!(
+            "\n== {} == (load average {})",
+            backend.label(),
+            figures.load_before
+        );
+        for &phase in &args.phases {
+            let result = match phase {
+                Phase::Cost => cost_phase(args, backend, &mut figures).await,
+                Phase::Throughput => throughput_phase(args, backend, &mut figures).await,
+                Phase::Latency => latency_phase(args, backend, &mut figures).await,
+            };
+            if let Err(e) = result {
+                println!("  {phase:?} FAILED: {e:#}");
+                figures.errors.push(format!("{phase:?}: {e:#}"));
+            }
+        }
+        figures.load_after = report::load_average();
+        all.push(figures);
+    }
+    all
+}
+
+/// Runs `body` on a fresh fixture and always cleans the fixture up.
+async fn with_fixture<T>(
+    args: &BenchArgs,
+    backend: BackendArg,
+    body: impl AsyncFnOnce(&fixture::Fixture) -> Result<T>,
+) -> Result<T> {
+    let fx = fixture::Fixture::new(backend.backend(), args.partitions, &args.kafka_set).await?;
+    let result = body(&fx).await;
+    fx.cleanup().await;
+    result
+}
+
+async fn cost_phase(args: &BenchArgs, backend: BackendArg, figures: &mut Figures) -> Result<()> {
+    with_fixture(args, backend, async |fx| {
+        for writers in [1, args.writers] {
+            let cost = outbox_cost::measure(fx, writers, args.cost_seconds).await?;
+            println!(
+                "  outbox cost, {writers} writer(s): plain {:.0} tx/s, with outbox {:.0} tx/s, cost {:.2}x",
+                cost.plain_tx_per_s, cost.outbox_tx_per_s, cost.cost
+            );
+            figures.outbox_cost.push(cost);
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn throughput_phase(
+    args: &BenchArgs,
+    backend: BackendArg,
+    figures: &mut Figures,
+) -> Result<()> {
+    let rows = if backend == BackendArg::Sqlite {
+        args.sqlite_relay_rows
+    } else {
+        args.relay_rows
+    };
+    with_fixture(args, backend, async |fx| {
+        let producer = throughput::producer(fx, args.producer_messages).await?;
+        println!(
+            "  producer: {} messages of {} B in {:.2} s: {:.0} msg/s",
+            producer.messages, producer.message_bytes, producer.seconds, producer.messages_per_s
+        );
+        figures.producer = Some(producer);
+        let relay = throughput::relay(fx, rows, args.relay_batch, args.relay_workers).await?;
+        println!(
+            "  relay: {} rows in {:.2} s: {:.0} rows/s (preload {:.0} rows/s)",
+            relay.rows, relay.seconds, relay.rows_per_s, relay.preload_rows_per_s
+        );
+        figures.relay = Some(relay);
+        let rounds = throughput::round_breakdown(fx, 10, args.relay_batch).await?;
+        println!(
+            "  relay round by hand: claim {:.1} ms, send {:.1} ms, settle {:.1} ms per {:.0} rows ({:.0} rows/s)",
+            rounds.claim_ms, rounds.send_ms, rounds.settle_ms, rounds.rows_per_round, rounds.rows_per_s
+        );
+        figures.relay_round = Some(rounds);
+        Ok(())
+    })
+    .await
+}
+
+async fn latency_phase(args: &BenchArgs, backend: BackendArg, figures: &mut Figures) -> Result<()> {
+    with_fixture(args, backend, async |fx| {
+        let l = latency::measure(fx, args.rate, args.seconds, args.relay_batch, args.relay_workers).await?;
+        println!(
+            "  end-to-end at {}/s for {} s: {} published ({:.0}/s), {} measured; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            l.target_events_per_s, l.seconds, l.published, l.achieved_events_per_s, l.measured, l.p50_ms, l.p99_ms, l.max_ms
+        );
+        println!(
+            "    where it goes: row written -> published p50 {:.0} / p99 {:.0} ms; commit -> received p50 {:.1} / p99 {:.1} ms; received -> applied p50 {:.1} / p99 {:.1} ms; {} consumer batches of {:.1} on average, process_batch {:.1} ms mean / {:.1} max, offset commit {:.1} ms mean",
+            l.relay_lag_p50_ms,
+            l.relay_lag_p99_ms,
+            l.to_receive_p50_ms, l.to_receive_p99_ms, l.apply_p50_ms, l.apply_p99_ms, l.consumer_batches, l.consumer_mean_batch, l.process_batch_mean_ms, l.process_batch_max_ms, l.offset_commit_mean_ms
+        );
+        figures.latency = Some(l);
+        Ok(())
+    })
+    .await
+}
