@@ -4,23 +4,22 @@
 use smartflow_userauth::client::UserauthClient;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use futures::FutureExt as _;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use smartflow_bus::{ConsumerConfig, ConsumerRunner, EventBus, PublishConfig, Relay, RelayConfig};
-use smartflow_domain::route::check_sql_identifier;
-use smartflow_kafka::{
-    ensure_topics, wait_for_broker, EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer,
+use smartflow_kafka::{EmbeddedBroker, KafkaConsumer, KafkaProducer};
+use smartflow_service::database::DATABASE_RETRY_PAUSE;
+use smartflow_service::{
+    connect_config, prepare_broker, release_clients, stop_tasks, supervise, BrokerSettings,
+    DatabaseSettings, RunningService, Task,
 };
-use smartflow_storage::connect::{redact, validate_url};
+use smartflow_storage::connect::redact;
 use smartflow_storage::outbox::OutboxTable;
-use smartflow_storage::{connect, ConnectConfig, StorageError};
+use smartflow_storage::{connect, StorageError};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -29,13 +28,8 @@ use crate::events::{self, OUTBOX_TABLE};
 use crate::handlers;
 use crate::http::{self, ApiState};
 
-/// Pause between two attempts to reach an unreachable database at start-up.
-const DATABASE_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How long the agent waits for userauth's verdict on a token.
 const USERAUTH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a stop waits for the producer to deliver what the relay handed it.
-const PRODUCER_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most characters of content a MySQL/MariaDB `TEXT` column (65,535 bytes) is sure to hold,
 /// at four bytes per character.
 const MYSQL_TEXT_MAX_CHARS: usize = 65_535 / 4;
@@ -72,7 +66,21 @@ impl Agent {
             );
         }
 
-        let (kafka, broker) = prepare_broker(&config).await?;
+        if let Some(brokers) = config.brokers() {
+            tracing::info!(%brokers, wait_secs = config.broker_wait_secs, "connecting to Kafka");
+        }
+        let (kafka, broker) = prepare_broker(BrokerSettings {
+            brokers: config.brokers(),
+            topic: &config.topic,
+            partitions: config.kafka_partitions,
+            replication: config.kafka_replication,
+            wait_secs: config.broker_wait_secs,
+            client_id: "smartflow-agent",
+        })
+        .await?;
+        if let Some(broker) = &broker {
+            tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started");
+        }
 
         let bus = EventBus::new(
             routes,
@@ -145,9 +153,9 @@ impl Agent {
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let tasks = vec![
-            supervise("relay", &shutdown, relay.run(shutdown.clone())),
-            supervise("consumer", &shutdown, runner.run(shutdown.clone())),
-            supervise("http", &shutdown, async move {
+            supervise("relay", AGENT, &shutdown, relay.run(shutdown.clone())),
+            supervise("consumer", AGENT, &shutdown, runner.run(shutdown.clone())),
+            supervise("http", AGENT, &shutdown, async move {
                 if let Err(e) = server.await {
                     tracing::error!(error = %e, "the HTTP server failed");
                 }
@@ -194,11 +202,6 @@ pub struct RunningAgent {
     broker: Option<EmbeddedBroker>,
 }
 
-struct Task {
-    name: &'static str,
-    handle: JoinHandle<()>,
-}
-
 impl RunningAgent {
     /// The address the HTTP API listens on (the real port when 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
@@ -239,7 +242,7 @@ impl RunningAgent {
             db,
             shutdown,
             cancel_on_drop,
-            mut tasks,
+            tasks,
             grace,
             producer,
             consumer,
@@ -250,69 +253,22 @@ impl RunningAgent {
         drop(cancel_on_drop);
         shutdown.cancel();
 
-        let all = futures::future::join_all(tasks.iter_mut().map(|t| &mut t.handle));
-        if tokio::time::timeout(grace, all).await.is_err() {
-            for task in &tasks {
-                if !task.handle.is_finished() {
-                    tracing::warn!(
-                        task = task.name,
-                        grace_secs = grace.as_secs(),
-                        "did not stop in time; abandoning it"
-                    );
-                    task.handle.abort();
-                }
-            }
-            for task in tasks {
-                // An aborted task answers at once; its result says nothing more worth logging.
-                let _ = task.handle.await;
-            }
-        }
-
-        if let Err(e) = producer.flush(PRODUCER_FLUSH_TIMEOUT).await {
-            tracing::warn!(error = %e, "the Kafka producer did not flush");
-        }
-        // Dropping librdkafka clients joins their threads, so it happens off the runtime threads.
-        blocking_drop(producer).await;
-        match Arc::try_unwrap(consumer) {
-            Ok(consumer) => consumer.close().await,
-            Err(still_shared) => blocking_drop(still_shared).await,
-        }
-        if let Err(e) = db.close().await {
-            tracing::warn!(error = %e, "closing the database pool failed");
-        }
-        if let Some(broker) = broker {
-            blocking_drop(broker).await;
-        }
+        stop_tasks(tasks, grace).await;
+        release_clients(Some(producer), consumer, db, broker).await;
         tracing::info!("agent stopped");
     }
 }
 
-/// Runs one long-lived part of the agent. If it ends before shutdown was asked for, or panics,
-/// the whole agent stops: half an agent (say, accepting messages nobody relays) is worse than
-/// none, because it looks healthy.
-fn supervise<F>(name: &'static str, shutdown: &CancellationToken, work: F) -> Task
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let shutdown = shutdown.clone();
-    let handle = tokio::spawn(async move {
-        let outcome = AssertUnwindSafe(work).catch_unwind().await;
-        match (outcome.is_err(), shutdown.is_cancelled()) {
-            (true, _) => tracing::error!(task = name, "panicked; stopping the agent"),
-            (false, false) => tracing::error!(task = name, "ended on its own; stopping the agent"),
-            (false, true) => {
-                tracing::debug!(task = name, "stopped");
-                return;
-            }
-        }
-        shutdown.cancel();
-    });
-    Task { name, handle }
-}
+/// How the supervised tasks name the agent when one of them stops it.
+const AGENT: &str = "the agent";
 
-async fn blocking_drop<T: Send + 'static>(value: T) {
-    if let Err(e) = tokio::task::spawn_blocking(move || drop(value)).await {
-        tracing::warn!(error = %e, "releasing a client failed");
+impl RunningService for RunningAgent {
+    fn stopped(&self) -> impl Future<Output = ()> {
+        RunningAgent::stopped(self)
+    }
+
+    fn shutdown(self) -> impl Future<Output = ()> {
+        RunningAgent::shutdown(self)
     }
 }
 
@@ -320,18 +276,11 @@ async fn blocking_drop<T: Send + 'static>(value: T) {
 /// failures do not go away by waiting) for up to `SMARTFLOW_DATABASE_WAIT_SECS`.
 async fn connect_database(config: &AgentConfig) -> anyhow::Result<DatabaseConnection> {
     let url = &config.database_url;
-    validate_url(url).context("SMARTFLOW_DATABASE_URL is malformed")?;
-    let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let mut connect_config = ConnectConfig::new(url.clone());
-    if let Some(schema) = &config.database_schema {
-        if !is_postgres {
-            bail!("SMARTFLOW_DATABASE_SCHEMA applies to PostgreSQL only, but the database URL is not a postgres:// URL");
-        }
-        // The schema name ends up in a `SET search_path` statement.
-        check_sql_identifier("database schema", schema)
-            .context("SMARTFLOW_DATABASE_SCHEMA is not a usable schema name")?;
-        connect_config.pg_schema = Some(schema.clone());
-    }
+    let connect_config = connect_config(DatabaseSettings {
+        url,
+        schema: config.database_schema.as_deref(),
+        wait_secs: config.database_wait_secs,
+    })?;
     if url.starts_with("sqlite:") {
         // A SQLite file's failures (missing directory, permissions) do not go away by waiting.
         return connect(&connect_config)
@@ -374,52 +323,4 @@ async fn connect_database(config: &AgentConfig) -> anyhow::Result<DatabaseConnec
         );
         tokio::time::sleep(DATABASE_RETRY_PAUSE).await;
     }
-}
-
-/// Reaches the configured cluster and makes sure the topic exists, or starts the embedded
-/// broker with the topic created. The embedded broker is returned so it lives as long as the
-/// agent.
-async fn prepare_broker(
-    config: &AgentConfig,
-) -> anyhow::Result<(KafkaConfig, Option<EmbeddedBroker>)> {
-    let (mut kafka, broker) = match config.brokers() {
-        None => {
-            // Starting it waits for its thread to come up; that wait stays off the runtime.
-            let broker = tokio::task::spawn_blocking(|| EmbeddedBroker::start(1))
-                .await
-                .context("starting the embedded Kafka broker")?
-                .context("starting the embedded Kafka broker")?;
-            // The mock cluster cannot serve CreateTopics, so the topic is made directly.
-            broker
-                .create_topic(&config.topic, config.kafka_partitions)
-                .with_context(|| {
-                    format!("creating topic `{}` on the embedded broker", config.topic)
-                })?;
-            tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started");
-            (KafkaConfig::new(broker.bootstrap_servers()), Some(broker))
-        }
-        Some(brokers) => {
-            let kafka = KafkaConfig::new(brokers);
-            tracing::info!(%brokers, wait_secs = config.broker_wait_secs, "connecting to Kafka");
-            wait_for_broker(&kafka, config.broker_wait())
-                .await
-                .with_context(|| {
-                    format!(
-                    "cannot reach Kafka at {brokers} within {} s (check SMARTFLOW_KAFKA_BROKERS, \
-                     or raise SMARTFLOW_BROKER_WAIT_SECS)",
-                    config.broker_wait_secs
-                )
-                })?;
-            ensure_topics(
-                &kafka,
-                &[(config.topic.as_str(), config.kafka_partitions)],
-                config.kafka_replication,
-            )
-            .await
-            .with_context(|| format!("creating Kafka topic `{}`", config.topic))?;
-            (kafka, None)
-        }
-    };
-    kafka.client_id = "smartflow-agent".to_owned();
-    Ok((kafka, broker))
 }

@@ -3,8 +3,7 @@
 //! API's shape does not follow the tables' by accident.
 
 use std::error::Error as StdError;
-use std::fmt::{self, Write as _};
-use std::time::Duration;
+use std::fmt::Write as _;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -17,6 +16,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::{BusError, EventBus};
 use smartflow_domain::DomainError;
+use smartflow_service::{database_answers, error_response, ErrorChain};
 use smartflow_storage::chat_history;
 use smartflow_storage::outbox::OutboxTable;
 use smartflow_userauth::client::{AuthorizeError, UserauthClient};
@@ -27,10 +27,6 @@ use crate::events::{ChatMessageAppended, Role};
 pub const HISTORY_LIMIT: u64 = 1000;
 /// The longest conversation or user id, matching the columns that store them.
 pub const MAX_ID_CHARS: usize = 128;
-/// A health check that cannot reach the database within this time reports it down, rather than
-/// hanging until the pool's acquire timeout.
-const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct ApiState {
@@ -133,26 +129,9 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Serialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_owned(),
-                message: self.message(),
-            },
-        };
-        (self.status(), Json(body)).into_response()
+        error_response(self.status(), self.code(), self.message())
     }
 }
 
@@ -171,21 +150,6 @@ impl From<JsonRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         ApiError::InvalidRequest(rejection.body_text())
-    }
-}
-
-/// Displays an error followed by its sources, `outer: inner: innermost`.
-struct ErrorChain<'a>(&'a (dyn StdError + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(inner) = source {
-            write!(f, ": {inner}")?;
-            source = inner.source();
-        }
-        Ok(())
     }
 }
 
@@ -438,20 +402,12 @@ struct Health {
 }
 
 async fn healthz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
-    match tokio::time::timeout(HEALTH_PING_TIMEOUT, state.db.ping()).await {
-        Ok(Ok(())) => Ok(Json(Health { status: "ok" })),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "health check: the database does not answer");
-            Err(ApiError::Unavailable(
-                "the database is unreachable".to_owned(),
-            ))
-        }
-        Err(_) => {
-            tracing::warn!("health check: the database ping timed out");
-            Err(ApiError::Unavailable(
-                "the database is unreachable".to_owned(),
-            ))
-        }
+    if database_answers(&state.db).await {
+        Ok(Json(Health { status: "ok" }))
+    } else {
+        Err(ApiError::Unavailable(
+            "the database is unreachable".to_owned(),
+        ))
     }
 }
 
@@ -519,6 +475,7 @@ async fn method_not_allowed() -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt;
 
     fn body(user_id: &str, role: &str, content: &str) -> PostMessage {
         PostMessage {

@@ -4,24 +4,20 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
-use futures::FutureExt as _;
+use anyhow::{anyhow, Context as _};
 use sea_orm::DatabaseConnection;
 use smartflow_bus::{ConsumerConfig, ConsumerRunner, EventBus, PublishConfig, Relay, RelayConfig};
-use smartflow_domain::route::check_sql_identifier;
 use smartflow_domain::InboundTransport;
-use smartflow_kafka::{
-    ensure_topics, wait_for_broker, EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer,
+use smartflow_kafka::{EmbeddedBroker, KafkaConsumer, KafkaProducer};
+use smartflow_service::{
+    connect_with_retries, prepare_broker, release_clients, stop_tasks, supervise, BrokerSettings,
+    DatabaseSettings, RunningService, Task,
 };
-use smartflow_storage::connect::{redact, validate_url};
-use smartflow_storage::{connect, ConnectConfig, StorageError};
+use smartflow_storage::connect::redact;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::NotificationConfig;
@@ -32,8 +28,8 @@ use crate::http::{self, ApiState};
 use crate::provider::{FeishuConfig, FeishuWebhook, Providers, TargetPolicy};
 use crate::wake_on_commit::WakeOnCommit;
 
-const DATABASE_RETRY_PAUSE: Duration = Duration::from_secs(1);
-const PRODUCER_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How the supervised tasks name the service when one of them stops it.
+const SERVICE: &str = "the service";
 
 /// The notification service. [`Notification::start`] brings it up in this process; `main` is a
 /// thin wrapper around it, and tests call it directly.
@@ -65,12 +61,25 @@ impl Notification {
         .map_err(|e| anyhow!("building the Feishu provider: {e}"))?;
         let providers = Providers::default().with(Channel::Feishu, Arc::new(feishu));
 
-        let db = connect_database(&config).await?;
+        let db = connect_with_retries(DatabaseSettings {
+            url: &config.database_url,
+            schema: config.database_schema.as_deref(),
+            wait_secs: config.database_wait_secs,
+        })
+        .await?;
         smartflow_migrations::run(&db)
             .await
             .context("running the database migrations")?;
 
-        let (kafka, broker) = prepare_broker(&config).await?;
+        let (kafka, broker) = prepare_broker(BrokerSettings {
+            brokers: config.brokers(),
+            topic: &config.topic,
+            partitions: config.kafka_partitions,
+            replication: config.kafka_replication,
+            wait_secs: config.broker_wait_secs,
+            client_id: "smartflow-notification",
+        })
+        .await?;
 
         let bus =
             EventBus::new(routes, PublishConfig::default()).context("building the event bus")?;
@@ -134,14 +143,15 @@ impl Notification {
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let tasks = vec![
-            supervise("relay", &shutdown, relay.run(shutdown.clone())),
-            supervise("consumer", &shutdown, runner.run(shutdown.clone())),
+            supervise("relay", SERVICE, &shutdown, relay.run(shutdown.clone())),
+            supervise("consumer", SERVICE, &shutdown, runner.run(shutdown.clone())),
             supervise(
                 "dispatcher",
+                SERVICE,
                 &shutdown,
                 dispatcher.clone().run(shutdown.clone()),
             ),
-            supervise("http", &shutdown, async move {
+            supervise("http", SERVICE, &shutdown, async move {
                 if let Err(e) = server.await {
                     tracing::error!(error = %e, "the HTTP server failed");
                 }
@@ -188,11 +198,6 @@ pub struct RunningNotification {
     broker: Option<EmbeddedBroker>,
 }
 
-struct Task {
-    name: &'static str,
-    handle: JoinHandle<()>,
-}
-
 impl RunningNotification {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -235,7 +240,7 @@ impl RunningNotification {
             db,
             shutdown,
             cancel_on_drop,
-            mut tasks,
+            tasks,
             grace,
             producer,
             consumer,
@@ -245,140 +250,18 @@ impl RunningNotification {
         tracing::info!("stopping the notification service");
         drop(cancel_on_drop);
         shutdown.cancel();
-        let all = futures::future::join_all(tasks.iter_mut().map(|t| &mut t.handle));
-        if tokio::time::timeout(grace, all).await.is_err() {
-            for task in &tasks {
-                if !task.handle.is_finished() {
-                    tracing::warn!(task = task.name, "did not stop in time; abandoning it");
-                    task.handle.abort();
-                }
-            }
-            for task in tasks {
-                let _ = task.handle.await;
-            }
-        }
-        if let Err(e) = producer.flush(PRODUCER_FLUSH_TIMEOUT).await {
-            tracing::warn!(error = %e, "the Kafka producer did not flush");
-        }
-        // Dropping librdkafka clients joins their threads, so it happens off the runtime threads.
-        blocking_drop(producer).await;
-        match Arc::try_unwrap(consumer) {
-            Ok(consumer) => consumer.close().await,
-            Err(still_shared) => blocking_drop(still_shared).await,
-        }
-        if let Err(e) = db.close().await {
-            tracing::warn!(error = %e, "closing the database pool failed");
-        }
-        if let Some(broker) = broker {
-            blocking_drop(broker).await;
-        }
+        stop_tasks(tasks, grace).await;
+        release_clients(Some(producer), consumer, db, broker).await;
         tracing::info!("notification service stopped");
     }
 }
 
-/// Runs one long-lived part of the service. If it ends before shutdown was asked for, or
-/// panics, the whole service stops: half a service looks healthy while doing nothing.
-fn supervise<F>(name: &'static str, shutdown: &CancellationToken, work: F) -> Task
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let shutdown = shutdown.clone();
-    let handle = tokio::spawn(async move {
-        let outcome = AssertUnwindSafe(work).catch_unwind().await;
-        match (outcome.is_err(), shutdown.is_cancelled()) {
-            (true, _) => tracing::error!(task = name, "panicked; stopping the service"),
-            (false, false) => {
-                tracing::error!(task = name, "ended on its own; stopping the service")
-            }
-            (false, true) => {
-                tracing::debug!(task = name, "stopped");
-                return;
-            }
-        }
-        shutdown.cancel();
-    });
-    Task { name, handle }
-}
-
-async fn blocking_drop<T: Send + 'static>(value: T) {
-    if let Err(e) = tokio::task::spawn_blocking(move || drop(value)).await {
-        tracing::warn!(error = %e, "releasing a client failed");
+impl RunningService for RunningNotification {
+    fn stopped(&self) -> impl Future<Output = ()> {
+        RunningNotification::stopped(self)
     }
-}
 
-/// Validates the URL, then connects, retrying an unreachable server (not a SQLite file) for up
-/// to `SMARTFLOW_DATABASE_WAIT_SECS`.
-async fn connect_database(config: &NotificationConfig) -> anyhow::Result<DatabaseConnection> {
-    let url = &config.database_url;
-    validate_url(url).context("SMARTFLOW_DATABASE_URL is malformed")?;
-    let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let mut connect_config = ConnectConfig::new(url.clone());
-    if let Some(schema) = &config.database_schema {
-        if !is_postgres {
-            bail!("SMARTFLOW_DATABASE_SCHEMA applies to PostgreSQL only, but the database URL is not a postgres:// URL");
-        }
-        check_sql_identifier("database schema", schema)
-            .context("SMARTFLOW_DATABASE_SCHEMA is not a usable schema name")?;
-        connect_config.pg_schema = Some(schema.clone());
+    fn shutdown(self) -> impl Future<Output = ()> {
+        RunningNotification::shutdown(self)
     }
-    let retry = !url.starts_with("sqlite:");
-    let deadline = Instant::now() + config.database_wait();
-    let mut attempt = 0_u32;
-    loop {
-        attempt += 1;
-        match connect(&connect_config).await {
-            Ok(db) => return Ok(db),
-            Err(StorageError::Connect { url: shown, source })
-                if retry && Instant::now() + DATABASE_RETRY_PAUSE < deadline =>
-            {
-                tracing::warn!(database = %shown, attempt, error = %source, "database not reachable yet; retrying");
-                tokio::time::sleep(DATABASE_RETRY_PAUSE).await;
-            }
-            Err(e) => return Err(e).context("connecting to the database"),
-        }
-    }
-}
-
-/// Reaches the configured cluster and makes sure the topic exists, or starts the embedded
-/// broker with the topic created.
-async fn prepare_broker(
-    config: &NotificationConfig,
-) -> anyhow::Result<(KafkaConfig, Option<EmbeddedBroker>)> {
-    let (mut kafka, broker) = match config.brokers() {
-        None => {
-            let broker = tokio::task::spawn_blocking(|| EmbeddedBroker::start(1))
-                .await
-                .context("starting the embedded Kafka broker")?
-                .context("starting the embedded Kafka broker")?;
-            // The mock cluster cannot serve CreateTopics, so the topic is made directly.
-            broker
-                .create_topic(&config.topic, config.kafka_partitions)
-                .with_context(|| {
-                    format!("creating topic `{}` on the embedded broker", config.topic)
-                })?;
-            (KafkaConfig::new(broker.bootstrap_servers()), Some(broker))
-        }
-        Some(brokers) => {
-            let kafka = KafkaConfig::new(brokers);
-            wait_for_broker(&kafka, config.broker_wait())
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot reach Kafka at {brokers} within {} s (check SMARTFLOW_KAFKA_BROKERS, \
-                         or raise SMARTFLOW_BROKER_WAIT_SECS)",
-                        config.broker_wait_secs
-                    )
-                })?;
-            ensure_topics(
-                &kafka,
-                &[(config.topic.as_str(), config.kafka_partitions)],
-                config.kafka_replication,
-            )
-            .await
-            .with_context(|| format!("creating Kafka topic `{}`", config.topic))?;
-            (kafka, None)
-        }
-    };
-    kafka.client_id = "smartflow-notification".to_owned();
-    Ok((kafka, broker))
 }

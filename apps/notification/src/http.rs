@@ -2,7 +2,6 @@
 //! health and metrics. Bodies are types of this module, never storage rows.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -14,6 +13,7 @@ use chrono::{DateTime, SecondsFormat};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::EventBus;
+use smartflow_service::{database_answers, error_response};
 use smartflow_storage::notification::{self, NotificationRecord};
 
 use crate::events::{Channel, NotificationRequested, MAX_TEXT_CHARS};
@@ -22,7 +22,6 @@ use crate::provider::TargetPolicy;
 
 /// Who the HTTP API names as the requester when the body does not say.
 pub const HTTP_REQUESTER: &str = "http-api";
-const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -102,10 +101,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": {"code": self.code(), "message": self.message()}
-        });
-        (self.status(), Json(body)).into_response()
+        error_response(self.status(), self.code(), self.message())
     }
 }
 
@@ -289,20 +285,12 @@ struct Health {
 }
 
 async fn healthz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
-    match tokio::time::timeout(HEALTH_PING_TIMEOUT, state.db.ping()).await {
-        Ok(Ok(())) => Ok(Json(Health { status: "ok" })),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "health check: the database does not answer");
-            Err(ApiError::Unavailable(
-                "the database is unreachable".to_owned(),
-            ))
-        }
-        Err(_) => {
-            tracing::warn!("health check: the database ping timed out");
-            Err(ApiError::Unavailable(
-                "the database is unreachable".to_owned(),
-            ))
-        }
+    if database_answers(&state.db).await {
+        Ok(Json(Health { status: "ok" }))
+    } else {
+        Err(ApiError::Unavailable(
+            "the database is unreachable".to_owned(),
+        ))
     }
 }
 

@@ -4,23 +4,21 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use futures::FutureExt as _;
 use rand::RngCore as _;
 use sea_orm::DatabaseConnection;
 use smartflow_bus::{ConsumerConfig, ConsumerRunner, Metrics};
-use smartflow_domain::route::check_sql_identifier;
 use smartflow_domain::ServiceRoute;
-use smartflow_kafka::{ensure_topics, wait_for_broker, EmbeddedBroker, KafkaConfig, KafkaConsumer};
-use smartflow_storage::connect::{redact, validate_url};
-use smartflow_storage::{connect, ConnectConfig, StorageError};
+use smartflow_kafka::{EmbeddedBroker, KafkaConsumer};
+use smartflow_service::{
+    connect_with_retries, prepare_broker, release_clients, stop_tasks, supervise, BrokerSettings,
+    DatabaseSettings, RunningService, Task,
+};
+use smartflow_storage::connect::redact;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{UserauthConfig, MIN_JWT_SECRET_BYTES};
@@ -32,7 +30,8 @@ use crate::service::{AuthService, AuthSettings};
 use crate::subscription::SubscribedEvents;
 use crate::usage;
 
-const DATABASE_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How the supervised tasks name userauth when one of them stops it.
+const USERAUTH: &str = "userauth";
 /// How often expired blacklist entries and refresh tokens are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
@@ -62,12 +61,33 @@ impl Userauth {
         )
         .map_err(|e| anyhow::anyhow!("{e}: check SMARTFLOW_PASSWORD_HASH_*"))?;
 
-        let db = connect_database(&config).await?;
+        let db = connect_with_retries(DatabaseSettings {
+            url: &config.database_url,
+            schema: config.database_schema.as_deref(),
+            wait_secs: config.database_wait_secs,
+        })
+        .await?;
         smartflow_migrations::run(&db)
             .await
             .context("running the database migrations")?;
 
-        let (kafka, broker) = prepare_broker(&config).await?;
+        // The agent topic is made sure of here too, so start order does not matter.
+        let (kafka, broker) = prepare_broker(BrokerSettings {
+            brokers: config.brokers(),
+            topic: &config.agent_topic,
+            partitions: config.kafka_partitions,
+            replication: config.kafka_replication,
+            wait_secs: config.broker_wait_secs,
+            client_id: "smartflow-userauth",
+        })
+        .await?;
+        if let Some(broker) = &broker {
+            tracing::warn!(
+                bootstrap = %broker.bootstrap_servers(),
+                "SMARTFLOW_KAFKA_BROKERS is not set: an embedded broker runs in this process, and \
+                 only an agent pointed at it delivers token usage here"
+            );
+        }
         let consumer = Arc::new(
             KafkaConsumer::new(&kafka, CONSUMER_GROUP, &[config.agent_topic.as_str()])
                 .context("creating the Kafka consumer")?,
@@ -107,9 +127,19 @@ impl Userauth {
         let server = axum::serve(listener, http::router(service.clone()))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let tasks = vec![
-            supervise("consumer", &shutdown, runner.run(shutdown.clone())),
-            supervise("prune", &shutdown, prune(service.clone(), shutdown.clone())),
-            supervise("http", &shutdown, async move {
+            supervise(
+                "consumer",
+                USERAUTH,
+                &shutdown,
+                runner.run(shutdown.clone()),
+            ),
+            supervise(
+                "prune",
+                USERAUTH,
+                &shutdown,
+                prune(service.clone(), shutdown.clone()),
+            ),
+            supervise("http", USERAUTH, &shutdown, async move {
                 if let Err(e) = server.await {
                     tracing::error!(error = %e, "the HTTP server failed");
                 }
@@ -156,11 +186,6 @@ pub struct RunningUserauth {
     broker: Option<EmbeddedBroker>,
 }
 
-struct Task {
-    name: &'static str,
-    handle: JoinHandle<()>,
-}
-
 impl RunningUserauth {
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -205,7 +230,7 @@ impl RunningUserauth {
             db,
             shutdown,
             cancel_on_drop,
-            mut tasks,
+            tasks,
             grace,
             consumer,
             broker,
@@ -214,28 +239,8 @@ impl RunningUserauth {
         tracing::info!("stopping userauth");
         drop(cancel_on_drop);
         shutdown.cancel();
-        let all = futures::future::join_all(tasks.iter_mut().map(|t| &mut t.handle));
-        if tokio::time::timeout(grace, all).await.is_err() {
-            for task in &tasks {
-                if !task.handle.is_finished() {
-                    tracing::warn!(task = task.name, "did not stop in time; abandoning it");
-                    task.handle.abort();
-                }
-            }
-            for task in tasks {
-                let _ = task.handle.await;
-            }
-        }
-        match Arc::try_unwrap(consumer) {
-            Ok(consumer) => consumer.close().await,
-            Err(still_shared) => blocking_drop(still_shared).await,
-        }
-        if let Err(e) = db.close().await {
-            tracing::warn!(error = %e, "closing the database pool failed");
-        }
-        if let Some(broker) = broker {
-            blocking_drop(broker).await;
-        }
+        stop_tasks(tasks, grace).await;
+        release_clients(None, consumer, db, broker).await;
         tracing::info!("userauth stopped");
     }
 }
@@ -272,107 +277,12 @@ async fn prune(service: AuthService, shutdown: CancellationToken) {
     }
 }
 
-/// Runs one long-lived part of userauth; if it ends before shutdown was asked for, or panics,
-/// everything stops, rather than running half a service that looks healthy.
-fn supervise<F>(name: &'static str, shutdown: &CancellationToken, work: F) -> Task
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let shutdown = shutdown.clone();
-    let handle = tokio::spawn(async move {
-        let outcome = AssertUnwindSafe(work).catch_unwind().await;
-        match (outcome.is_err(), shutdown.is_cancelled()) {
-            (true, _) => tracing::error!(task = name, "panicked; stopping userauth"),
-            (false, false) => tracing::error!(task = name, "ended on its own; stopping userauth"),
-            (false, true) => return,
-        }
-        shutdown.cancel();
-    });
-    Task { name, handle }
-}
-
-async fn blocking_drop<T: Send + 'static>(value: T) {
-    if let Err(e) = tokio::task::spawn_blocking(move || drop(value)).await {
-        tracing::warn!(error = %e, "releasing a client failed");
+impl RunningService for RunningUserauth {
+    fn stopped(&self) -> impl Future<Output = ()> {
+        RunningUserauth::stopped(self)
     }
-}
 
-/// Validates the URL, then connects, retrying an unreachable server (not a SQLite file) for up
-/// to `SMARTFLOW_DATABASE_WAIT_SECS`.
-async fn connect_database(config: &UserauthConfig) -> anyhow::Result<DatabaseConnection> {
-    let url = &config.database_url;
-    validate_url(url).context("SMARTFLOW_DATABASE_URL is malformed")?;
-    let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
-    let mut connect_config = ConnectConfig::new(url.clone());
-    if let Some(schema) = &config.database_schema {
-        if !is_postgres {
-            bail!("SMARTFLOW_DATABASE_SCHEMA applies to PostgreSQL only, but the database URL is not a postgres:// URL");
-        }
-        check_sql_identifier("database schema", schema)
-            .context("SMARTFLOW_DATABASE_SCHEMA is not a usable schema name")?;
-        connect_config.pg_schema = Some(schema.clone());
+    fn shutdown(self) -> impl Future<Output = ()> {
+        RunningUserauth::shutdown(self)
     }
-    let retry = !url.starts_with("sqlite:");
-    let deadline = Instant::now() + config.database_wait();
-    let mut attempt = 0_u32;
-    loop {
-        attempt += 1;
-        match connect(&connect_config).await {
-            Ok(db) => return Ok(db),
-            Err(StorageError::Connect { url: shown, source })
-                if retry && Instant::now() + DATABASE_RETRY_PAUSE < deadline =>
-            {
-                tracing::warn!(database = %shown, attempt, error = %source, "database not reachable yet; retrying");
-                tokio::time::sleep(DATABASE_RETRY_PAUSE).await;
-            }
-            Err(e) => return Err(e).context("connecting to the database"),
-        }
-    }
-}
-
-/// Reaches the configured cluster and makes sure the agent topic exists (so start order does not
-/// matter), or starts an embedded broker with the topic created.
-async fn prepare_broker(
-    config: &UserauthConfig,
-) -> anyhow::Result<(KafkaConfig, Option<EmbeddedBroker>)> {
-    let topic = config.agent_topic.as_str();
-    let (mut kafka, broker) = match config.brokers() {
-        None => {
-            let broker = tokio::task::spawn_blocking(|| EmbeddedBroker::start(1))
-                .await
-                .context("starting the embedded Kafka broker")?
-                .context("starting the embedded Kafka broker")?;
-            broker
-                .create_topic(topic, config.kafka_partitions)
-                .with_context(|| format!("creating topic `{topic}` on the embedded broker"))?;
-            tracing::warn!(
-                bootstrap = %broker.bootstrap_servers(),
-                "SMARTFLOW_KAFKA_BROKERS is not set: an embedded broker runs in this process, and \
-                 only an agent pointed at it delivers token usage here"
-            );
-            (KafkaConfig::new(broker.bootstrap_servers()), Some(broker))
-        }
-        Some(brokers) => {
-            let kafka = KafkaConfig::new(brokers);
-            wait_for_broker(&kafka, config.broker_wait())
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot reach Kafka at {brokers} within {} s (check SMARTFLOW_KAFKA_BROKERS, \
-                         or raise SMARTFLOW_BROKER_WAIT_SECS)",
-                        config.broker_wait_secs
-                    )
-                })?;
-            ensure_topics(
-                &kafka,
-                &[(topic, config.kafka_partitions)],
-                config.kafka_replication,
-            )
-            .await
-            .with_context(|| format!("making sure Kafka topic `{topic}` exists"))?;
-            (kafka, None)
-        }
-    };
-    kafka.client_id = "smartflow-userauth".to_owned();
-    Ok((kafka, broker))
 }

@@ -3,7 +3,6 @@
 //! reaches the caller as a bare "internal error".
 
 use std::error::Error as StdError;
-use std::fmt;
 
 use axum::http::StatusCode;
 use smartflow_storage::StorageError;
@@ -155,19 +154,7 @@ impl From<sea_orm::DbErr> for AuthError {
 }
 
 /// Displays an error followed by its sources, `outer: inner: innermost`, for logs.
-pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(inner) = source {
-            write!(f, ": {inner}")?;
-            source = inner.source();
-        }
-        Ok(())
-    }
-}
+pub use smartflow_service::ErrorChain;
 
 #[cfg(test)]
 mod tests {

@@ -12,8 +12,6 @@
 //!
 //! Every failure is `{"error": {"code", "message"}}` with the status of [`AuthError::status`].
 
-use std::time::Duration;
-
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -22,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
+use smartflow_service::{database_answers, error_response};
 use smartflow_storage::users::User;
 
 use crate::error::{AuthError, ErrorChain};
@@ -30,7 +29,6 @@ use crate::validation::bearer_token;
 
 /// Request bodies are a few hundred bytes; anything over this is refused before it is read whole.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
-const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The API's routes over `service`.
 pub fn router(service: AuthService) -> Router {
@@ -49,29 +47,14 @@ pub fn router(service: AuthService) -> Router {
 }
 
 /// The wire form of every error.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
-}
+pub use smartflow_service::{ErrorBody, ErrorDetail};
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         if let AuthError::Internal(cause) = &self {
             tracing::error!(error = %ErrorChain(cause.as_ref()), "request failed");
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_owned(),
-                message: self.to_string(),
-            },
-        };
-        let mut response = (self.status(), Json(body)).into_response();
+        let mut response = error_response(self.status(), self.code(), self.to_string());
         if self.is_bearer_failure() {
             // RFC 6750: a refused bearer token is answered with a challenge naming the problem.
             let error = if matches!(self, AuthError::MissingToken) {
@@ -255,16 +238,10 @@ struct Health {
 }
 
 async fn healthz(State(service): State<AuthService>) -> Result<Json<Health>, AuthError> {
-    match tokio::time::timeout(HEALTH_PING_TIMEOUT, service.db().ping()).await {
-        Ok(Ok(())) => Ok(Json(Health { status: "ok" })),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "health check: the database does not answer");
-            Err(AuthError::Unavailable("the database is unreachable".into()))
-        }
-        Err(_) => {
-            tracing::warn!("health check: the database ping timed out");
-            Err(AuthError::Unavailable("the database is unreachable".into()))
-        }
+    if database_answers(service.db()).await {
+        Ok(Json(Health { status: "ok" }))
+    } else {
+        Err(AuthError::Unavailable("the database is unreachable".into()))
     }
 }
 

@@ -1,0 +1,66 @@
+//! Reaching the broker at start-up, or starting the embedded one.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use smartflow_kafka::{ensure_topics, wait_for_broker, EmbeddedBroker, KafkaConfig};
+
+/// The broker part of a service's configuration, and the one topic start-up must make sure of.
+#[derive(Clone, Copy)]
+pub struct BrokerSettings<'a> {
+    /// `SMARTFLOW_KAFKA_BROKERS` with a blank value already counted as absent; `None` starts the
+    /// embedded broker.
+    pub brokers: Option<&'a str>,
+    pub topic: &'a str,
+    pub partitions: i32,
+    pub replication: i32,
+    /// `SMARTFLOW_BROKER_WAIT_SECS`.
+    pub wait_secs: u64,
+    /// The Kafka `client.id` the service's clients use.
+    pub client_id: &'a str,
+}
+
+/// Reaches the configured cluster (waiting up to `wait_secs`) and makes sure the topic exists,
+/// or starts the embedded broker with the topic created. The embedded broker is returned so the
+/// caller keeps it alive as long as its clients.
+pub async fn prepare_broker(
+    settings: BrokerSettings<'_>,
+) -> anyhow::Result<(KafkaConfig, Option<EmbeddedBroker>)> {
+    let topic = settings.topic;
+    let (mut kafka, broker) = match settings.brokers {
+        None => {
+            // Starting it waits for its thread to come up; that wait stays off the runtime.
+            let broker = tokio::task::spawn_blocking(|| EmbeddedBroker::start(1))
+                .await
+                .context("starting the embedded Kafka broker")?
+                .context("starting the embedded Kafka broker")?;
+            // The mock cluster cannot serve CreateTopics, so the topic is made directly.
+            broker
+                .create_topic(topic, settings.partitions)
+                .with_context(|| format!("creating topic `{topic}` on the embedded broker"))?;
+            (KafkaConfig::new(broker.bootstrap_servers()), Some(broker))
+        }
+        Some(brokers) => {
+            let kafka = KafkaConfig::new(brokers);
+            wait_for_broker(&kafka, Duration::from_secs(settings.wait_secs))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot reach Kafka at {brokers} within {} s (check SMARTFLOW_KAFKA_BROKERS, \
+                         or raise SMARTFLOW_BROKER_WAIT_SECS)",
+                        settings.wait_secs
+                    )
+                })?;
+            ensure_topics(
+                &kafka,
+                &[(topic, settings.partitions)],
+                settings.replication,
+            )
+            .await
+            .with_context(|| format!("creating Kafka topic `{topic}`"))?;
+            (kafka, None)
+        }
+    };
+    settings.client_id.clone_into(&mut kafka.client_id);
+    Ok((kafka, broker))
+}
