@@ -35,6 +35,9 @@ pub struct Latency {
     /// Each tick's transaction runs as its own task, at most this many at once.
     pub max_in_flight: usize,
     pub published: usize,
+    /// Publishing transactions that failed (and the first error), e.g. SQLite's lock timeout.
+    pub publish_errors: usize,
+    pub first_publish_error: Option<String>,
     pub achieved_events_per_s: f64,
     /// Events whose consumer commit was seen (the rest were still in flight at the end).
     pub measured: usize,
@@ -175,7 +178,12 @@ pub async fn measure(
     if let Ok(consumer) = Arc::try_unwrap(consumer) {
         consumer.close().await;
     }
-    let (published, publish_seconds, group_join_s) = outcome?;
+    let Published {
+        events: published,
+        seconds: publish_seconds,
+        group_join_s,
+        failures,
+    } = outcome?;
 
     let mut relay_lag: Vec<f64> = OutboxTable::new(&fx.route.outbox_table)?
         .list(
@@ -215,6 +223,8 @@ pub async fn measure(
         missed_tick_behaviour: TICK_BEHAVIOUR,
         max_in_flight: MAX_IN_FLIGHT,
         published: published.len(),
+        publish_errors: failures.count,
+        first_publish_error: failures.first,
         achieved_events_per_s: published.len() as f64 / publish_seconds,
         measured: ms.len(),
         p50_ms: percentile(&ms, 0.50),
@@ -248,7 +258,7 @@ async fn publish_and_wait(
     consumed: &Seen,
     rate: u64,
     seconds: u64,
-) -> Result<(Vec<(Uuid, Instant)>, f64, f64)> {
+) -> Result<Published> {
     let seen = |id: &Uuid| {
         consumed
             .lock()
@@ -280,6 +290,7 @@ async fn publish_and_wait(
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);
     let mut n = 0usize;
+    let mut failures = PublishFailures::default();
     loop {
         ticker.tick().await;
         if Instant::now() >= end {
@@ -289,17 +300,17 @@ async fn publish_and_wait(
         let (bus, db) = (fx.bus.clone(), fx.db().clone());
         n += 1;
         tasks.spawn(async move {
-            let id = publish_one(&bus, &db, n).await?;
+            let outcome = publish_one(&bus, &db, n).await;
             let committed = Instant::now();
             drop(permit);
-            anyhow::Ok((id, committed))
+            outcome.map(|id| (id, committed))
         });
         while let Some(done) = tasks.try_join_next() {
-            published.push(done??);
+            record(done?, &mut published, &mut failures);
         }
     }
     while let Some(done) = tasks.join_next().await {
-        published.push(done??);
+        record(done?, &mut published, &mut failures);
     }
     let publish_seconds = started.elapsed().as_secs_f64();
 
@@ -316,7 +327,43 @@ async fn publish_and_wait(
     if let Err(e) = drained {
         println!("    warning: {e:#}; reporting the events that arrived");
     }
-    Ok((published, publish_seconds, group_join_s))
+    Ok(Published {
+        events: published,
+        seconds: publish_seconds,
+        group_join_s,
+        failures,
+    })
+}
+
+/// What the steady-rate publisher did.
+struct Published {
+    /// Each committed event and the instant its commit returned.
+    events: Vec<(Uuid, Instant)>,
+    seconds: f64,
+    group_join_s: f64,
+    failures: PublishFailures,
+}
+
+/// Publishing transactions that failed: counted and reported, not fatal, because a failed
+/// commit under load is itself a finding.
+#[derive(Default)]
+struct PublishFailures {
+    count: usize,
+    first: Option<String>,
+}
+
+fn record(
+    outcome: Result<(Uuid, Instant)>,
+    published: &mut Vec<(Uuid, Instant)>,
+    failures: &mut PublishFailures,
+) {
+    match outcome {
+        Ok(event) => published.push(event),
+        Err(e) => {
+            failures.count += 1;
+            failures.first.get_or_insert_with(|| format!("{e:#}"));
+        }
+    }
 }
 
 /// One event in its own transaction: begin, publish, commit (which wakes the relay).

@@ -269,6 +269,12 @@ async fn latency_phase(args: &BenchArgs, backend: BackendArg, figures: &mut Figu
             l.relay_lag_p99_ms,
             l.to_receive_p50_ms, l.to_receive_p99_ms, l.apply_p50_ms, l.apply_p99_ms, l.consumer_batches, l.consumer_mean_batch, l.process_batch_mean_ms, l.process_batch_max_ms, l.offset_commit_mean_ms
         );
+        if let Some(first) = &l.first_publish_error {
+            println!(
+                "    {} publishing transactions failed; the first: {first}",
+                l.publish_errors
+            );
+        }
         figures.latency = Some(l);
         Ok(())
     })

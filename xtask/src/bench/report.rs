@@ -155,6 +155,9 @@ pub fn table(all: &[Figures]) -> String {
         ("publisher rate achieved (events/s)".into(), |f| {
             f.latency.as_ref().map(|l| int(l.achieved_events_per_s))
         }),
+        ("publishing transactions that failed".into(), |f| {
+            f.latency.as_ref().map(|l| int(l.publish_errors as f64))
+        }),
         ("load average before -> after (1/5/15 min)".into(), |f| {
             Some(format!("{} -> {}", f.load_before, f.load_after))
         }),
