@@ -10,10 +10,11 @@ mod m20261123_000020_create_users;
 mod m20261123_000021_create_refresh_tokens;
 mod m20261123_000022_create_token_usage;
 mod m20261123_000023_create_revoked_access_tokens;
+mod m20261123_000030_outbox_fresh_lane_index;
 mod outbox_table;
 mod run;
 
-pub use outbox_table::{create_outbox_table, drop_outbox_table};
+pub use outbox_table::{create_fresh_lane_index, create_outbox_table, drop_outbox_table};
 pub use run::run;
 pub use sea_orm_migration::MigratorTrait;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000021_create_refresh_tokens::Migration),
             Box::new(m20261123_000022_create_token_usage::Migration),
             Box::new(m20261123_000023_create_revoked_access_tokens::Migration),
+            Box::new(m20261123_000030_outbox_fresh_lane_index::Migration),
         ]
     }
 }

@@ -110,3 +110,25 @@ pub async fn drop_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Resul
         .drop_table(Table::drop().table(Alias::new(name)).if_exists().to_owned())
         .await
 }
+
+/// Adds the fresh-lane index to an outbox table: `(id)` over the rows never attempted. PostgreSQL
+/// does not treat `next_retry_at IS NULL` as an equality, so the composite claim index cannot hand
+/// fresh rows out in id order there and every claim sorted the whole backlog. A partial index
+/// serves `WHERE status = 'pending' AND next_retry_at IS NULL ORDER BY id LIMIT n` directly on
+/// PostgreSQL and SQLite; MySQL has no partial indexes, and its optimizer already reads the
+/// composite index in order for `IS NULL`.
+pub async fn create_fresh_lane_index(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() == DbBackend::MySql {
+        return Ok(());
+    }
+    // The status spelling is the domain's `OutboxStatus::Pending`; migrations are frozen SQL and
+    // do not depend on the domain crate.
+    manager
+        .get_connection()
+        .execute_unprepared(&format!(
+            "CREATE INDEX IF NOT EXISTS ix_{name}_fresh ON {name} (id) \
+             WHERE status = 'pending' AND next_retry_at IS NULL"
+        ))
+        .await
+        .map(|_| ())
+}

@@ -15,6 +15,11 @@ pub struct KafkaConfig {
     pub message_timeout: Duration,
     /// How long the producer waits to fill a batch before sending it.
     pub linger: Duration,
+    /// How long a consumer's fetch may wait at the broker when no data is there yet. A real
+    /// broker answers as soon as data arrives; librdkafka's mock broker always waits this long on
+    /// an empty fetch, so the embedded broker wants it short (see
+    /// [`EmbeddedBroker::client_config`](crate::EmbeddedBroker::client_config)).
+    pub fetch_wait: Duration,
     /// Raw librdkafka properties applied last to every client this crate builds, so they override
     /// anything it sets (security settings, `debug`, ...). A property meant for one role (say
     /// `session.timeout.ms`) is ignored, with a logged warning, by clients of the other role.
@@ -29,6 +34,7 @@ impl KafkaConfig {
             client_id: "smartflow".to_owned(),
             message_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(5),
+            fetch_wait: Duration::from_millis(100),
             extra: Vec::new(),
         }
     }

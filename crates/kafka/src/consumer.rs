@@ -10,7 +10,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use smartflow_domain::{InboundTransport, IncomingMessage, TransportError};
 use tokio::time::Instant;
 
-use crate::config::KafkaConfig;
+use crate::config::{millis, KafkaConfig};
 use crate::error::KafkaError;
 
 /// A member of one consumer group that hands out batches and commits only what it is told to.
@@ -44,7 +44,8 @@ impl KafkaConsumer {
             // Storing offsets as messages are handed out would let a later commit cover messages
             // whose effects are not durable yet; commits name explicit offsets instead.
             .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest");
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", millis(config.fetch_wait));
         let consumer: StreamConsumer = config
             .finish(client)
             .create()

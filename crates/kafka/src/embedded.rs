@@ -1,3 +1,4 @@
+use crate::config::KafkaConfig;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -107,6 +108,15 @@ impl EmbeddedBroker {
     /// The `host:port,...` list to use as `KafkaConfig::brokers`.
     pub fn bootstrap_servers(&self) -> String {
         self.bootstrap_servers.clone()
+    }
+
+    /// A client configuration for this broker: its address, and a short consumer fetch wait,
+    /// because the mock broker holds every empty fetch for the full wait instead of answering
+    /// when data arrives (the default would add up to 100 ms to every delivery).
+    pub fn client_config(&self) -> KafkaConfig {
+        let mut config = KafkaConfig::new(self.bootstrap_servers());
+        config.fetch_wait = std::time::Duration::from_millis(5);
+        config
     }
 
     /// Creates `name` with `partitions` partitions and replication factor 1 (the mock keeps one

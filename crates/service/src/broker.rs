@@ -38,7 +38,7 @@ pub async fn prepare_broker(
             broker
                 .create_topic(topic, settings.partitions)
                 .with_context(|| format!("creating topic `{topic}` on the embedded broker"))?;
-            (KafkaConfig::new(broker.bootstrap_servers()), Some(broker))
+            (broker.client_config(), Some(broker))
         }
         Some(brokers) => {
             let kafka = KafkaConfig::new(brokers);

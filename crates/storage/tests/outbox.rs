@@ -340,6 +340,25 @@ async fn migrations_are_idempotent_and_concurrent(t: TestDb) {
     ra.unwrap();
     rb.unwrap();
     smartflow_migrations::run(&t.db).await.unwrap();
+    // The fresh lane's partial index exists where the backend has partial indexes.
+    let probe = match t.db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => Some(
+            "SELECT indexname AS name FROM pg_indexes WHERE indexname = 'ix_agent_outbox_fresh' \
+             AND schemaname = current_schema()",
+        ),
+        sea_orm::DbBackend::Sqlite => Some(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'ix_agent_outbox_fresh'",
+        ),
+        sea_orm::DbBackend::MySql => None,
+    };
+    if let Some(sql) = probe {
+        let backend = t.db.get_database_backend();
+        let found =
+            t.db.query_one(sea_orm::Statement::from_string(backend, sql))
+                .await
+                .unwrap();
+        assert!(found.is_some(), "ix_agent_outbox_fresh is missing");
+    }
     t.cleanup().await;
 }
 

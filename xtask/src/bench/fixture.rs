@@ -113,7 +113,7 @@ impl Fixture {
             .event(ChatMessageAppended::EVENT_TYPE, "agent")
             .build()?;
         let bus = EventBus::new(routes, PublishConfig::default())?;
-        let mut kafka = KafkaConfig::new(broker.bootstrap_servers());
+        let mut kafka = broker.client_config();
         kafka.extra = kafka_extra.to_vec();
         Ok(Self {
             testdb,
