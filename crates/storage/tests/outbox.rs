@@ -52,6 +52,21 @@ async fn insert_n(t: &TestDb, n: u32) -> Vec<String> {
     ids
 }
 
+/// Claims every due row and settles it as published, with the given consumption deadline.
+async fn publish_all(t: &TestDb, republish_after: Option<Duration>) {
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
+    let published = claim.rows.iter().map(|r| r.id).collect();
+    let settlement = Settlement {
+        published,
+        failed: vec![],
+    };
+    table()
+        .settle(&t.db, claim, settlement, &policy(), republish_after)
+        .await
+        .unwrap();
+}
+
 async fn rolled_back_insert_leaves_nothing(t: TestDb) {
     let txn = t.db.begin().await.unwrap();
     let env = Envelope::for_event("k", &Ping { n: 1 }).unwrap();
@@ -217,22 +232,7 @@ async fn failures_retry_with_backoff_then_die(t: TestDb) {
 
 async fn terminal_rows_are_never_overwritten(t: TestDb) {
     let ids = insert_n(&t, 2).await;
-    let mode = ClaimMode::for_backend(t.db.get_database_backend());
-    let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
-    let published = claim.rows.iter().map(|r| r.id).collect();
-    table()
-        .settle(
-            &t.db,
-            claim,
-            Settlement {
-                published,
-                failed: vec![],
-            },
-            &policy(),
-            None,
-        )
-        .await
-        .unwrap();
+    publish_all(&t, None).await;
     assert!(table().mark_consumed(&t.db, &ids[0]).await.unwrap());
     assert!(
         !table().mark_consumed(&t.db, &ids[0]).await.unwrap(),
@@ -264,21 +264,7 @@ async fn terminal_rows_are_never_overwritten(t: TestDb) {
 async fn unconsumed_rows_are_published_again(t: TestDb) {
     let ids = insert_n(&t, 1).await;
     let mode = ClaimMode::for_backend(t.db.get_database_backend());
-    let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
-    let published = claim.rows.iter().map(|r| r.id).collect();
-    table()
-        .settle(
-            &t.db,
-            claim,
-            Settlement {
-                published,
-                failed: vec![],
-            },
-            &policy(),
-            Some(Duration::from_millis(1)),
-        )
-        .await
-        .unwrap();
+    publish_all(&t, Some(Duration::from_millis(1))).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
         table()
@@ -298,22 +284,7 @@ async fn unconsumed_rows_are_published_again(t: TestDb) {
 
 async fn a_lost_broker_gets_every_published_row_again(t: TestDb) {
     let ids = insert_n(&t, 3).await;
-    let mode = ClaimMode::for_backend(t.db.get_database_backend());
-    let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
-    let published = claim.rows.iter().map(|r| r.id).collect();
-    table()
-        .settle(
-            &t.db,
-            claim,
-            Settlement {
-                published,
-                failed: vec![],
-            },
-            &policy(),
-            None,
-        )
-        .await
-        .unwrap();
+    publish_all(&t, None).await;
     assert!(table().mark_consumed(&t.db, &ids[0]).await.unwrap());
     assert_eq!(table().requeue_all_published(&t.db).await.unwrap(), 2);
     for id in &ids[1..] {
