@@ -51,6 +51,21 @@ impl RetryPolicy {
             .min(self.max_delay)
     }
 
+    /// The decision after a row's `failures`-th failure (counting this one): `Some(delay)` to try
+    /// again after `delay`, `None` when the row is dead (a permanent error, or out of retries).
+    pub fn after_failure(
+        &self,
+        failures: u32,
+        row_max_retry: Option<u32>,
+        retryable: bool,
+    ) -> Option<Duration> {
+        if !retryable || self.exhausted(failures, row_max_retry) {
+            None
+        } else {
+            Some(self.delay_after(failures))
+        }
+    }
+
     /// Whether a row that has now failed `failures` times (counting this one) is out of retries.
     pub fn exhausted(&self, failures: u32, row_max_retry: Option<u32>) -> bool {
         failures >= row_max_retry.unwrap_or(self.max_retry)
@@ -76,6 +91,34 @@ mod tests {
         assert!(!p.exhausted(4, None));
         assert!(p.exhausted(5, None));
         assert!(p.exhausted(2, Some(2)));
+    }
+
+    #[test]
+    fn a_failure_retries_with_backoff_until_dead() {
+        let p = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            max_retry: 3,
+        };
+        assert_eq!(
+            p.after_failure(1, None, true),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            p.after_failure(2, None, true),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(p.after_failure(3, None, true), None, "out of retries");
+        assert_eq!(
+            p.after_failure(1, Some(1), true),
+            None,
+            "the row's own limit wins"
+        );
+        assert_eq!(
+            p.after_failure(1, None, false),
+            None,
+            "permanent errors die at once"
+        );
     }
 
     #[test]

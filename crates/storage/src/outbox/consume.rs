@@ -69,21 +69,22 @@ impl OutboxTable {
         let max_retry: i32 = get(&row, self.name(), "max_retry")?;
         let failures = retry_count + 1;
         let now = now_millis();
-        let dead = !retryable || policy.exhausted(failures as u32, Some(max_retry as u32));
-        let (status, next, outcome) = if dead {
-            (
-                OutboxStatus::Dead,
-                Value::BigInt(None),
-                FailureOutcome::Dead,
-            )
-        } else {
-            let at = now.saturating_add(millis(policy.delay_after(failures as u32)));
-            (
-                OutboxStatus::Pending,
-                Value::from(at),
-                FailureOutcome::Retrying { next_retry_at: at },
-            )
-        };
+        let (status, next, outcome) =
+            match policy.after_failure(failures as u32, Some(max_retry as u32), retryable) {
+                None => (
+                    OutboxStatus::Dead,
+                    Value::BigInt(None),
+                    FailureOutcome::Dead,
+                ),
+                Some(delay) => {
+                    let at = now.saturating_add(millis(delay));
+                    (
+                        OutboxStatus::Pending,
+                        Value::from(at),
+                        FailureOutcome::Retrying { next_retry_at: at },
+                    )
+                }
+            };
         // The attempt count in the guard makes a concurrent writer's change win instead of
         // being overwritten.
         let update = Query::update()

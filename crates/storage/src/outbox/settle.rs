@@ -88,28 +88,31 @@ impl OutboxTable {
             .iter()
             .map(|r| (r.id, (r.retry_count, r.max_retry)))
             .collect();
-        let mut groups: BTreeMap<(i32, bool, String), Vec<i64>> = BTreeMap::new();
+        // Rows with the same attempt count and error get the same decision: one statement each.
+        let mut groups: BTreeMap<(i32, Option<Duration>, String), Vec<i64>> = BTreeMap::new();
         for failure in settlement.failed {
             let Some(&(retry_count, max_retry)) = by_id.get(&failure.id) else {
                 continue;
             };
-            let failures = (retry_count + 1).max(1) as u32;
-            let dead = !failure.retryable || policy.exhausted(failures, Some(max_retry as u32));
+            let retry_in = policy.after_failure(
+                (retry_count + 1) as u32,
+                Some(max_retry as u32),
+                failure.retryable,
+            );
             groups
-                .entry((retry_count, dead, failure.error))
+                .entry((retry_count, retry_in, failure.error))
                 .or_default()
                 .push(failure.id);
         }
-        for ((retry_count, dead, error), ids) in groups {
+        for ((retry_count, retry_in, error), ids) in groups {
             let failures = retry_count + 1;
-            let (status, next): (OutboxStatus, Value) = if dead {
-                (OutboxStatus::Dead, Value::BigInt(None))
-            } else {
-                let delay = policy.delay_after(failures as u32);
-                (
+            let dead = retry_in.is_none();
+            let (status, next): (OutboxStatus, Value) = match retry_in {
+                None => (OutboxStatus::Dead, Value::BigInt(None)),
+                Some(delay) => (
                     OutboxStatus::Pending,
                     now.saturating_add(millis(delay)).into(),
-                )
+                ),
             };
             let stmt = Query::update()
                 .table(self.alias())
