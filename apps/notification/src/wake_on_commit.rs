@@ -30,9 +30,10 @@ impl InboundTransport for WakeOnCommit {
     async fn recv_batch(
         &self,
         max: usize,
+        wait: Duration,
         linger: Duration,
     ) -> Result<Vec<IncomingMessage>, TransportError> {
-        self.inner.recv_batch(max, linger).await
+        self.inner.recv_batch(max, wait, linger).await
     }
 
     /// Commits through the wrapped transport, then fires the signal whatever the broker said:
@@ -41,6 +42,22 @@ impl InboundTransport for WakeOnCommit {
         let result = self.inner.commit(messages).await;
         self.signal.notify_one();
         result
+    }
+
+    async fn pause(&self) -> Result<(), TransportError> {
+        self.inner.pause().await
+    }
+
+    async fn resume(&self) -> Result<(), TransportError> {
+        self.inner.resume().await
+    }
+
+    fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.inner.owns(topic, partition)
+    }
+
+    fn assigned_partitions(&self) -> usize {
+        self.inner.assigned_partitions()
     }
 }
 
@@ -58,6 +75,7 @@ mod tests {
             &self,
             _: usize,
             _: Duration,
+            _: Duration,
         ) -> Result<Vec<IncomingMessage>, TransportError> {
             Ok(Vec::new())
         }
@@ -65,14 +83,30 @@ mod tests {
         async fn commit(&self, _: &[IncomingMessage]) -> Result<(), TransportError> {
             self.0.clone()
         }
+
+        async fn pause(&self) -> Result<(), TransportError> {
+            Ok(())
+        }
+
+        async fn resume(&self) -> Result<(), TransportError> {
+            Ok(())
+        }
+
+        fn owns(&self, _: &str, _: i32) -> bool {
+            true
+        }
+
+        fn assigned_partitions(&self) -> usize {
+            1
+        }
     }
 
     #[tokio::test]
     async fn a_commit_fires_the_signal_and_a_receive_does_not() {
-        for result in [Ok(()), Err(TransportError::retryable("broker away"))] {
+        for result in [Ok(()), Err(TransportError::unavailable("broker away"))] {
             let signal = Arc::new(Notify::new());
             let transport = WakeOnCommit::new(Arc::new(Fixed(result.clone())), signal.clone());
-            transport.recv_batch(10, Duration::ZERO).await.unwrap();
+            transport.recv_batch(10, Duration::ZERO, Duration::ZERO).await.unwrap();
             assert!(
                 signal.notified().now_or_never().is_none(),
                 "no signal on receive"

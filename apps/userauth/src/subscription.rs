@@ -3,9 +3,10 @@
 //! Userauth reads the agent's topic, which carries every agent event (chat messages above all).
 //! Without a filter, the inbox-mode runner would find no handler for those and record each as a
 //! dead inbox row: one pointless write per chat message, and a dead-letter list full of noise.
-//! The filter reads the relay's `event_type` header and skips other types; their offsets are
-//! committed with the next commit (or at once when a whole batch is skipped), so they are not
-//! read again. A message without the header is passed on, so the runner reports it loudly.
+//! The filter reads the relay's `event_type` header and skips other types; a skipped message's
+//! offset is committed with a later commit once no subscribed message before it in its partition
+//! is still unapplied, so skipping never lets a commit pass unapplied work. A message without the
+//! header is passed on, so the runner reports it loudly.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -20,9 +21,30 @@ use smartflow_domain::{InboundTransport, IncomingMessage, TransportError};
 pub struct SubscribedEvents {
     inner: Arc<dyn InboundTransport>,
     event_types: BTreeSet<String>,
-    /// Skipped messages whose offsets have not been committed yet. The runner commits each batch
-    /// before it asks for the next, so this holds at most one batch's worth.
-    skipped: Mutex<Vec<IncomingMessage>>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Skipped messages whose offsets have not been committed yet.
+    skipped: Vec<IncomingMessage>,
+    /// Subscribed messages handed out and not committed yet: (topic, partition, offset).
+    outstanding: Vec<(String, i32, i64)>,
+}
+
+impl State {
+    /// Takes the skipped messages that no outstanding message of their partition precedes.
+    fn take_committable(&mut self) -> Vec<IncomingMessage> {
+        let outstanding = &self.outstanding;
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.skipped).into_iter().partition(|s| {
+                !outstanding
+                    .iter()
+                    .any(|(t, p, o)| *t == s.topic && *p == s.partition && *o < s.offset)
+            });
+        self.skipped = waiting;
+        ready
+    }
 }
 
 impl SubscribedEvents {
@@ -33,7 +55,7 @@ impl SubscribedEvents {
         Self {
             inner,
             event_types: event_types.into_iter().map(str::to_owned).collect(),
-            skipped: Mutex::new(Vec::new()),
+            state: Mutex::default(),
         }
     }
 
@@ -44,24 +66,25 @@ impl SubscribedEvents {
         }
     }
 
-    fn take_skipped(&self) -> Vec<IncomingMessage> {
-        std::mem::take(&mut *self.skipped.lock().unwrap_or_else(PoisonError::into_inner))
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn keep_skipped(&self, messages: Vec<IncomingMessage>) {
-        self.skipped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(messages);
-    }
-
-    /// Commits `messages` plus every skipped message waiting; on failure the skipped ones wait
-    /// for the next commit.
+    /// Commits `messages` plus every skipped message that may go with them; on failure the
+    /// skipped ones wait for the next commit.
     async fn commit_with_skipped(
         &self,
         messages: &[IncomingMessage],
     ) -> Result<(), TransportError> {
-        let skipped = self.take_skipped();
+        let skipped = {
+            let mut state = self.state();
+            state.outstanding.retain(|(t, p, o)| {
+                !messages
+                    .iter()
+                    .any(|m| m.topic == *t && m.partition == *p && m.offset == *o)
+            });
+            state.take_committable()
+        };
         if skipped.is_empty() {
             return self.inner.commit(messages).await;
         }
@@ -69,7 +92,7 @@ impl SubscribedEvents {
         all.extend(skipped.iter().cloned());
         let result = self.inner.commit(&all).await;
         if result.is_err() {
-            self.keep_skipped(skipped);
+            self.state().skipped.extend(skipped);
         }
         result
     }
@@ -77,32 +100,55 @@ impl SubscribedEvents {
 
 #[async_trait]
 impl InboundTransport for SubscribedEvents {
-    /// Waits until a batch holds at least one subscribed (or unlabelled) message and returns
-    /// those; batches with none are committed and not returned.
+    /// As the wrapped transport's, without the unsubscribed messages; a poll that brought only
+    /// those returns an empty batch (after committing what it safely can).
     async fn recv_batch(
         &self,
         max: usize,
+        wait: Duration,
         linger: Duration,
     ) -> Result<Vec<IncomingMessage>, TransportError> {
-        loop {
-            let batch = self.inner.recv_batch(max, linger).await?;
-            let (wanted, skipped): (Vec<_>, Vec<_>) =
-                batch.into_iter().partition(|m| self.wanted(m));
+        let batch = self.inner.recv_batch(max, wait, linger).await?;
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let (wanted, skipped): (Vec<_>, Vec<_>) = batch.into_iter().partition(|m| self.wanted(m));
+        {
+            let mut state = self.state();
             if !skipped.is_empty() {
                 tracing::trace!(skipped = skipped.len(), "skipped unsubscribed event types");
-                self.keep_skipped(skipped);
+                state.skipped.extend(skipped);
             }
-            if !wanted.is_empty() {
-                return Ok(wanted);
-            }
-            // Everything returned before was committed (the runner commits a batch before it
-            // asks for the next), so committing these alone cannot skip unapplied work.
+            state.outstanding.extend(
+                wanted
+                    .iter()
+                    .map(|m| (m.topic.clone(), m.partition, m.offset)),
+            );
+        }
+        if wanted.is_empty() {
             self.commit_with_skipped(&[]).await?;
         }
+        Ok(wanted)
     }
 
     async fn commit(&self, messages: &[IncomingMessage]) -> Result<(), TransportError> {
         self.commit_with_skipped(messages).await
+    }
+
+    async fn pause(&self) -> Result<(), TransportError> {
+        self.inner.pause().await
+    }
+
+    async fn resume(&self) -> Result<(), TransportError> {
+        self.inner.resume().await
+    }
+
+    fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.inner.owns(topic, partition)
+    }
+
+    fn assigned_partitions(&self) -> usize {
+        self.inner.assigned_partitions()
     }
 }
 
@@ -125,12 +171,13 @@ mod tests {
             &self,
             _: usize,
             _: Duration,
+            _: Duration,
         ) -> Result<Vec<IncomingMessage>, TransportError> {
             self.batches
                 .lock()
                 .unwrap()
                 .pop_front()
-                .ok_or_else(|| TransportError::retryable("script ended"))
+                .ok_or_else(|| TransportError::unavailable("script ended"))
         }
 
         async fn commit(&self, messages: &[IncomingMessage]) -> Result<(), TransportError> {
@@ -138,6 +185,22 @@ mod tests {
             offsets.sort_unstable();
             self.commits.lock().unwrap().push(offsets);
             Ok(())
+        }
+
+        async fn pause(&self) -> Result<(), TransportError> {
+            Ok(())
+        }
+
+        async fn resume(&self) -> Result<(), TransportError> {
+            Ok(())
+        }
+
+        fn owns(&self, _: &str, _: i32) -> bool {
+            true
+        }
+
+        fn assigned_partitions(&self) -> usize {
+            1
         }
     }
 
@@ -166,19 +229,49 @@ mod tests {
             ],
         ]);
         let filter = SubscribedEvents::new(script.clone(), ["usage"]);
-        let got = filter.recv_batch(10, Duration::ZERO).await.unwrap();
-        let offsets: Vec<i64> = got.iter().map(|m| m.offset).collect();
-        assert_eq!(offsets, [2, 4], "chat skipped, unlabelled passed on");
+        let none = filter
+            .recv_batch(10, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(none.is_empty());
         assert_eq!(
             *script.commits.lock().unwrap(),
             vec![vec![0, 1]],
             "an all-skipped batch is committed at once"
         );
+        let got = filter
+            .recv_batch(10, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        let offsets: Vec<i64> = got.iter().map(|m| m.offset).collect();
+        assert_eq!(offsets, [2, 4], "chat skipped, unlabelled passed on");
         filter.commit(&got).await.unwrap();
         assert_eq!(
             script.commits.lock().unwrap()[1],
             vec![2, 3, 4],
             "skipped messages ride along with the next commit"
         );
+    }
+
+    #[tokio::test]
+    async fn a_skipped_message_is_never_committed_past_unapplied_work() {
+        let script = Arc::new(Script::default());
+        script.batches.lock().unwrap().push_back(vec![
+            message(2, Some("usage")),
+            message(3, Some("chat")),
+            message(4, Some("usage")),
+        ]);
+        let filter = SubscribedEvents::new(script.clone(), ["usage"]);
+        let got = filter
+            .recv_batch(10, Duration::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        // The runner applied nothing yet (the first event failed and is held): committing the
+        // empty prefix must not commit offset 3, which would skip offset 2 after a restart.
+        filter.commit(&[]).await.unwrap();
+        assert_eq!(*script.commits.lock().unwrap(), vec![Vec::<i64>::new()]);
+        filter.commit(&got[..1]).await.unwrap();
+        assert_eq!(script.commits.lock().unwrap()[1], vec![2, 3]);
     }
 }

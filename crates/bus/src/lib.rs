@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod error;
 pub mod handler;
+pub mod health;
 pub mod metrics;
 pub mod publish;
 pub mod relay;
@@ -15,6 +16,7 @@ pub use error::BusError;
 pub use handler::{
     EventHandler, HandlerError, HandlerRegistry, HandlerRegistryBuilder, TypedHandler,
 };
+pub use health::{ComponentReport, Health};
 pub use metrics::Metrics;
 pub use publish::{EventBus, PublishConfig};
 pub use relay::{Relay, RelayConfig, RelayRound};

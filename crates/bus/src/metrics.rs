@@ -1,8 +1,16 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of what the bus did in this process, for logs and a metrics endpoint.
+use crate::health::Health;
+
+/// Counters of what the bus did in this process, for logs and a metrics endpoint, and the
+/// health of its relays and consumers.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    pub health: Health,
+    /// Times a relay paused because the broker or the database was unavailable.
+    pub relay_pauses: AtomicU64,
+    /// Times a consumer stopped taking messages because it could not apply a batch.
+    pub consumer_stalls: AtomicU64,
     pub published: AtomicU64,
     pub publish_retries: AtomicU64,
     /// Rows the relay gave up publishing.
@@ -41,6 +49,11 @@ impl Metrics {
             (
                 "republished_unconsumed",
                 self.republished_unconsumed.load(Ordering::Relaxed),
+            ),
+            ("relay_pauses", self.relay_pauses.load(Ordering::Relaxed)),
+            (
+                "consumer_stalls",
+                self.consumer_stalls.load(Ordering::Relaxed),
             ),
         ]
     }

@@ -17,4 +17,5 @@ pub use route::{RouteRegistry, RouteRegistryBuilder, ServiceRoute};
 pub use status::OutboxStatus;
 pub use transport::{
     InboundTransport, IncomingMessage, OutboundMessage, OutboundTransport, TransportError,
+    TransportFault,
 };

@@ -6,7 +6,11 @@ use crate::DomainError;
 /// The state of one outbox row.
 ///
 /// `pending -> published -> consumed`, `pending|published -> pending` (retry),
-/// `pending|published -> dead`. `consumed` and `dead` are terminal.
+/// `pending|published -> dead`. `consumed` is terminal. `dead` means the bus gave up *sending*
+/// the event (a permanent error, or out of retries): the relay never publishes it again, but it
+/// is not a verdict on a copy already on its way. A consumer that receives a dead row's event
+/// applies it like any other (`dead -> consumed`: the effect happened, so the row says so), and
+/// an operator may send it again (`dead -> pending`, a redrive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutboxStatus {
     Pending,
@@ -35,7 +39,12 @@ impl OutboxStatus {
 
     /// Whether no writer may change a row in this status any more.
     pub const fn is_terminal(self) -> bool {
-        matches!(self, OutboxStatus::Consumed | OutboxStatus::Dead)
+        matches!(self, OutboxStatus::Consumed)
+    }
+
+    /// Whether the relay works on rows in this status (publishes, retries or re-sends them).
+    pub const fn is_live(self) -> bool {
+        matches!(self, OutboxStatus::Pending | OutboxStatus::Published)
     }
 
     /// Whether the state machine allows moving from `self` to `to`.
@@ -50,6 +59,8 @@ impl OutboxStatus {
                 | (Published, Pending)
                 | (Pending, Dead)
                 | (Published, Dead)
+                | (Dead, Consumed)
+                | (Dead, Pending)
         )
     }
 
@@ -97,16 +108,24 @@ mod tests {
     use super::OutboxStatus::{self, *};
 
     #[test]
-    fn terminal_states_allow_no_way_out() {
-        for from in [Consumed, Dead] {
-            for to in OutboxStatus::ALL {
-                assert!(
-                    !from.can_transition_to(to),
-                    "{from} -> {to} must be refused"
-                );
-                assert!(from.transition(to).is_err());
-            }
+    fn consumed_allows_no_way_out() {
+        for to in OutboxStatus::ALL {
+            assert!(
+                !Consumed.can_transition_to(to),
+                "consumed -> {to} must be refused"
+            );
+            assert!(Consumed.transition(to).is_err());
         }
+    }
+
+    #[test]
+    fn dead_leaves_only_by_a_consumer_or_a_redrive() {
+        assert!(Dead.can_transition_to(Consumed));
+        assert!(Dead.can_transition_to(Pending));
+        assert!(!Dead.can_transition_to(Published));
+        assert!(!Dead.can_transition_to(Dead));
+        assert!(!Dead.is_live() && !Consumed.is_live());
+        assert!(Pending.is_live() && Published.is_live());
     }
 
     #[test]
@@ -128,13 +147,17 @@ mod tests {
     fn allowed_sources_match_the_state_machine() {
         assert_eq!(
             OutboxStatus::allowed_sources(Consumed),
-            vec![Pending, Published]
+            vec![Pending, Published, Dead]
         );
         assert_eq!(
             OutboxStatus::allowed_sources(Dead),
             vec![Pending, Published]
         );
         assert_eq!(OutboxStatus::allowed_sources(Published), vec![Pending]);
+        assert_eq!(
+            OutboxStatus::allowed_sources(Pending),
+            vec![Pending, Published, Dead]
+        );
     }
 
     #[test]

@@ -5,28 +5,46 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
-/// A broker failure, and whether trying again later may succeed.
+/// Whose fault a broker failure is, which decides what it may cost the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportFault {
+    /// The broker, the network or the client is not working (unreachable, timed out, all
+    /// brokers down, not authorized, a fatal client error). Says nothing about the message:
+    /// the caller pauses as a whole and tries again later, and the event's retries are not spent.
+    Unavailable,
+    /// This message can never be accepted (too large, invalid topic name, invalid record):
+    /// trying again cannot help, so the event is `dead` with the reason kept.
+    Rejected,
+}
+
+/// A broker failure, and whose fault it is.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("{message}")]
 pub struct TransportError {
     pub message: String,
-    /// False when the same message can never succeed (too large, invalid topic): the row is dead.
-    pub retryable: bool,
+    pub fault: TransportFault,
 }
 
 impl TransportError {
-    pub fn retryable(message: impl Into<String>) -> Self {
+    /// The broker or the way to it is not working; see [`TransportFault::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            retryable: true,
+            fault: TransportFault::Unavailable,
         }
     }
 
-    pub fn permanent(message: impl Into<String>) -> Self {
+    /// This one message can never be accepted; see [`TransportFault::Rejected`].
+    pub fn rejected(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
-            retryable: false,
+            fault: TransportFault::Rejected,
         }
+    }
+
+    /// Whether the failure is the infrastructure's, not the message's.
+    pub fn is_unavailable(&self) -> bool {
+        self.fault == TransportFault::Unavailable
     }
 }
 
@@ -42,9 +60,20 @@ pub struct OutboundMessage {
 /// Sends messages to the broker.
 #[async_trait]
 pub trait OutboundTransport: Send + Sync {
-    /// Sends every message concurrently and returns one outcome per message, in input order. An
-    /// `Ok` means the broker acknowledged the message durably.
-    async fn send_batch(&self, messages: Vec<OutboundMessage>) -> Vec<Result<(), TransportError>>;
+    /// Sends every message concurrently and returns one outcome per message, in input order,
+    /// no later than `within` after the call (a message without an answer by then is reported
+    /// [`TransportFault::Unavailable`]; it may still arrive, and consumers drop duplicates). An
+    /// `Ok` means the broker acknowledged the message durably. Messages with the same key are
+    /// handed to the broker in input order.
+    async fn send_batch(
+        &self,
+        messages: Vec<OutboundMessage>,
+        within: Duration,
+    ) -> Vec<Result<(), TransportError>>;
+
+    /// The longest the transport itself keeps trying one message before it reports a failure
+    /// (the producer's message timeout); the relay checks that it fits in its claim window.
+    fn delivery_timeout(&self) -> Duration;
 }
 
 /// One message received from the broker, with the position needed to commit past it.
@@ -71,15 +100,32 @@ impl IncomingMessage {
 /// Receives messages of one consumer group and commits its progress.
 #[async_trait]
 pub trait InboundTransport: Send + Sync {
-    /// Waits for at least one message, then returns it together with any further messages that
-    /// arrive within `linger`, up to `max` in all, in partition order.
+    /// Waits up to `wait` for a first message (an empty batch when none came), then returns it
+    /// together with any further messages that arrive within `linger`, up to `max` in all, in
+    /// partition order. Every call counts as a poll that keeps the group membership alive.
     async fn recv_batch(
         &self,
         max: usize,
+        wait: Duration,
         linger: Duration,
     ) -> Result<Vec<IncomingMessage>, TransportError>;
 
     /// Commits, for each partition present, the offset after the highest message given; only
-    /// called once the messages' effects are durable.
+    /// called once the messages' effects are durable. Partitions this member no longer owns are
+    /// left out (their new owner redelivers from the last commit).
     async fn commit(&self, messages: &[IncomingMessage]) -> Result<(), TransportError>;
+
+    /// Stops fetching from every assigned partition, so that polls keep the membership alive
+    /// without handing out messages while the consumer cannot apply them; `resume` undoes it.
+    async fn pause(&self) -> Result<(), TransportError>;
+
+    /// Fetches again from every assigned partition.
+    async fn resume(&self) -> Result<(), TransportError>;
+
+    /// Whether this member currently owns `partition` of `topic`; messages of partitions it
+    /// lost in a rebalance are dropped rather than applied and committed by a non-owner.
+    fn owns(&self, topic: &str, partition: i32) -> bool;
+
+    /// How many partitions are assigned to this member now.
+    fn assigned_partitions(&self) -> usize;
 }

@@ -20,6 +20,12 @@ pub struct KafkaConfig {
     /// an empty fetch, so the embedded broker wants it short (see
     /// [`EmbeddedBroker::client_config`](crate::EmbeddedBroker::client_config)).
     pub fetch_wait: Duration,
+    /// How long a consumer group member may go without a heartbeat before the group gives its
+    /// partitions to another member (librdkafka's own thread heartbeats, every quarter of it).
+    pub session_timeout: Duration,
+    /// Static group membership (`group.instance.id`): a member restarted with the same id gets
+    /// its partitions back at once. Must be unique per running process.
+    pub group_instance_id: Option<String>,
     /// Raw librdkafka properties applied last to every client this crate builds, so they override
     /// anything it sets (security settings, `debug`, ...). A property meant for one role (say
     /// `session.timeout.ms`) is ignored, with a logged warning, by clients of the other role.
@@ -27,7 +33,9 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// A configuration with the defaults: client id `smartflow`, 10 s message timeout, 5 ms linger.
+    /// A configuration with the defaults: client id `smartflow`, 10 s message timeout, 5 ms
+    /// linger, 6 s consumer session (Kafka's smallest by default, so a dead member's partitions
+    /// move within seconds).
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
@@ -35,6 +43,8 @@ impl KafkaConfig {
             message_timeout: Duration::from_secs(10),
             linger: Duration::from_millis(5),
             fetch_wait: Duration::from_millis(100),
+            session_timeout: Duration::from_secs(6),
+            group_instance_id: None,
             extra: Vec::new(),
         }
     }
@@ -53,6 +63,20 @@ impl KafkaConfig {
             return Err(KafkaError::Config(
                 "message_timeout must be greater than zero".to_owned(),
             ));
+        }
+        if self.session_timeout < Duration::from_millis(1000) {
+            return Err(KafkaError::Config(
+                "session_timeout must be at least 1 s (brokers refuse shorter ones: \
+                 group.min.session.timeout.ms is 6 s by default)"
+                    .to_owned(),
+            ));
+        }
+        if let Some(id) = &self.group_instance_id {
+            if id.trim().is_empty() {
+                return Err(KafkaError::Config(
+                    "group_instance_id must not be blank".to_owned(),
+                ));
+            }
         }
         Ok(())
     }

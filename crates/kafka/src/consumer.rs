@@ -45,7 +45,20 @@ impl KafkaConsumer {
             // whose effects are not durable yet; commits name explicit offsets instead.
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", millis(config.fetch_wait));
+            .set("fetch.wait.max.ms", millis(config.fetch_wait))
+            // A member that died (SIGKILL, a lost host) holds its partitions until its session
+            // times out; a short session hands them to a restarted or surviving member quickly.
+            // Heartbeats come from librdkafka's own thread, so a busy handler cannot miss them.
+            .set("session.timeout.ms", millis(config.session_timeout))
+            .set(
+                "heartbeat.interval.ms",
+                millis(config.session_timeout / 4),
+            );
+        if let Some(instance) = &config.group_instance_id {
+            // Static membership: a restarted member with the same id takes its partitions back
+            // at once, without waiting for its old session to expire or a rebalance.
+            client.set("group.instance.id", instance);
+        }
         let consumer: StreamConsumer = config
             .finish(client)
             .create()
@@ -73,23 +86,33 @@ impl KafkaConsumer {
     async fn next(&self) -> Result<IncomingMessage, RdKafkaError> {
         self.consumer.recv().await.map(|m| to_incoming(&m))
     }
+
+    fn assignment(&self) -> Result<TopicPartitionList, TransportError> {
+        self.consumer
+            .assignment()
+            .map_err(|e| TransportError::unavailable(format!("reading the assignment failed: {e}")))
+    }
 }
 
 #[async_trait]
 impl InboundTransport for KafkaConsumer {
-    /// Waits for one message, then gathers whatever else arrives before `linger` has passed since
-    /// it, up to `max` (at least one). An error before the first message is returned as retryable
-    /// (broker outages, topics not created yet); an error after it ends the batch early and is
-    /// only logged, so the messages already taken are not lost.
+    /// Waits up to `wait` for one message, then gathers whatever else arrives before `linger`
+    /// has passed since it, up to `max` (at least one). An error before the first message is
+    /// returned as unavailable (broker outages, topics not created yet); an error after it ends
+    /// the batch early and is only logged, so the messages already taken are not lost. Only the
+    /// wait for the first message can time out, so no message is ever dropped by a timeout.
     async fn recv_batch(
         &self,
         max: usize,
+        wait: Duration,
         linger: Duration,
     ) -> Result<Vec<IncomingMessage>, TransportError> {
-        let first = self
-            .next()
-            .await
-            .map_err(|e| TransportError::retryable(format!("receiving from Kafka failed: {e}")))?;
+        let first = match tokio::time::timeout(wait, self.next()).await {
+            Err(_nothing_yet) => return Ok(Vec::new()),
+            Ok(first) => first.map_err(|e| {
+                TransportError::unavailable(format!("receiving from Kafka failed: {e}"))
+            })?,
+        };
         let mut batch = vec![first];
         let deadline = Instant::now() + linger;
         while batch.len() < max {
@@ -105,19 +128,26 @@ impl InboundTransport for KafkaConsumer {
         Ok(batch)
     }
 
-    /// Commits, per partition, the offset after the highest message given, and returns only once
-    /// the group coordinator has accepted it. Failures are retryable: the commit can be repeated,
-    /// and if the partition has meanwhile moved to another member, the uncommitted messages are
-    /// redelivered there.
+    /// Commits, per partition this member still owns, the offset after the highest message
+    /// given, and returns only once the group coordinator has accepted it. Failures are
+    /// unavailable: the commit can be repeated.
     async fn commit(&self, messages: &[IncomingMessage]) -> Result<(), TransportError> {
         let offsets = next_offsets(messages);
         if offsets.is_empty() {
             return Ok(());
         }
+        let owned = self.assignment()?;
         let mut list = TopicPartitionList::with_capacity(offsets.len());
         for ((topic, partition), next) in &offsets {
+            if owned.find_partition(topic, *partition).is_none() {
+                tracing::debug!(%topic, partition, "not committing a partition this member lost");
+                continue;
+            }
             list.add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .map_err(|e| TransportError::permanent(format!("invalid offset to commit: {e}")))?;
+                .map_err(|e| TransportError::rejected(format!("invalid offset to commit: {e}")))?;
+        }
+        if list.count() == 0 {
+            return Ok(());
         }
         // A synchronous commit is the only kind whose outcome we can return: an async commit
         // reports failures later through a callback, after this method would already have said Ok.
@@ -125,8 +155,38 @@ impl InboundTransport for KafkaConsumer {
         let consumer = Arc::clone(&self.consumer);
         tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync))
             .await
-            .map_err(|e| TransportError::retryable(format!("Kafka commit task failed: {e}")))?
-            .map_err(|e| TransportError::retryable(format!("committing Kafka offsets failed: {e}")))
+            .map_err(|e| TransportError::unavailable(format!("Kafka commit task failed: {e}")))?
+            .map_err(|e| {
+                TransportError::unavailable(format!("committing Kafka offsets failed: {e}"))
+            })
+    }
+
+    async fn pause(&self) -> Result<(), TransportError> {
+        let assigned = self.assignment()?;
+        self.consumer
+            .pause(&assigned)
+            .map_err(|e| TransportError::unavailable(format!("pausing partitions failed: {e}")))
+    }
+
+    async fn resume(&self) -> Result<(), TransportError> {
+        let assigned = self.assignment()?;
+        self.consumer
+            .resume(&assigned)
+            .map_err(|e| TransportError::unavailable(format!("resuming partitions failed: {e}")))
+    }
+
+    fn owns(&self, topic: &str, partition: i32) -> bool {
+        self.consumer
+            .assignment()
+            .map(|assigned| assigned.find_partition(topic, partition).is_some())
+            .unwrap_or(false)
+    }
+
+    fn assigned_partitions(&self) -> usize {
+        self.consumer
+            .assignment()
+            .map(|assigned| assigned.count())
+            .unwrap_or(0)
     }
 }
 

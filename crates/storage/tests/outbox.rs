@@ -60,6 +60,7 @@ async fn publish_all(t: &TestDb, republish_after: Option<Duration>) {
     let settlement = Settlement {
         published,
         failed: vec![],
+        unavailable: Vec::new(),
     };
     table()
         .settle(&t.db, claim, settlement, &policy(), republish_after)
@@ -117,6 +118,7 @@ async fn concurrent_claims_never_share_a_row(t: TestDb) {
             Settlement {
                 published: pa,
                 failed: vec![],
+                unavailable: Vec::new(),
             },
             &policy(),
             None,
@@ -130,6 +132,7 @@ async fn concurrent_claims_never_share_a_row(t: TestDb) {
             Settlement {
                 published: pb,
                 failed: vec![],
+                unavailable: Vec::new(),
             },
             &policy(),
             None,
@@ -195,6 +198,7 @@ async fn failures_retry_with_backoff_then_die(t: TestDb) {
                 Settlement {
                     published: vec![],
                     failed,
+                    unavailable: Vec::new(),
                 },
                 &policy(),
                 None,

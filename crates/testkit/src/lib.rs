@@ -180,3 +180,42 @@ macro_rules! on_every_backend {
         }
     };
 }
+
+/// An inbound transport for consumer runners that tests drive through `process_batch` alone:
+/// it never delivers a message and accepts every commit.
+pub struct Unplugged;
+
+#[async_trait::async_trait]
+impl smartflow_domain::InboundTransport for Unplugged {
+    async fn recv_batch(
+        &self,
+        _: usize,
+        _: std::time::Duration,
+        _: std::time::Duration,
+    ) -> Result<Vec<smartflow_domain::IncomingMessage>, smartflow_domain::TransportError> {
+        Ok(Vec::new())
+    }
+
+    async fn commit(
+        &self,
+        _: &[smartflow_domain::IncomingMessage],
+    ) -> Result<(), smartflow_domain::TransportError> {
+        Ok(())
+    }
+
+    async fn pause(&self) -> Result<(), smartflow_domain::TransportError> {
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<(), smartflow_domain::TransportError> {
+        Ok(())
+    }
+
+    fn owns(&self, _: &str, _: i32) -> bool {
+        true
+    }
+
+    fn assigned_partitions(&self) -> usize {
+        0
+    }
+}

@@ -134,7 +134,7 @@ pub async fn measure(
             loop {
                 let batch = tokio::select! {
                     _ = stop.cancelled() => break,
-                    batch = consumer.recv_batch(batch_max, linger) => batch,
+                    batch = consumer.recv_batch(batch_max, Duration::from_secs(1), linger) => batch,
                 };
                 let batch = match batch {
                     Ok(batch) => batch,
@@ -145,6 +145,9 @@ pub async fn measure(
                         continue;
                     }
                 };
+                if batch.is_empty() {
+                    continue;
+                }
                 let received = Instant::now();
                 runner.process_batch(&batch).await?;
                 let applied = Instant::now();

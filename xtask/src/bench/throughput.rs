@@ -232,7 +232,7 @@ pub async fn round_breakdown(
             })
             .collect();
         let t = Instant::now();
-        let outcomes = producer.send_batch(messages).await;
+        let outcomes = producer.send_batch(messages, Duration::from_secs(30)).await;
         send_s += t.elapsed().as_secs_f64();
         let mut settlement = Settlement::default();
         for (row, outcome) in claim.rows.iter().zip(outcomes) {
@@ -284,7 +284,7 @@ fn outbound(topic: &str, envelope: &Envelope, traceparent: &str) -> OutboundMess
 }
 
 async fn send_all(producer: &KafkaProducer, messages: Vec<OutboundMessage>) -> Result<()> {
-    for (i, outcome) in producer.send_batch(messages).await.into_iter().enumerate() {
+    for (i, outcome) in producer.send_batch(messages, Duration::from_secs(30)).await.into_iter().enumerate() {
         outcome.with_context(|| format!("message {i} of the batch was not delivered"))?;
     }
     Ok(())

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +21,7 @@ use smartflow_bus::{
     ConsumerConfig, ConsumerRunner, DatabaseConnection, EventBus, Metrics, PublishConfig,
 };
 use smartflow_domain::{
-    InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute, TransportError,
+    IncomingMessage, RetryPolicy, ServiceRoute,
 };
 use smartflow_notification::events::{self, NotificationRequested};
 use smartflow_notification::handler::{self, RecordNotification};
@@ -187,23 +186,6 @@ async fn hook(State(state): State<Arc<FakeState>>, Json(body): Json<Value>) -> R
     }
 }
 
-/// A transport for runners that are only driven through `process_batch`.
-struct Unused;
-
-#[async_trait]
-impl InboundTransport for Unused {
-    async fn recv_batch(
-        &self,
-        _: usize,
-        _: Duration,
-    ) -> Result<Vec<IncomingMessage>, TransportError> {
-        Err(TransportError::permanent("not used in this test"))
-    }
-
-    async fn commit(&self, _: &[IncomingMessage]) -> Result<(), TransportError> {
-        Ok(())
-    }
-}
 
 /// Backoff short enough for tests to see retries come due.
 pub fn fast_retry() -> RetryPolicy {
@@ -281,7 +263,7 @@ impl World {
             db,
             &self.route,
             handlers,
-            Arc::new(Unused),
+            Arc::new(smartflow_testkit::Unplugged),
             ConsumerConfig {
                 retry: fast_retry(),
                 ..ConsumerConfig::default()

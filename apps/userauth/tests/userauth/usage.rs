@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use smartflow_bus::domain::{
-    Envelope, EventContract, InboundTransport, IncomingMessage, OutboundMessage, OutboundTransport,
-    RouteRegistry, ServiceRoute, TransportError,
+    Envelope, EventContract, IncomingMessage, OutboundMessage, OutboundTransport,
+    RouteRegistry, ServiceRoute,
 };
 use smartflow_bus::relay::{EVENT_ID_HEADER, EVENT_TYPE_HEADER};
 use smartflow_bus::{
@@ -121,7 +120,7 @@ impl Agent {
                     (EVENT_ID_HEADER.to_owned(), event_id.to_owned()),
                     (EVENT_TYPE_HEADER.to_owned(), row.event_type),
                 ],
-            }])
+            }], Duration::from_secs(10))
             .await;
         outcome.into_iter().for_each(|r| r.unwrap());
     }
@@ -231,30 +230,13 @@ async fn usage_events_are_counted_once_each(t: TestDb) {
     finish(app, t).await;
 }
 
-/// A transport that never delivers: these tests hand batches to the runner directly.
-struct Silent;
-
-#[async_trait]
-impl InboundTransport for Silent {
-    async fn recv_batch(
-        &self,
-        _: usize,
-        _: Duration,
-    ) -> Result<Vec<IncomingMessage>, TransportError> {
-        std::future::pending().await
-    }
-
-    async fn commit(&self, _: &[IncomingMessage]) -> Result<(), TransportError> {
-        Ok(())
-    }
-}
 
 fn subscriber(t: &TestDb, consumer: &str) -> ConsumerRunner {
     ConsumerRunner::for_subscriber(
         t.db.clone(),
         consumer,
         usage::registry().unwrap(),
-        Arc::new(Silent),
+        Arc::new(smartflow_testkit::Unplugged),
         ConsumerConfig::default(),
         Arc::new(Metrics::default()),
     )

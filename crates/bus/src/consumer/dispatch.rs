@@ -16,6 +16,16 @@ pub struct BatchReport {
     pub dead: u64,
     /// Messages that were not envelopes and carried no event id: nothing to mark, logged.
     pub rejected: u64,
+    /// Inbox mode: the index of a message whose handler failed retryably. The messages before
+    /// it are applied and committed; it and those after it are not, and are to be tried again.
+    pub stopped_at: Option<usize>,
+}
+
+/// What applying one message did to the batch.
+enum Applied {
+    Done,
+    /// Inbox mode, a retryable handler error with retries left: stop the batch here.
+    TryAgainLater,
 }
 
 impl ConsumerRunner {
@@ -26,7 +36,7 @@ impl ConsumerRunner {
     pub async fn process_batch(&self, batch: &[IncomingMessage]) -> Result<BatchReport, BusError> {
         let txn = self.db.begin().await?;
         let mut report = BatchReport::default();
-        for message in batch {
+        for (index, message) in batch.iter().enumerate() {
             let envelope = match message.payload.as_deref().map(Envelope::from_slice) {
                 Some(Ok(envelope)) => envelope,
                 other => {
@@ -38,7 +48,10 @@ impl ConsumerRunner {
                     continue;
                 }
             };
-            self.apply_one(&txn, &envelope, &mut report).await?;
+            if let Applied::TryAgainLater = self.apply_one(&txn, &envelope, &mut report).await? {
+                report.stopped_at = Some(index);
+                break;
+            }
         }
         txn.commit().await?;
         let m = &self.metrics;
@@ -54,7 +67,7 @@ impl ConsumerRunner {
         txn: &DatabaseTransaction,
         envelope: &Envelope,
         report: &mut BatchReport,
-    ) -> Result<(), BusError> {
+    ) -> Result<Applied, BusError> {
         let event_id = envelope.event_id.to_string();
         let span = tracing::info_span!(
             "handle",
@@ -68,54 +81,73 @@ impl ConsumerRunner {
                 "no handler is registered for event type `{}`",
                 envelope.event_type
             );
-            return self
-                .fail(txn, envelope, HandlerError::Permanent(reason), report)
-                .await;
+            self.fail(txn, envelope, HandlerError::Permanent(reason), report)
+                .await?;
+            return Ok(Applied::Done);
         };
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let savepoint = txn.begin().await?;
-            let fresh = match &self.dedupe {
-                Dedupe::OutboxMark(table) => table.mark_consumed(&savepoint, &event_id).await?,
-                Dedupe::Inbox { consumer } => {
-                    inbox::record(
-                        &savepoint,
-                        consumer,
-                        &event_id,
-                        &envelope.event_type,
-                        InboxStatus::Handled,
-                        None,
-                    )
-                    .await?
-                }
-            };
-            if !fresh {
+        let savepoint = txn.begin().await?;
+        let fresh = match &self.dedupe {
+            Dedupe::OutboxMark(table) => table.mark_consumed(&savepoint, &event_id).await?,
+            Dedupe::Inbox { consumer } => {
+                inbox::record(
+                    &savepoint,
+                    consumer,
+                    &event_id,
+                    &envelope.event_type,
+                    InboxStatus::Handled,
+                    None,
+                )
+                .await?
+            }
+        };
+        if !fresh {
+            savepoint.rollback().await?;
+            report.duplicates += 1;
+            tracing::debug!("already applied; skipped");
+            return Ok(Applied::Done);
+        }
+        match handler.handle(&savepoint, envelope).await {
+            Ok(()) => {
+                savepoint.commit().await?;
+                report.applied += 1;
+                self.forget_attempts(&event_id);
+                Ok(Applied::Done)
+            }
+            Err(error) => {
                 savepoint.rollback().await?;
-                report.duplicates += 1;
-                tracing::debug!("already applied; skipped");
-                return Ok(());
-            }
-            match handler.handle(&savepoint, envelope).await {
-                Ok(()) => {
-                    savepoint.commit().await?;
-                    report.applied += 1;
-                    return Ok(());
-                }
-                Err(error) => {
-                    savepoint.rollback().await?;
-                    let in_place = matches!(self.dedupe, Dedupe::Inbox { .. })
-                        && error.is_retryable()
-                        && attempt < self.config.inbox_attempts;
-                    if in_place {
-                        let wait = self.config.inbox_retry.delay_after(attempt);
-                        tracing::warn!(%error, attempt, "handler failed; trying again in place");
-                        tokio::time::sleep(wait).await;
-                        continue;
+                if matches!(self.dedupe, Dedupe::Inbox { .. }) && error.is_retryable() {
+                    let failures = self.count_attempt(&event_id);
+                    if self.config.retry.after_failure(failures, None, true).is_some() {
+                        tracing::warn!(%error, failures, "handler failed; the partition waits and tries again");
+                        report.retrying += 1;
+                        return Ok(Applied::TryAgainLater);
                     }
-                    return self.fail(txn, envelope, error, report).await;
+                    self.forget_attempts(&event_id);
                 }
+                self.fail(txn, envelope, error, report).await?;
+                Ok(Applied::Done)
             }
+        }
+    }
+
+    /// Counts one more failed attempt of an inbox event; returns the count.
+    fn count_attempt(&self, event_id: &str) -> u32 {
+        let mut attempts = self
+            .attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let n = attempts.entry(event_id.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn forget_attempts(&self, event_id: &str) {
+        let mut attempts = self
+            .attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !attempts.is_empty() {
+            attempts.remove(event_id);
         }
     }
 
@@ -148,6 +180,10 @@ impl ConsumerRunner {
                     FailureOutcome::Dead => {
                         report.dead += 1;
                         tracing::error!(%error, "event is dead");
+                    }
+                    FailureOutcome::StillDead => {
+                        report.dead += 1;
+                        tracing::error!(%error, "a dead event was delivered and failed again; it stays dead");
                     }
                     FailureOutcome::Untouched => {
                         report.duplicates += 1;
@@ -202,7 +238,7 @@ impl ConsumerRunner {
                 table
                     .record_failure(txn, event_id, &reason, false, &self.config.retry)
                     .await?
-                    == FailureOutcome::Dead
+                    != FailureOutcome::Untouched
             }
             Dedupe::Inbox { consumer } => {
                 let event_type = message

@@ -2,16 +2,22 @@
 
 mod dispatch;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
-use smartflow_domain::{InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute};
+use smartflow_domain::{
+    InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute, TransportError,
+};
 use smartflow_storage::outbox::OutboxTable;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use dispatch::BatchReport;
 
+use crate::health::Transition;
+use crate::relay::EVENT_ID_HEADER;
 use crate::{BusError, HandlerRegistry, Metrics};
 
 /// How the runner knows an event was already applied.
@@ -21,8 +27,9 @@ pub enum Dedupe {
     /// transaction, and failures send it back to `pending` or to `dead`.
     OutboxMark(OutboxTable),
     /// A consumer of another service's events: an inbox row `(consumer, event_id)` is inserted in
-    /// the handler's transaction. Retryable failures are retried in place; a permanent one is
-    /// recorded in the inbox as `dead` with its reason.
+    /// the handler's transaction. A retryable failure holds the partition at that event and tries
+    /// it again with backoff (outside any transaction) until `retry` runs out; a permanent one,
+    /// or running out, is recorded in the inbox as `dead` with its reason.
     Inbox { consumer: String },
 }
 
@@ -33,12 +40,16 @@ pub struct ConsumerConfig {
     pub batch_max: usize,
     /// How long to wait for more messages once one has arrived.
     pub linger: Duration,
-    /// Backoff for rows sent back to `pending` by a retryable handler error.
+    /// How long one poll waits for a first message; the loop polls at least this often, which
+    /// keeps the group membership alive and the health check's poll time fresh.
+    pub poll_wait: Duration,
+    /// Retries of a retryable handler error: rows sent back to `pending` in outbox mode, attempts
+    /// in place (the partition held at the event) in inbox mode.
     pub retry: RetryPolicy,
-    /// Attempts of a retryable handler error in inbox mode before the event is `dead`.
-    pub inbox_attempts: u32,
-    /// Backoff between in-place attempts in inbox mode and after database failures.
-    pub inbox_retry: RetryPolicy,
+    /// Backoff while a batch cannot be applied at all (database down, lock waits, the broker
+    /// refusing commits): the partitions are paused and polled meanwhile, so the consumer stays
+    /// in its group, and no event's retries are spent. `max_retry` is not used.
+    pub stall: RetryPolicy,
 }
 
 impl Default for ConsumerConfig {
@@ -46,16 +57,40 @@ impl Default for ConsumerConfig {
         Self {
             batch_max: 500,
             linger: Duration::from_millis(2),
+            poll_wait: Duration::from_secs(1),
             retry: RetryPolicy::default(),
-            inbox_attempts: 5,
-            inbox_retry: RetryPolicy {
-                base_delay: Duration::from_millis(100),
-                max_delay: Duration::from_secs(5),
-                max_retry: 5,
+            stall: RetryPolicy {
+                base_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(10),
+                max_retry: u32::MAX,
             },
         }
     }
 }
+
+impl ConsumerConfig {
+    fn validate(&self) -> Result<(), BusError> {
+        self.retry.validated()?;
+        self.stall.validated()?;
+        if self.batch_max == 0 {
+            return Err(BusError::Config(
+                "the consumer's batch size must be above zero".into(),
+            ));
+        }
+        if self.poll_wait.is_zero() || self.stall.max_delay > MAX_POLL_GAP {
+            return Err(BusError::Config(format!(
+                "the consumer must poll at least every {} s: poll_wait must be above zero and the \
+                 stall backoff's max_delay at most that",
+                MAX_POLL_GAP.as_secs()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The longest the loop may go without polling; well inside Kafka's `max.poll.interval.ms`
+/// (5 min by default), past which a member is thrown out of its group.
+const MAX_POLL_GAP: Duration = Duration::from_secs(60);
 
 /// Runs one consumer group's loop.
 pub struct ConsumerRunner {
@@ -65,6 +100,9 @@ pub struct ConsumerRunner {
     pub(crate) dedupe: Dedupe,
     pub(crate) config: ConsumerConfig,
     pub(crate) metrics: Arc<Metrics>,
+    /// Inbox mode: failed attempts of the event the loop is holding a partition at.
+    pub(crate) attempts: Mutex<HashMap<String, u32>>,
+    health_name: String,
 }
 
 impl ConsumerRunner {
@@ -77,15 +115,16 @@ impl ConsumerRunner {
         config: ConsumerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BusError> {
-        config.retry.validated()?;
-        Ok(Self {
-            dedupe: Dedupe::OutboxMark(OutboxTable::new(&route.outbox_table)?),
+        let dedupe = Dedupe::OutboxMark(OutboxTable::new(&route.outbox_table)?);
+        Self::new(
             db,
+            format!("consumer {}", route.consumer_group),
+            dedupe,
+            handlers,
             transport,
-            handlers: Arc::new(handlers),
             config,
             metrics,
-        })
+        )
     }
 
     /// A consumer of another service's events, deduplicating through its own inbox.
@@ -97,77 +136,218 @@ impl ConsumerRunner {
         config: ConsumerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BusError> {
-        config.inbox_retry.validated()?;
         if consumer.is_empty() {
             return Err(BusError::Config("an inbox consumer needs a name".into()));
         }
+        let dedupe = Dedupe::Inbox {
+            consumer: consumer.to_owned(),
+        };
+        Self::new(
+            db,
+            format!("consumer {consumer}"),
+            dedupe,
+            handlers,
+            transport,
+            config,
+            metrics,
+        )
+    }
+
+    fn new(
+        db: DatabaseConnection,
+        health_name: String,
+        dedupe: Dedupe,
+        handlers: HandlerRegistry,
+        transport: Arc<dyn InboundTransport>,
+        config: ConsumerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, BusError> {
+        config.validate()?;
+        metrics.health.register(&health_name);
         Ok(Self {
-            dedupe: Dedupe::Inbox {
-                consumer: consumer.to_owned(),
-            },
             db,
             transport,
             handlers: Arc::new(handlers),
+            dedupe,
             config,
             metrics,
+            attempts: Mutex::new(HashMap::new()),
+            health_name,
         })
     }
 
     /// Receives and applies batches until `shutdown`. A batch under way when it fires is
-    /// finished, committed and its offsets committed before the loop ends. A batch whose
-    /// database transaction fails is applied again (nothing is acknowledged before it commits).
+    /// finished, committed and its offsets committed before the loop ends.
+    ///
+    /// A batch that cannot be applied (database down, lock waits, commit refused) is held: the
+    /// partitions are paused, the loop keeps polling (so the member stays in its group and its
+    /// health stays current) and applies the held batch again with backoff, until it works;
+    /// messages of partitions lost meanwhile are dropped (their new owner redelivers them).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut failures = 0u32;
-        loop {
-            let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                b = self.transport.recv_batch(self.config.batch_max, self.config.linger) => b,
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let wait = self.config.inbox_retry.delay_after(failures);
-                    tracing::warn!(error = %e, "receiving from the broker failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = shutdown.cancelled() => break,
+        let mut held: Vec<IncomingMessage> = Vec::new();
+        let mut stalls = 0u32;
+        let mut receive_failures = 0u32;
+        while !shutdown.is_cancelled() {
+            if held.is_empty() {
+                if stalls > 0 {
+                    stalls = 0;
+                    self.resume().await;
+                }
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    b = self.poll(self.config.poll_wait) => b,
+                };
+                match batch {
+                    Ok(batch) => {
+                        if receive_failures > 0 {
+                            receive_failures = 0;
+                            self.recovered("receiving");
+                        }
+                        held = batch;
+                    }
+                    Err(e) => {
+                        receive_failures = receive_failures.saturating_add(1);
+                        self.stalled("the broker is unavailable", &e.to_string());
+                        let wait = self.config.stall.delay_after(receive_failures);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
                     }
                 }
-            };
-            failures = 0;
-            if !self.apply_until_done(&batch, &shutdown).await {
-                break;
+                if held.is_empty() {
+                    continue;
+                }
+            }
+            match self.apply_and_commit(&held).await {
+                Ok(done) if done == held.len() => {
+                    held.clear();
+                    if stalls > 0 {
+                        stalls = 0;
+                        self.resume().await;
+                    }
+                }
+                Ok(done) => {
+                    // Inbox mode: a retryable handler error holds the partition at that event.
+                    held.drain(..done);
+                    let failures = self.head_attempts(&held);
+                    if stalls == 0 {
+                        self.pause().await;
+                    }
+                    stalls = stalls.max(1);
+                    let wait = self.config.retry.delay_after(failures);
+                    if !self.wait_polling(&mut held, wait, &shutdown).await {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    stalls = stalls.saturating_add(1);
+                    if stalls == 1 {
+                        self.pause().await;
+                    }
+                    self.stalled("cannot apply a batch", &e.to_string());
+                    let wait = self.config.stall.delay_after(stalls);
+                    if !self.wait_polling(&mut held, wait, &shutdown).await {
+                        break;
+                    }
+                }
             }
         }
         tracing::debug!("consumer stopped");
     }
 
-    /// Applies a batch and commits its offsets, retrying on database or commit failures until it
-    /// succeeds or `shutdown` fires. Returns false when stopped before the batch was done.
-    async fn apply_until_done(
+    /// One poll, recorded for the health check.
+    async fn poll(&self, wait: Duration) -> Result<Vec<IncomingMessage>, TransportError> {
+        let batch = self
+            .transport
+            .recv_batch(self.config.batch_max, wait, self.config.linger)
+            .await;
+        self.metrics
+            .health
+            .polled(&self.health_name, self.transport.assigned_partitions());
+        batch
+    }
+
+    /// Applies the batch and commits its offsets. Returns how many messages (from the front)
+    /// are done; fewer than all only in inbox mode, when a retryable handler error stopped it.
+    async fn apply_and_commit(&self, batch: &[IncomingMessage]) -> Result<usize, BusError> {
+        let report = self.process_batch(batch).await?;
+        let done = report.stopped_at.unwrap_or(batch.len());
+        self.transport.commit(&batch[..done]).await?;
+        if report.stopped_at.is_none() {
+            self.recovered("applying");
+        }
+        Ok(done)
+    }
+
+    /// Failed attempts so far of the event at the head of the held batch (inbox mode).
+    fn head_attempts(&self, held: &[IncomingMessage]) -> u32 {
+        let Some(event_id) = held.first().and_then(|m| m.header(EVENT_ID_HEADER)) else {
+            return 1;
+        };
+        self.attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(event_id)
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// Waits `wait` while polling, so the group membership and the health check stay alive.
+    /// Messages that arrive anyway (from partitions assigned meanwhile) join the held batch, and
+    /// those of partitions this member no longer owns leave it. False when stopped.
+    async fn wait_polling(
         &self,
-        batch: &[IncomingMessage],
+        held: &mut Vec<IncomingMessage>,
+        wait: Duration,
         shutdown: &CancellationToken,
     ) -> bool {
-        let mut attempt = 0u32;
+        let until = Instant::now() + wait;
         loop {
-            attempt += 1;
-            let result = match self.process_batch(batch).await {
-                Ok(_) => self.transport.commit(batch).await.map_err(BusError::from),
-                Err(e) => Err(e),
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let polled = tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                b = self.poll(left.min(self.config.poll_wait)) => b,
             };
-            match result {
-                Ok(()) => return true,
-                Err(e) => {
-                    let wait = self.config.inbox_retry.delay_after(attempt);
-                    tracing::error!(error = %e, attempt, "applying a batch failed; it will be applied again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.cancelled() => return false,
-                    }
+            if let Ok(more) = polled {
+                if !more.is_empty() {
+                    held.extend(more);
+                    // New partitions are not paused yet.
+                    self.pause().await;
                 }
             }
+        }
+        held.retain(|m| self.transport.owns(&m.topic, m.partition));
+        true
+    }
+
+    async fn pause(&self) {
+        Metrics::add(&self.metrics.consumer_stalls, 1);
+        if let Err(e) = self.transport.pause().await {
+            tracing::warn!(error = %e, "pausing the consumer's partitions failed");
+        }
+    }
+
+    async fn resume(&self) {
+        if let Err(e) = self.transport.resume().await {
+            tracing::warn!(error = %e, "resuming the consumer's partitions failed");
+        }
+    }
+
+    fn stalled(&self, what: &str, reason: &str) {
+        let problem = format!("{what}: {reason}");
+        if self.metrics.health.fault(&self.health_name, &problem) == Transition::Faulted {
+            tracing::warn!(consumer = %self.health_name, %what, %reason,
+                "consumer stalled; it keeps its partitions and polls, and tries again with backoff");
+        }
+    }
+
+    fn recovered(&self, _what: &str) {
+        if let Transition::Recovered(after) = self.metrics.health.recovered(&self.health_name) {
+            tracing::warn!(consumer = %self.health_name, stalled_secs = after.as_secs(), "consumer resumed");
         }
     }
 }

@@ -4,7 +4,7 @@ mod publish_batch;
 
 pub use publish_batch::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection};
@@ -12,9 +12,15 @@ use smartflow_domain::{OutboundTransport, RetryPolicy};
 use smartflow_storage::now_millis;
 use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Transition;
 use crate::{BusError, Metrics};
+
+/// The share of `claim_timeout` a round may spend waiting for the broker, so that it always
+/// settles while the claim is still its own.
+const PUBLISH_SHARE: f64 = 0.75;
 
 /// How a relay works; the defaults suit the embedded setup and a real cluster alike.
 #[derive(Debug, Clone)]
@@ -36,7 +42,12 @@ pub struct RelayConfig {
     pub republish_after: Option<Duration>,
     /// How often overdue published rows are looked for.
     pub republish_check_interval: Duration,
+    /// Backoff for rows a consumer sent back with a retryable handler error.
     pub retry: RetryPolicy,
+    /// While the broker or the database is unavailable the relay pauses as a whole: it waits
+    /// `base_delay` doubling up to `max_delay` between probes (`max_retry` is not used: a pause
+    /// lasts as long as the outage), and no row's retries are spent.
+    pub pause: RetryPolicy,
 }
 
 impl Default for RelayConfig {
@@ -55,17 +66,68 @@ impl Default for RelayConfig {
             republish_after: Some(Duration::from_secs(15 * 60)),
             republish_check_interval: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            pause: RetryPolicy {
+                base_delay: Duration::from_millis(500),
+                max_delay: Duration::from_secs(30),
+                max_retry: u32::MAX,
+            },
         }
     }
 }
 
+impl RelayConfig {
+    /// Checks the settings together; `delivery_timeout` is the transport's own per-message
+    /// bound, which must end before the relay's share of the claim window does.
+    pub fn validate(&self, delivery_timeout: Duration) -> Result<(), BusError> {
+        self.retry.validated()?;
+        self.pause.validated()?;
+        if self.batch_size == 0 || self.workers == 0 {
+            return Err(BusError::Config(
+                "relay batch_size and workers must be above zero".into(),
+            ));
+        }
+        if self.claim_timeout < Duration::from_secs(1) {
+            return Err(BusError::Config(
+                "the relay's claim timeout must be at least 1 s".into(),
+            ));
+        }
+        let window = self.publish_window();
+        if delivery_timeout >= window {
+            return Err(BusError::Config(format!(
+                "the producer's message timeout ({} ms) must be below {}% of the relay's claim \
+                 timeout ({} ms of {} ms): otherwise a round gives up on messages the producer is \
+                 still sending; lower the message timeout or raise the claim timeout",
+                delivery_timeout.as_millis(),
+                (PUBLISH_SHARE * 100.0) as u32,
+                window.as_millis(),
+                self.claim_timeout.as_millis()
+            )));
+        }
+        if self.republish_after.is_some_and(|d| d.is_zero()) {
+            return Err(BusError::Config(
+                "republish_after must be above zero (or None to never re-send)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long a round waits for the broker's answers.
+    fn publish_window(&self) -> Duration {
+        self.claim_timeout.mul_f64(PUBLISH_SHARE)
+    }
+}
+
 /// What one round did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayRound {
     pub claimed: usize,
     pub published: u64,
     pub retrying: u64,
     pub dead: u64,
+    /// Rows released untouched because the broker was unavailable.
+    pub unavailable: u64,
+    /// The broker's reason, when `unavailable > 0`.
+    pub broker_error: Option<String>,
 }
 
 /// Moves one service's outbox rows to the broker.
@@ -82,6 +144,15 @@ struct Inner {
     config: RelayConfig,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Shared by the workers: while set, only worker 0 runs rounds (the probes).
+    pause: Mutex<Option<Pause>>,
+    health_name: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pause {
+    failures: u32,
+    until: Instant,
 }
 
 impl Relay {
@@ -93,27 +164,28 @@ impl Relay {
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BusError> {
-        config.retry.validated()?;
-        if config.batch_size == 0 || config.workers == 0 {
-            return Err(BusError::Config(
-                "relay batch_size and workers must be above zero".into(),
-            ));
-        }
+        config.validate(transport.delivery_timeout())?;
         let mode = ClaimMode::for_backend(db.get_database_backend());
+        let table = OutboxTable::new(outbox_table)?;
+        let health_name = format!("relay {}", table.name());
+        metrics.health.register(&health_name);
         Ok(Self {
             inner: Arc::new(Inner {
-                table: OutboxTable::new(outbox_table)?,
+                table,
                 db,
                 mode,
                 transport,
                 config,
                 wake,
                 metrics,
+                pause: Mutex::new(None),
+                health_name,
             }),
         })
     }
 
-    /// One round: claim, publish concurrently, settle with one statement per outcome group.
+    /// One round: claim, publish concurrently, settle with one statement per outcome group. Rows
+    /// the broker was unavailable for are released untouched and counted in `unavailable`.
     #[tracing::instrument(skip_all, fields(table = %self.inner.table.name()))]
     pub async fn run_once(&self) -> Result<RelayRound, BusError> {
         let i = &*self.inner;
@@ -132,9 +204,13 @@ impl Relay {
         let rows = std::mem::take(&mut claim.rows);
         // The claim must be settled while it is still ours: past `claim_timeout` another relay
         // may take the rows (lease) or the server ends our session (row locks).
-        let deadline = i.config.claim_timeout.mul_f32(0.75);
-        let settlement =
-            publish_batch::publish(&*i.transport, rows, &mut claim.rows, deadline).await;
+        let (settlement, broker_error) = publish_batch::publish(
+            &*i.transport,
+            rows,
+            &mut claim.rows,
+            i.config.publish_window(),
+        )
+        .await;
         let report = i
             .table
             .settle(
@@ -160,10 +236,82 @@ impl Relay {
             published: report.published,
             retrying: report.retrying,
             dead: report.dead,
+            unavailable: report.released,
+            broker_error,
         })
     }
 
-    /// Moves overdue `published` rows back to `pending`; returns how many moved.
+    /// Sends `dead` rows again, by id (an operator's redrive); returns how many moved.
+    pub async fn redrive(&self, ids: &[i64]) -> Result<u64, BusError> {
+        let moved = self.inner.table.redrive(&self.inner.db, ids).await?;
+        if moved > 0 {
+            tracing::info!(moved, "dead rows redriven");
+            self.inner.wake.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    /// Whether the relay is paused now because the broker or the database is unavailable.
+    pub fn is_paused(&self) -> bool {
+        self.pause_state().is_some()
+    }
+
+    fn pause_state(&self) -> Option<Pause> {
+        *self
+            .inner
+            .pause
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Enters (or extends) the pause after an unavailable broker or database; logs once per
+    /// change of state. Returns how long to wait before the next probe.
+    fn paused_by(&self, what: &str, reason: &str) -> Duration {
+        let i = &*self.inner;
+        let wait = {
+            let mut pause = i.pause.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let failures = pause.map_or(1, |p| p.failures.saturating_add(1));
+            let wait = i.config.pause.delay_after(failures);
+            *pause = Some(Pause {
+                failures,
+                until: Instant::now() + wait,
+            });
+            wait
+        };
+        let problem = format!("paused: the {what} is unavailable: {reason}");
+        if i.metrics.health.fault(&i.health_name, &problem) == Transition::Faulted {
+            Metrics::add(&i.metrics.relay_pauses, 1);
+            tracing::warn!(
+                table = %i.table.name(),
+                %what,
+                %reason,
+                "relay paused: no event's retries are spent while it lasts; probing with backoff"
+            );
+        }
+        wait
+    }
+
+    /// Leaves the pause after a round that worked; logs once.
+    fn resumed(&self) {
+        let i = &*self.inner;
+        let was = i
+            .pause
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if was.is_some() {
+            if let Transition::Recovered(after) = i.metrics.health.recovered(&i.health_name) {
+                tracing::warn!(
+                    table = %i.table.name(),
+                    paused_secs = after.as_secs(),
+                    "relay resumed"
+                );
+            }
+        }
+    }
+
+    /// Moves overdue `published` rows back to `pending` to be sent again, spending no retry;
+    /// returns how many moved.
     pub async fn republish_overdue(&self) -> Result<u64, BusError> {
         let moved = self
             .inner
@@ -196,7 +344,8 @@ impl Relay {
     }
 
     /// Runs `workers` round loops until `shutdown`; a round under way when it fires finishes and
-    /// settles its rows before the loop ends. Database or broker failures are logged and retried.
+    /// settles its rows before the loop ends. An unavailable broker or database pauses the
+    /// relay (logged once, shown in health) until a probe round works again.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..self.inner.config.workers {
@@ -214,15 +363,33 @@ impl Relay {
 
     async fn worker_loop(&self, worker: usize, shutdown: CancellationToken) {
         let i = &*self.inner;
-        let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
+            // While paused only worker 0 probes; the others wait for the pause to end.
+            if let Some(pause) = self.pause_state() {
+                let wait = if worker == 0 {
+                    pause.until.saturating_duration_since(Instant::now())
+                } else {
+                    i.config.pause.base_delay
+                };
+                if !wait.is_zero() || worker != 0 {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            }
             // Registered before the claim, so a commit during an empty round is not missed.
             let notified = i.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.run_once().await {
+                Ok(round) if round.unavailable > 0 => {
+                    let reason = round.broker_error.as_deref().unwrap_or("no answer");
+                    self.paused_by("broker", reason);
+                }
                 Ok(round) => {
-                    failures = 0;
+                    self.resumed();
                     if round.claimed as u64 >= i.config.batch_size {
                         continue;
                     }
@@ -237,17 +404,7 @@ impl Relay {
                     }
                 }
                 Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let wait = i
-                        .config
-                        .retry
-                        .delay_after(failures)
-                        .min(Duration::from_secs(5));
-                    tracing::error!(worker, error = %e, retry_in_ms = wait.as_millis() as u64, "relay round failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
+                    self.paused_by("database", &e.to_string());
                 }
             }
         }

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use smartflow_domain::{OutboundMessage, OutboundTransport, TransportError, TRACEPARENT_HEADER};
+use smartflow_domain::{OutboundMessage, OutboundTransport, TRACEPARENT_HEADER};
 use smartflow_storage::outbox::{ClaimedRow, PublishFailure, Settlement};
 
 /// Headers every published message carries, so consumers can route and trace without parsing
@@ -9,14 +9,16 @@ pub const EVENT_ID_HEADER: &str = "event_id";
 pub const EVENT_TYPE_HEADER: &str = "event_type";
 pub const EVENT_VERSION_HEADER: &str = "event_version";
 
-/// Sends the claimed rows as one concurrent batch and sorts the outcomes into a settlement.
-/// The rows are handed back into `keep` (without payloads) so the claim can still be settled.
+/// Sends the claimed rows as one concurrent batch and sorts the outcomes into a settlement:
+/// acknowledged rows are published, rows the broker rejected fail (and die), rows the broker
+/// was unavailable for are released untouched. The rows are handed back into `keep` (without
+/// payloads) so the claim can still be settled. Returns the first unavailability's reason.
 pub(super) async fn publish(
     transport: &dyn OutboundTransport,
     rows: Vec<ClaimedRow>,
     keep: &mut Vec<ClaimedRow>,
     deadline: Duration,
-) -> Settlement {
+) -> (Settlement, Option<String>) {
     let mut messages = Vec::with_capacity(rows.len());
     keep.reserve(rows.len());
     for mut row in rows {
@@ -39,27 +41,22 @@ pub(super) async fn publish(
         });
         keep.push(row);
     }
-    let outcomes = match tokio::time::timeout(deadline, transport.send_batch(messages)).await {
-        Ok(outcomes) => outcomes,
-        // Unacknowledged messages may still arrive; consumers drop the duplicates.
-        Err(_) => vec![
-            Err(TransportError::retryable(format!(
-                "the broker did not acknowledge within {} ms",
-                deadline.as_millis()
-            )));
-            keep.len()
-        ],
-    };
+    let outcomes = transport.send_batch(messages, deadline).await;
     let mut settlement = Settlement::default();
+    let mut unavailable = None;
     for (row, outcome) in keep.iter().zip(outcomes) {
         match outcome {
             Ok(()) => settlement.published.push(row.id),
+            Err(e) if e.is_unavailable() => {
+                settlement.unavailable.push(row.id);
+                unavailable.get_or_insert(e.message);
+            }
             Err(e) => settlement.failed.push(PublishFailure {
                 id: row.id,
                 error: e.message,
-                retryable: e.retryable,
+                retryable: false,
             }),
         }
     }
-    settlement
+    (settlement, unavailable)
 }

@@ -118,33 +118,6 @@ async fn unknown_event_types_and_undecodable_messages_are_dead_with_a_reason(t: 
     w.finish().await;
 }
 
-async fn a_down_broker_loses_nothing_and_rows_retry(t: TestDb) {
-    let w = World::new(t).await;
-    let ids = w.publish(&["a", "b", "c", "d", "e"]).await;
-    let relay = w.relay();
-    w.broker.set_broker_down(1).unwrap();
-    let round = relay.run_once().await.unwrap();
-    assert_eq!((round.claimed, round.published, round.retrying), (5, 0, 5));
-    for id in &ids {
-        let row = w.table().find(&w.t.db, id).await.unwrap().unwrap();
-        assert_eq!(row.status, OutboxStatus::Pending);
-        assert_eq!(row.retry_count, 1);
-        assert!(row.last_error.is_some(), "the broker's error is kept");
-    }
-    w.broker.set_broker_up(1).unwrap();
-    w.relay_until_drained(&relay).await;
-    let stats = w.stats().await;
-    assert_eq!((stats.published, stats.dead), (5, 0));
-    let counts = count_by_event_id(&w.read_topic(5).await);
-    for id in &ids {
-        assert!(
-            counts.get(id).copied().unwrap_or(0) >= 1,
-            "{id} reached the broker"
-        );
-    }
-    w.finish().await;
-}
-
 async fn rejected_produce_requests_retry_or_die_by_error(t: TestDb) {
     let w = World::new(t).await;
     let relay = w.relay();
@@ -171,6 +144,5 @@ async fn rejected_produce_requests_retry_or_die_by_error(t: TestDb) {
 on_every_backend!(
     handler_errors_retry_then_die_and_poison_dies_at_once,
     unknown_event_types_and_undecodable_messages_are_dead_with_a_reason,
-    a_down_broker_loses_nothing_and_rows_retry,
     rejected_produce_requests_retry_or_die_by_error,
 );

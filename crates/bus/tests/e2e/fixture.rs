@@ -114,7 +114,7 @@ impl World {
         )
         .unwrap();
         let mut kafka = KafkaConfig::new(broker.bootstrap_servers());
-        kafka.message_timeout = Duration::from_secs(2);
+        kafka.message_timeout = Duration::from_secs(1);
         kafka
             .extra
             .push(("session.timeout.ms".into(), "6000".into()));
@@ -216,21 +216,17 @@ impl World {
         let mut all = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         while all.len() < count && Instant::now() < deadline {
-            if let Ok(Ok(batch)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                reader.recv_batch(1000, Duration::from_millis(20)),
-            )
-            .await
+            if let Ok(batch) = reader
+                .recv_batch(1000, Duration::from_secs(2), Duration::from_millis(20))
+                .await
             {
                 all.extend(batch);
             }
         }
         // Anything more that arrives shortly after would be a duplicate.
-        if let Ok(Ok(batch)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            reader.recv_batch(1000, Duration::from_millis(20)),
-        )
-        .await
+        if let Ok(batch) = reader
+            .recv_batch(1000, Duration::from_secs(1), Duration::from_millis(20))
+            .await
         {
             all.extend(batch);
         }

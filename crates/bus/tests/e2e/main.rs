@@ -4,4 +4,5 @@
 mod delivery;
 mod failures;
 mod fixture;
+mod outages;
 mod relays;

@@ -1,7 +1,7 @@
 use smartflow_domain::OutboundTransport;
 use smartflow_kafka::{EmbeddedBroker, KafkaProducer, ProduceFault};
 
-use crate::fixture::{config_for, message, send_all_ok, unique};
+use crate::fixture::{SEND_WITHIN, config_for, message, send_all_ok, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_produce_errors_are_retried_inside_the_producer() {
@@ -20,7 +20,7 @@ async fn transient_produce_errors_are_retried_inside_the_producer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_rejection_is_permanent_and_the_producer_stays_usable() {
+async fn an_oversized_message_is_rejected_and_the_producer_stays_usable() {
     let broker = EmbeddedBroker::start(1).unwrap();
     let topic = unique("too-large");
     broker.create_topic(&topic, 1).unwrap();
@@ -31,16 +31,16 @@ async fn an_oversized_rejection_is_permanent_and_the_producer_stays_usable() {
         .inject_produce_errors(1, ProduceFault::MessageTooLarge)
         .unwrap();
     let outcomes = producer
-        .send_batch(vec![message(&topic, "k", "rejected", &[])])
+        .send_batch(vec![message(&topic, "k", "rejected", &[])], SEND_WITHIN)
         .await;
     let err = outcomes[0].as_ref().expect_err("the broker rejected it");
-    assert!(!err.retryable, "{err:?}");
+    assert!(!err.is_unavailable(), "{err:?}");
 
     send_all_ok(&producer, vec![message(&topic, "k", "accepted", &[])]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_authorization_rejection_is_permanent_and_other_topics_still_work() {
+async fn an_authorization_failure_is_the_infrastructures_and_other_topics_still_work() {
     let broker = EmbeddedBroker::start(1).unwrap();
     let denied = unique("denied");
     let allowed = unique("allowed");
@@ -53,10 +53,13 @@ async fn an_authorization_rejection_is_permanent_and_other_topics_still_work() {
         .inject_produce_errors(1, ProduceFault::TopicAuthorizationFailed)
         .unwrap();
     let outcomes = producer
-        .send_batch(vec![message(&denied, "k", "rejected", &[])])
+        .send_batch(vec![message(&denied, "k", "rejected", &[])], SEND_WITHIN)
         .await;
-    let err = outcomes[0].as_ref().expect_err("the broker rejected it");
-    assert!(!err.retryable, "{err:?}");
+    let err = outcomes[0].as_ref().expect_err("the broker refused it");
+    assert!(
+        err.is_unavailable(),
+        "an ACL mistake is the operator's to fix, not the event's: {err:?}"
+    );
 
     // librdkafka marks the denied topic as failed until its next metadata refresh; only that
     // topic, though.

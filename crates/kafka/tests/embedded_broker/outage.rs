@@ -4,10 +4,10 @@ use smartflow_domain::OutboundTransport;
 use smartflow_kafka::{wait_for_broker, EmbeddedBroker, KafkaConfig, KafkaError, KafkaProducer};
 use tokio::time::Instant;
 
-use crate::fixture::{config_for, message, send_all_ok, unique, PATIENCE};
+use crate::fixture::{SEND_WITHIN, config_for, message, send_all_ok, unique, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sends_fail_retryably_while_the_broker_is_down_and_recover_after() {
+async fn sends_fail_as_unavailable_while_the_broker_is_down_and_recover_after() {
     let broker = EmbeddedBroker::start(1).unwrap();
     let topic = unique("outage");
     broker.create_topic(&topic, 1).unwrap();
@@ -20,11 +20,11 @@ async fn sends_fail_retryably_while_the_broker_is_down_and_recover_after() {
     let batch = (0..10)
         .map(|i| message(&topic, &format!("k{i}"), "during", &[]))
         .collect();
-    let outcomes = producer.send_batch(batch).await;
+    let outcomes = producer.send_batch(batch, SEND_WITHIN).await;
     assert_eq!(outcomes.len(), 10);
     for outcome in &outcomes {
         let err = outcome.as_ref().expect_err("the only broker is down");
-        assert!(err.retryable, "{err:?}");
+        assert!(err.is_unavailable(), "{err:?}");
     }
 
     broker.set_broker_up(1).unwrap();
@@ -32,12 +32,12 @@ async fn sends_fail_retryably_while_the_broker_is_down_and_recover_after() {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let outcomes = producer
-            .send_batch(vec![message(&topic, "k", "after", &[])])
+            .send_batch(vec![message(&topic, "k", "after", &[])], SEND_WITHIN)
             .await;
         match &outcomes[0] {
             Ok(()) => break,
             Err(e) => {
-                assert!(e.retryable, "{e:?}");
+                assert!(e.is_unavailable(), "{e:?}");
                 assert!(Instant::now() < deadline, "never recovered: {e:?}");
             }
         }

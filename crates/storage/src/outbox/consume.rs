@@ -16,14 +16,18 @@ pub enum FailureOutcome {
         next_retry_at: i64,
     },
     Dead,
-    /// The row is already terminal (or gone); nothing changed.
+    /// The row was already `dead` (a dead event's copy reached the consumer and failed again):
+    /// it stays dead with its first reason.
+    StillDead,
+    /// The row is already `consumed` (or gone); nothing changed.
     Untouched,
 }
 
 impl OutboxTable {
-    /// Marks the row of `event_id` `consumed` if it may still move there. Run it in the
-    /// transaction that holds the handler's writes: `true` means this transaction owns the
-    /// event's effect; `false` means another delivery already settled it (skip the handler).
+    /// Marks the row of `event_id` `consumed` unless it already is. Run it in the transaction
+    /// that holds the handler's writes: `true` means this transaction owns the event's effect
+    /// (also for a `dead` row: an event that reached its consumer is applied, never skipped);
+    /// `false` means another delivery already applied it (skip the handler).
     pub async fn mark_consumed<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -35,6 +39,8 @@ impl OutboxTable {
             .value(Outbox::Status, OutboxStatus::Consumed.as_str())
             .value(Outbox::ConsumedAt, now)
             .value(Outbox::NextRetryAt, Value::BigInt(None))
+            .value(Outbox::LockedBy, Value::String(None))
+            .value(Outbox::LockedUntil, Value::BigInt(None))
             .value(Outbox::UpdatedAt, now)
             .and_where(Expr::col(Outbox::EventId).eq(event_id))
             .and_where(may_move_to(OutboxStatus::Consumed))
@@ -46,7 +52,9 @@ impl OutboxTable {
     }
 
     /// Records a failed handling of `event_id`: back to `pending` with backoff when `retryable`
-    /// and retries remain, else `dead` with `error` kept. Terminal rows are never touched.
+    /// and retries remain, else `dead` with `error` kept. `consumed` and `dead` rows are never
+    /// touched. A relay's lease on the row ends here, so a relay that is still waiting for the
+    /// broker's answer cannot settle the row over this decision.
     pub async fn record_failure<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -63,7 +71,7 @@ impl OutboxTable {
             .and_where(may_move_to(OutboxStatus::Dead))
             .to_owned();
         let Some(row) = conn.query_one(backend.build(&select)).await? else {
-            return Ok(FailureOutcome::Untouched);
+            return self.settled_outcome(conn, event_id).await;
         };
         let retry_count: i32 = get(&row, self.name(), "retry_count")?;
         let max_retry: i32 = get(&row, self.name(), "max_retry")?;
@@ -93,51 +101,77 @@ impl OutboxTable {
             .value(Outbox::RetryCount, failures)
             .value(Outbox::NextRetryAt, next)
             .value(Outbox::LastError, truncate(error))
+            .value(Outbox::LockedBy, Value::String(None))
+            .value(Outbox::LockedUntil, Value::BigInt(None))
             .value(Outbox::UpdatedAt, now)
             .and_where(Expr::col(Outbox::EventId).eq(event_id))
             .and_where(Expr::col(Outbox::RetryCount).eq(retry_count))
-            .and_where(may_move_to(status))
+            .and_where(may_move_to(OutboxStatus::Dead))
             .to_owned();
         let moved = conn.execute(backend.build(&update)).await?.rows_affected();
-        Ok(if moved == 1 {
-            outcome
+        if moved == 1 {
+            Ok(outcome)
+        } else {
+            self.settled_outcome(conn, event_id).await
+        }
+    }
+
+    /// Why a failure could not be recorded: the row is dead already, or consumed (or gone).
+    async fn settled_outcome<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        event_id: &str,
+    ) -> Result<FailureOutcome, StorageError> {
+        let select = Query::select()
+            .column(Outbox::Id)
+            .from(self.alias())
+            .and_where(Expr::col(Outbox::EventId).eq(event_id))
+            .and_where(status_is(OutboxStatus::Dead))
+            .to_owned();
+        let dead = conn
+            .query_one(conn.get_database_backend().build(&select))
+            .await?
+            .is_some();
+        Ok(if dead {
+            FailureOutcome::StillDead
         } else {
             FailureOutcome::Untouched
         })
     }
 
-    /// Rows `published` but not `consumed` by their deadline (the message was lost past the
-    /// broker's retention, or no consumer ran) go back to `pending` for another publish, or to
-    /// `dead` once out of retries. Returns how many rows moved.
+    /// Rows `published` but not `consumed` by their deadline (no consumer ran, it lags, or the
+    /// message was lost past the broker's retention) go back to `pending` to be sent again. This
+    /// spends none of the row's retries and can never make it `dead`: how long a consumer takes
+    /// says nothing about the event. The next deadline grows with the row's age (see `settle`).
+    /// Returns how many rows moved.
     pub async fn requeue_unconsumed<C: ConnectionTrait>(
         &self,
         conn: &C,
         now: i64,
     ) -> Result<u64, StorageError> {
         let overdue =
-            || status_is(OutboxStatus::Published).and(Expr::col(Outbox::NextRetryAt).lte(now));
+            status_is(OutboxStatus::Published).and(Expr::col(Outbox::NextRetryAt).lte(now));
         self.requeue_published(
             conn,
             now,
             overdue,
-            "published but not consumed by its deadline",
+            "published but not consumed by its deadline; sent again",
         )
         .await
     }
 
-    /// Every `published` row goes back to `pending` (or `dead` when out of retries), whatever its
-    /// deadline: for a broker that lost everything it held, like the in-memory embedded one after
+    /// Every `published` row goes back to `pending`, whatever its deadline and without spending
+    /// a retry: for a broker that lost everything it held, like the in-memory embedded one after
     /// a restart. Returns how many rows moved.
     pub async fn requeue_all_published<C: ConnectionTrait>(
         &self,
         conn: &C,
     ) -> Result<u64, StorageError> {
-        let all = || status_is(OutboxStatus::Published);
         self.requeue_published(
             conn,
             now_millis(),
-            all,
-            "published to a broker that has since lost it",
+            status_is(OutboxStatus::Published),
+            "published to a broker that has since lost it; sent again",
         )
         .await
     }
@@ -146,33 +180,20 @@ impl OutboxTable {
         &self,
         conn: &C,
         now: i64,
-        overdue: impl Fn() -> sea_orm::sea_query::SimpleExpr,
-        error: &str,
+        which: sea_orm::sea_query::SimpleExpr,
+        note: &str,
     ) -> Result<u64, StorageError> {
-        let backend = conn.get_database_backend();
-        let dead = Query::update()
-            .table(self.alias())
-            .value(Outbox::Status, OutboxStatus::Dead.as_str())
-            .value(Outbox::RetryCount, Expr::col(Outbox::RetryCount).add(1))
-            .value(Outbox::NextRetryAt, Value::BigInt(None))
-            .value(Outbox::LastError, error)
-            .value(Outbox::UpdatedAt, now)
-            .and_where(overdue())
-            .and_where(
-                Expr::expr(Expr::col(Outbox::RetryCount).add(1)).gte(Expr::col(Outbox::MaxRetry)),
-            )
-            .to_owned();
         let again = Query::update()
             .table(self.alias())
             .value(Outbox::Status, OutboxStatus::Pending.as_str())
-            .value(Outbox::RetryCount, Expr::col(Outbox::RetryCount).add(1))
             .value(Outbox::NextRetryAt, now)
-            .value(Outbox::LastError, error)
+            .value(Outbox::LastError, note)
             .value(Outbox::UpdatedAt, now)
-            .and_where(overdue())
+            .and_where(which)
             .to_owned();
-        let mut moved = conn.execute(backend.build(&dead)).await?.rows_affected();
-        moved += conn.execute(backend.build(&again)).await?.rows_affected();
-        Ok(moved)
+        Ok(conn
+            .execute(conn.get_database_backend().build(&again))
+            .await?
+            .rows_affected())
     }
 }

@@ -12,7 +12,7 @@ use crate::schema::Outbox;
 use crate::time::millis;
 use crate::{now_millis, StorageError};
 
-/// A claimed row the broker did not take.
+/// A claimed row whose own failure counts against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishFailure {
     pub id: i64,
@@ -26,6 +26,9 @@ pub struct PublishFailure {
 pub struct Settlement {
     pub published: Vec<i64>,
     pub failed: Vec<PublishFailure>,
+    /// Rows not sent because the broker (not the row) failed: released exactly as they were
+    /// claimed, with no attempt counted, so an outage of any length costs no event its retries.
+    pub unavailable: Vec<i64>,
 }
 
 /// How many rows each settle statement moved.
@@ -34,12 +37,19 @@ pub struct SettleReport {
     pub published: u64,
     pub retrying: u64,
     pub dead: u64,
+    /// Rows handed back untouched because the broker was unavailable.
+    pub released: u64,
 }
 
 impl OutboxTable {
     /// Records a claim's outcome and releases it: one statement marks every published row, and
     /// one statement per (attempt count, error) group moves failures back to `pending` with
-    /// backoff or to `dead`. Only rows still `pending` (and, under a lease, still ours) move.
+    /// backoff or to `dead`; rows the broker was unavailable for are released unchanged. Only
+    /// rows still `pending` (and, under a lease, still ours) move.
+    ///
+    /// A published row's consumption deadline grows with its age: `now + max(republish_after,
+    /// age)`, so a row that is re-sent because no consumer marked it is re-sent at ages that
+    /// double, never in a steady stream that would deepen a consumer's lag.
     pub async fn settle(
         &self,
         db: &DatabaseConnection,
@@ -68,9 +78,10 @@ impl OutboxTable {
         let mut report = SettleReport::default();
 
         if !settlement.published.is_empty() {
-            let deadline: Value = republish_after
-                .map(|d| now.saturating_add(millis(d)))
-                .into();
+            let deadline: SimpleExpr = match republish_after {
+                None => Value::BigInt(None).into(),
+                Some(after) => consumption_deadline(now, millis(after)),
+            };
             let stmt = Query::update()
                 .table(self.alias())
                 .value(Outbox::Status, OutboxStatus::Published.as_str())
@@ -104,6 +115,17 @@ impl OutboxTable {
                 .or_default()
                 .push(failure.id);
         }
+        if !settlement.unavailable.is_empty() && owner.is_some() {
+            // Under row locks the commit below releases them; a lease must be given back.
+            let stmt = Query::update()
+                .table(self.alias())
+                .value(Outbox::LockedBy, Value::String(None))
+                .value(Outbox::LockedUntil, Value::BigInt(None))
+                .and_where(mine(settlement.unavailable.clone()))
+                .to_owned();
+            txn.execute(backend.build(&stmt)).await?;
+        }
+        report.released = settlement.unavailable.len() as u64;
         for ((retry_count, retry_in, error), ids) in groups {
             let failures = retry_count + 1;
             let dead = retry_in.is_none();
@@ -136,6 +158,34 @@ impl OutboxTable {
         Ok(report)
     }
 
+    /// Sends `dead` rows again (an operator's redrive): back to `pending` with their attempts
+    /// reset, due now. Returns how many rows moved; rows that are not `dead` are left alone.
+    pub async fn redrive<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        ids: &[i64],
+    ) -> Result<u64, StorageError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let now = now_millis();
+        let stmt = Query::update()
+            .table(self.alias())
+            .value(Outbox::Status, OutboxStatus::Pending.as_str())
+            .value(Outbox::RetryCount, 0)
+            .value(Outbox::NextRetryAt, now)
+            .value(Outbox::LockedBy, Value::String(None))
+            .value(Outbox::LockedUntil, Value::BigInt(None))
+            .value(Outbox::UpdatedAt, now)
+            .and_where(Expr::col(Outbox::Id).is_in(ids.to_vec()))
+            .and_where(status_is(OutboxStatus::Dead))
+            .to_owned();
+        Ok(conn
+            .execute(conn.get_database_backend().build(&stmt))
+            .await?
+            .rows_affected())
+    }
+
     /// Gives back a claim without publishing (a relay stopping): the rows stay `pending` and
     /// untouched, ready for the next claim.
     pub async fn release(&self, db: &DatabaseConnection, claim: Claim) -> Result<(), StorageError> {
@@ -154,6 +204,34 @@ impl OutboxTable {
                 db.execute(db.get_database_backend().build(&stmt)).await?;
                 Ok(())
             }
+        }
+    }
+}
+
+/// `now + max(after, now - created_at)`: the deadline by which a just-published row must be
+/// consumed. Written as a `CASE`, which every backend spells the same way.
+fn consumption_deadline(now: i64, after: i64) -> SimpleExpr {
+    let age = || Expr::val(now).sub(Expr::col(Outbox::CreatedAt));
+    let wait: SimpleExpr = Expr::case(Expr::expr(age()).gt(after), age())
+        .finally(Expr::val(after))
+        .into();
+    Expr::val(now).add(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::DbBackend;
+
+    #[test]
+    fn the_deadline_is_one_portable_case_expression() {
+        let stmt = Query::update()
+            .table(sea_orm::sea_query::Alias::new("o"))
+            .value(Outbox::NextRetryAt, consumption_deadline(10, 3))
+            .to_owned();
+        for backend in [DbBackend::Postgres, DbBackend::MySql, DbBackend::Sqlite] {
+            let sql = backend.build(&stmt).to_string();
+            assert!(sql.contains("CASE WHEN"), "{backend:?}: {sql}");
         }
     }
 }
