@@ -100,6 +100,31 @@ impl TestDb {
         connect(&self.config).await.expect("second connection")
     }
 
+    /// The `host:port` of the database server (PostgreSQL, MariaDB); `None` for SQLite.
+    pub fn server_addr(&self) -> Option<String> {
+        if self.backend == Backend::Sqlite {
+            return None;
+        }
+        let (_, rest) = self.config.url.split_once("://")?;
+        let authority = rest.split('/').next()?;
+        Some(authority.rsplit('@').next()?.to_owned())
+    }
+
+    /// A pool onto this test's database whose connections go through `proxy`, so the test can
+    /// cut the database off and bring it back. Waits at most `acquire` for a connection.
+    pub async fn connect_through(
+        &self,
+        proxy: &FaultProxy,
+        acquire: std::time::Duration,
+    ) -> DatabaseConnection {
+        let server = self.server_addr().expect("SQLite has no server to proxy");
+        let mut config = self.config.clone();
+        config.url = config.url.replacen(&server, &proxy.addr().to_string(), 1);
+        config.acquire_timeout = acquire;
+        config.connect_timeout = acquire;
+        connect(&config).await.expect("connection through the proxy")
+    }
+
     /// A fresh unique name for topics and consumer groups of this test.
     pub fn unique(&self, prefix: &str) -> String {
         format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -217,5 +242,80 @@ impl smartflow_domain::InboundTransport for Unplugged {
 
     fn assigned_partitions(&self) -> usize {
         0
+    }
+}
+
+/// A TCP proxy in front of a server that a test can cut off (every open connection is closed
+/// and new ones are closed as soon as they arrive) and restore: a database or broker that goes
+/// away and comes back, as seen by the client.
+pub struct FaultProxy {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards every connection to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> FaultProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("proxy listener");
+        let addr = listener.local_addr().expect("proxy address");
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let upstream = upstream.to_owned();
+        let accept = tokio::spawn({
+            let up = up.clone();
+            let cuts = cuts.clone();
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if !up.load(Ordering::SeqCst) {
+                        drop(client);
+                        continue;
+                    }
+                    let upstream = upstream.clone();
+                    let mut cut = cuts.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            }
+        });
+        FaultProxy {
+            addr,
+            up,
+            cuts,
+            accept,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// Closes every connection and refuses new ones until [`FaultProxy::restore`].
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cuts.send_modify(|n| *n += 1);
     }
 }

@@ -1,0 +1,116 @@
+//! The consumer under infrastructure faults: a database that goes away for longer than Kafka's
+//! poll interval must not cost the consumer its group membership, and it resumes by itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use smartflow_bus::domain::{InboundTransport, RetryPolicy};
+use smartflow_bus::{ConsumerConfig, ConsumerRunner};
+use smartflow_kafka::KafkaConsumer;
+use smartflow_testkit::{on_every_backend, FaultProxy, TestDb};
+use tokio_util::sync::CancellationToken;
+
+use crate::fixture::*;
+
+/// Longer than the consumer's `max.poll.interval.ms` below, so a loop that stops polling while
+/// the database is away is thrown out of its group.
+const OUTAGE: Duration = Duration::from_secs(9);
+
+async fn a_consumer_keeps_its_group_through_a_database_outage(t: TestDb) {
+    let w = World::new(t).await;
+    let relay = w.relay();
+    let ids = w.publish(&["before the outage", "also before"]).await;
+    w.relay_until_drained(&relay).await;
+
+    let proxy = match w.t.server_addr() {
+        Some(server) => Some(FaultProxy::start(&server).await),
+        None => None,
+    };
+    let consumer_db = match &proxy {
+        Some(proxy) => w.t.connect_through(proxy, Duration::from_secs(1)).await,
+        None => w.t.connect_again().await,
+    };
+    let mut kafka = w.kafka.clone();
+    kafka
+        .extra
+        .push(("max.poll.interval.ms".into(), "7000".into()));
+    let transport = Arc::new(
+        KafkaConsumer::new(&kafka, &w.route.consumer_group, &[&w.route.topic]).unwrap(),
+    );
+    let metrics = w.bus.metrics().clone();
+    let runner = ConsumerRunner::for_route(
+        consumer_db,
+        &w.route,
+        handlers(),
+        transport.clone(),
+        ConsumerConfig {
+            retry: fast_retry(),
+            stall: RetryPolicy {
+                base_delay: Duration::from_millis(50),
+                max_delay: Duration::from_millis(500),
+                max_retry: u32::MAX,
+            },
+            ..ConsumerConfig::default()
+        },
+        metrics.clone(),
+    )
+    .unwrap();
+
+    // The database goes away before the consumer has applied anything.
+    let sqlite_lock = match &proxy {
+        Some(proxy) => {
+            proxy.cut();
+            None
+        }
+        None => {
+            // SQLite has no server: another writer holding the write lock has the same effect.
+            let blocker = w.t.connect_again().await;
+            let txn = blocker.begin().await.unwrap();
+            txn.execute_unprepared("CREATE TABLE write_lock_holder (x INTEGER)")
+                .await
+                .unwrap();
+            Some((blocker, txn))
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(runner.run(shutdown.clone()));
+    wait_until("the consumer reports the stall", || async {
+        metrics
+            .health
+            .report()
+            .iter()
+            .any(|c| c.problem.as_deref().is_some_and(|p| p.starts_with("cannot apply a batch")))
+    })
+    .await;
+    tokio::time::sleep(OUTAGE).await;
+    assert!(
+        transport.assigned_partitions() > 0,
+        "the consumer is still a member of its group after {OUTAGE:?} of outage"
+    );
+    match (&proxy, sqlite_lock) {
+        (Some(proxy), _) => proxy.restore(),
+        (None, Some((blocker, txn))) => {
+            txn.rollback().await.unwrap();
+            blocker.close().await.unwrap();
+        }
+        (None, None) => unreachable!(),
+    }
+
+    // It resumes by itself, and events published after the outage are applied too.
+    let later = w.publish(&["after the outage"]).await;
+    w.relay_until_drained(&relay).await;
+    wait_until("every event is consumed and the consumer is healthy", || async {
+        w.stats().await.consumed == 3 && metrics.health.healthy()
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    for id in ids.iter().chain(&later) {
+        let row = w.table().find(&w.t.db, id).await.unwrap().unwrap();
+        assert_eq!(row.retry_count, 0, "an outage spends no retry");
+    }
+    w.finish().await;
+}
+
+on_every_backend!(a_consumer_keeps_its_group_through_a_database_outage);
