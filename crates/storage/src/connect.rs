@@ -1,6 +1,8 @@
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::sqlx::mysql::{MySql, MySqlConnectOptions};
+use sea_orm::sqlx::{ConnectOptions as _, Executor as _};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlxMySqlConnector};
 
 use crate::StorageError;
 
@@ -15,6 +17,46 @@ pub struct ConnectConfig {
     pub acquire_timeout: Duration,
     /// PostgreSQL only: the schema to use (tests give each run its own).
     pub pg_schema: Option<String>,
+    /// How long any session of this pool may hold or wait for locks; set on every connection.
+    pub limits: SessionLimits,
+}
+
+/// Bounds set on every database session, so that no frozen or slow client (a relay stopped
+/// mid-claim, a black-holed connection, a runaway statement) holds locks for long, and no
+/// waiter waits for them for long. A waiter that gives up gets an error the bus retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// The longest one statement may run (PostgreSQL `statement_timeout`, MariaDB
+    /// `max_statement_time`, MySQL `max_execution_time`, which covers `SELECT`s only).
+    pub statement: Duration,
+    /// The longest a statement waits for a row lock (PostgreSQL `lock_timeout`, MySQL/MariaDB
+    /// `innodb_lock_wait_timeout`, SQLite's busy timeout for the database's write lock).
+    pub lock_wait: Duration,
+    /// The longest a transaction may sit idle, holding its locks, before the server ends the
+    /// session (PostgreSQL `idle_in_transaction_session_timeout`, MariaDB
+    /// `idle_transaction_timeout`; MySQL has no such bound, so there `wait_timeout`, which ends
+    /// any session idle that long). Must be above the relay's claim timeout.
+    pub idle_in_transaction: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            statement: Duration::from_secs(60),
+            lock_wait: Duration::from_secs(10),
+            idle_in_transaction: Duration::from_secs(120),
+        }
+    }
+}
+
+impl SessionLimits {
+    fn secs(d: Duration) -> u64 {
+        d.as_secs().max(1)
+    }
+
+    fn millis(d: Duration) -> u128 {
+        d.as_millis().max(1)
+    }
 }
 
 impl ConnectConfig {
@@ -25,6 +67,7 @@ impl ConnectConfig {
             connect_timeout: Duration::from_secs(5),
             acquire_timeout: Duration::from_secs(30),
             pg_schema: None,
+            limits: SessionLimits::default(),
         }
     }
 }
@@ -98,21 +141,47 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Opens a pool and checks it answers.
+/// Opens a pool whose every session carries `config.limits`, and checks it answers.
 pub async fn connect(config: &ConnectConfig) -> Result<DatabaseConnection, StorageError> {
     validate_url(&config.url)?;
+    let limits = config.limits;
     let mut opts = ConnectOptions::new(config.url.clone());
     opts.max_connections(config.max_connections)
         .min_connections(1)
         .connect_timeout(config.connect_timeout)
         .acquire_timeout(config.acquire_timeout)
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        .map_sqlx_postgres_opts(move |pg| {
+            pg.options([
+                (
+                    "statement_timeout",
+                    SessionLimits::millis(limits.statement).to_string(),
+                ),
+                (
+                    "lock_timeout",
+                    SessionLimits::millis(limits.lock_wait).to_string(),
+                ),
+                (
+                    "idle_in_transaction_session_timeout",
+                    SessionLimits::millis(limits.idle_in_transaction).to_string(),
+                ),
+            ])
+        })
+        .map_sqlx_sqlite_opts(move |lite| lite.busy_timeout(limits.lock_wait));
     if let Some(schema) = &config.pg_schema {
         opts.set_schema_search_path(schema.clone());
     }
+    let is_mysql = config.url.starts_with("mysql:");
     // sea-orm folds the connect timeout into the pool's acquire timeout, so bound the first
     // connection here to make `connect_timeout` mean what it says.
-    let db = match tokio::time::timeout(config.connect_timeout, Database::connect(opts)).await {
+    let opening = async {
+        if is_mysql {
+            connect_mysql(opts, &config.url, limits).await
+        } else {
+            Database::connect(opts).await
+        }
+    };
+    let db = match tokio::time::timeout(config.connect_timeout, opening).await {
         Ok(result) => result.map_err(|source| StorageError::Connect {
             url: redact(&config.url),
             source,
@@ -132,6 +201,49 @@ pub async fn connect(config: &ConnectConfig) -> Result<DatabaseConnection, Stora
         source,
     })?;
     Ok(db)
+}
+
+/// MySQL and MariaDB take session bounds only as `SET` statements, so the pool is built here
+/// with a hook that runs them on every new connection. MariaDB has statement and idle-transaction
+/// bounds of its own; MySQL gets what it has instead.
+async fn connect_mysql(
+    opts: ConnectOptions,
+    url: &str,
+    limits: SessionLimits,
+) -> Result<DatabaseConnection, DbErr> {
+    let sqlx_opts = url
+        .parse::<MySqlConnectOptions>()
+        .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)))?
+        .disable_statement_logging();
+    let pool = opts
+        .sqlx_pool_options::<MySql>()
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute(&*format!(
+                    "SET SESSION innodb_lock_wait_timeout = {}",
+                    SessionLimits::secs(limits.lock_wait)
+                ))
+                .await?;
+                let mariadb = format!(
+                    "SET SESSION max_statement_time = {}, idle_transaction_timeout = {}",
+                    SessionLimits::secs(limits.statement),
+                    SessionLimits::secs(limits.idle_in_transaction)
+                );
+                if conn.execute(&*mariadb).await.is_err() {
+                    conn.execute(&*format!(
+                        "SET SESSION max_execution_time = {}, wait_timeout = {}",
+                        SessionLimits::millis(limits.statement),
+                        SessionLimits::secs(limits.idle_in_transaction)
+                    ))
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(sqlx_opts)
+        .await
+        .map_err(|e| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e)))?;
+    Ok(SqlxMySqlConnector::from_sqlx_mysql_pool(pool))
 }
 
 #[cfg(test)]
@@ -170,6 +282,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_never_zero_which_would_mean_unbounded() {
+        assert_eq!(SessionLimits::secs(Duration::from_millis(10)), 1);
+        assert_eq!(SessionLimits::millis(Duration::ZERO), 1);
     }
 
     #[tokio::test]

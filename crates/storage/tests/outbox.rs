@@ -8,7 +8,7 @@ use smartflow_storage::outbox::{
     ClaimMode, ClaimRequest, FailureOutcome, OutboxTable, PublishFailure, Settlement,
 };
 use smartflow_storage::{now_millis, ConnectionTrait, TransactionTrait};
-use smartflow_testkit::{on_every_backend, TestDb};
+use smartflow_testkit::{on_every_backend, Backend, TestDb};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Ping {
@@ -234,7 +234,7 @@ async fn failures_retry_with_backoff_then_die(t: TestDb) {
     t.cleanup().await;
 }
 
-async fn terminal_rows_are_never_overwritten(t: TestDb) {
+async fn consumed_is_final_and_dead_yields_only_to_its_consumer(t: TestDb) {
     let ids = insert_n(&t, 2).await;
     publish_all(&t, None).await;
     assert!(table().mark_consumed(&t.db, &ids[0]).await.unwrap());
@@ -252,34 +252,94 @@ async fn terminal_rows_are_never_overwritten(t: TestDb) {
         .await
         .unwrap();
     assert_eq!(out, FailureOutcome::Dead);
-    assert!(
-        !table().mark_consumed(&t.db, &ids[1]).await.unwrap(),
-        "dead stays dead"
-    );
-    let row0 = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
-    assert_eq!(row0.status, OutboxStatus::Consumed);
-    assert_eq!(row0.last_error, None);
+    let out = table()
+        .record_failure(&t.db, &ids[1], "poison again", false, &policy())
+        .await
+        .unwrap();
+    assert_eq!(out, FailureOutcome::StillDead, "a dead row keeps its first reason");
     let row1 = table().find(&t.db, &ids[1]).await.unwrap().unwrap();
     assert_eq!(row1.status, OutboxStatus::Dead);
     assert_eq!(row1.last_error.as_deref(), Some("poison"));
+    assert!(
+        table().mark_consumed(&t.db, &ids[1]).await.unwrap(),
+        "a dead event whose copy a consumer applied is consumed"
+    );
+    for id in &ids {
+        let row = table().find(&t.db, id).await.unwrap().unwrap();
+        assert_eq!(row.status, OutboxStatus::Consumed);
+        let out = table()
+            .record_failure(&t.db, id, "late failure", false, &policy())
+            .await
+            .unwrap();
+        assert_eq!(out, FailureOutcome::Untouched, "consumed is final");
+    }
+    let row0 = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
+    assert_eq!(row0.last_error, None);
     t.cleanup().await;
 }
 
-async fn unconsumed_rows_are_published_again(t: TestDb) {
+async fn a_consumer_failure_during_a_lease_wins_over_the_relays_settle(t: TestDb) {
+    // Under a lease (SQLite's mode) the relay holds no lock while the broker answers, so the
+    // consumer may record a failure of the row meanwhile. PostgreSQL can run the lease claim
+    // too; MariaDB cannot (no LIMIT in an IN subquery) and never uses it.
+    if t.backend == Backend::MariaDb {
+        t.cleanup().await;
+        return;
+    }
     let ids = insert_n(&t, 1).await;
-    let mode = ClaimMode::for_backend(t.db.get_database_backend());
-    publish_all(&t, Some(Duration::from_millis(1))).await;
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(
-        table()
-            .requeue_unconsumed(&t.db, now_millis())
-            .await
-            .unwrap(),
-        1
-    );
+    let claim = table()
+        .claim(&t.db, ClaimMode::Lease, &request("relay", 10))
+        .await
+        .unwrap();
+    assert_eq!(claim.rows.len(), 1);
+    let id = claim.rows[0].id;
+    let out = table()
+        .record_failure(&t.db, &ids[0], "handler busy", true, &policy())
+        .await
+        .unwrap();
+    assert!(matches!(out, FailureOutcome::Retrying { .. }), "{out:?}");
+    let report = table()
+        .settle(
+            &t.db,
+            claim,
+            Settlement {
+                published: vec![id],
+                failed: vec![],
+                unavailable: Vec::new(),
+            },
+            &policy(),
+            Some(Duration::from_secs(900)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.published, 0, "the lease ended with the consumer's decision");
     let row = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
     assert_eq!(row.status, OutboxStatus::Pending);
     assert_eq!(row.retry_count, 1);
+    assert_eq!(row.last_error.as_deref(), Some("handler busy"));
+    t.cleanup().await;
+}
+
+async fn unconsumed_rows_are_published_again_without_dying(t: TestDb) {
+    let ids = insert_n(&t, 1).await;
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    // More re-sends than the row has retries (3).
+    for _ in 0..5 {
+        publish_all(&t, Some(Duration::from_millis(1))).await;
+        let row = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
+        let due = row.next_retry_at.unwrap() - now_millis();
+        tokio::time::sleep(Duration::from_millis(due.max(0) as u64 + 5)).await;
+        assert_eq!(
+            table()
+                .requeue_unconsumed(&t.db, now_millis())
+                .await
+                .unwrap(),
+            1
+        );
+        let row = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
+        assert_eq!(row.status, OutboxStatus::Pending);
+        assert_eq!(row.retry_count, 0, "a missing consumer is not the event's fault");
+    }
     let again = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
     assert_eq!(again.rows.len(), 1, "the retry lane picks it up");
     table().release(&t.db, again).await.unwrap();
@@ -296,7 +356,7 @@ async fn a_lost_broker_gets_every_published_row_again(t: TestDb) {
         assert_eq!(row.status, OutboxStatus::Pending);
         assert_eq!(
             row.last_error.as_deref(),
-            Some("published to a broker that has since lost it")
+            Some("published to a broker that has since lost it; sent again")
         );
     }
     let consumed = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
@@ -342,8 +402,9 @@ on_every_backend!(
     concurrent_claims_never_share_a_row,
     an_abandoned_claim_comes_back,
     failures_retry_with_backoff_then_die,
-    terminal_rows_are_never_overwritten,
-    unconsumed_rows_are_published_again,
+    consumed_is_final_and_dead_yields_only_to_its_consumer,
+    a_consumer_failure_during_a_lease_wins_over_the_relays_settle,
+    unconsumed_rows_are_published_again_without_dying,
     a_lost_broker_gets_every_published_row_again,
     migrations_are_idempotent_and_concurrent,
 );
