@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
-use smartflow_bus::{ConsumerConfig, ConsumerRunner, EventBus, PublishConfig, Relay, RelayConfig};
+use smartflow_bus::{ConsumerRunner, EventBus, PublishConfig, Relay};
 use smartflow_kafka::{EmbeddedBroker, KafkaConsumer, KafkaProducer};
 use smartflow_service::database::DATABASE_RETRY_PAUSE;
 use smartflow_service::{
@@ -45,6 +45,10 @@ impl Agent {
     /// consumer and the HTTP server spawned.
     pub async fn start(config: AgentConfig) -> anyhow::Result<RunningAgent> {
         tracing::info!(?config, "starting the agent");
+        config
+            .reliability
+            .validate()
+            .context("the reliability settings do not fit together")?;
         if config.max_content_chars == 0 {
             bail!("SMARTFLOW_MAX_CONTENT_CHARS must be at least 1");
         }
@@ -69,7 +73,7 @@ impl Agent {
         if let Some(brokers) = config.brokers() {
             tracing::info!(%brokers, wait_secs = config.broker_wait_secs, "connecting to Kafka");
         }
-        let (kafka, broker) = prepare_broker(BrokerSettings {
+        let (mut kafka, broker) = prepare_broker(BrokerSettings {
             brokers: config.brokers(),
             topic: &config.topic,
             partitions: config.kafka_partitions,
@@ -78,6 +82,7 @@ impl Agent {
             client_id: "smartflow-agent",
         })
         .await?;
+        config.reliability.apply_to_kafka(&mut kafka, "agent");
         if let Some(broker) = &broker {
             tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started");
         }
@@ -95,7 +100,7 @@ impl Agent {
             db.clone(),
             OUTBOX_TABLE,
             Arc::new(producer.clone()),
-            RelayConfig::default(),
+            config.reliability.relay(),
             bus.wake_signal(),
             bus.metrics().clone(),
         )
@@ -117,7 +122,7 @@ impl Agent {
             &route,
             handlers::registry(bus.clone()).context("registering the event handlers")?,
             consumer.clone(),
-            ConsumerConfig::default(),
+            config.reliability.consumer(),
             bus.metrics().clone(),
         )
         .context("building the consumer")?;
@@ -280,6 +285,7 @@ async fn connect_database(config: &AgentConfig) -> anyhow::Result<DatabaseConnec
         url,
         schema: config.database_schema.as_deref(),
         wait_secs: config.database_wait_secs,
+        limits: config.reliability.session_limits(),
     })?;
     if url.starts_with("sqlite:") {
         // A SQLite file's failures (missing directory, permissions) do not go away by waiting.

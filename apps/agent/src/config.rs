@@ -90,6 +90,10 @@ pub struct AgentConfig {
     /// How long a stop waits for in-flight work before abandoning it, in seconds.
     #[arg(long, env = "SMARTFLOW_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+
+    /// Retry policy, deadlines, timeouts and batch sizes of the bus (see `--help`).
+    #[command(flatten)]
+    pub reliability: smartflow_service::ReliabilitySettings,
 }
 
 impl Default for AgentConfig {
@@ -111,6 +115,7 @@ impl Default for AgentConfig {
             max_content_chars: DEFAULT_MAX_CONTENT_CHARS,
             broker_wait_secs: DEFAULT_BROKER_WAIT_SECS,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            reliability: smartflow_service::ReliabilitySettings::default(),
         }
     }
 }
@@ -166,6 +171,7 @@ impl fmt::Debug for AgentConfig {
             .field("max_content_chars", &self.max_content_chars)
             .field("broker_wait_secs", &self.broker_wait_secs)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("reliability", &self.reliability)
             .finish()
     }
 }

@@ -16,7 +16,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::{BusError, EventBus};
 use smartflow_domain::DomainError;
-use smartflow_service::{database_answers, error_response, ErrorChain};
+use smartflow_service::{error_response, health_check, ErrorChain, HealthBody};
 use smartflow_storage::chat_history;
 use smartflow_storage::outbox::OutboxTable;
 use smartflow_userauth::client::{AuthorizeError, UserauthClient};
@@ -396,19 +396,8 @@ async fn list_messages(
     Ok(Json(MessageList { messages }))
 }
 
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-}
-
-async fn healthz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
-    if database_answers(&state.db).await {
-        Ok(Json(Health { status: "ok" }))
-    } else {
-        Err(ApiError::Unavailable(
-            "the database is unreachable".to_owned(),
-        ))
-    }
+async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<HealthBody>) {
+    health_check(&state.db, state.bus.metrics()).await
 }
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use sea_orm::DatabaseConnection;
-use smartflow_bus::{ConsumerConfig, ConsumerRunner, EventBus, PublishConfig, Relay, RelayConfig};
+use smartflow_bus::{ConsumerRunner, EventBus, PublishConfig, Relay};
 use smartflow_domain::InboundTransport;
 use smartflow_kafka::{EmbeddedBroker, KafkaConsumer, KafkaProducer};
 use smartflow_service::{
@@ -42,6 +42,10 @@ impl Notification {
     /// relay, the consumer, the dispatcher and the HTTP server spawned.
     pub async fn start(config: NotificationConfig) -> anyhow::Result<RunningNotification> {
         tracing::info!(?config, "starting the notification service");
+        config
+            .reliability
+            .validate()
+            .context("the reliability settings do not fit together")?;
         config.check().map_err(|e| anyhow!(e))?;
         let routes = events::routes(&config.topic).with_context(|| {
             format!(
@@ -65,13 +69,14 @@ impl Notification {
             url: &config.database_url,
             schema: config.database_schema.as_deref(),
             wait_secs: config.database_wait_secs,
+            limits: config.reliability.session_limits(),
         })
         .await?;
         smartflow_migrations::run(&db)
             .await
             .context("running the database migrations")?;
 
-        let (kafka, broker) = prepare_broker(BrokerSettings {
+        let (mut kafka, broker) = prepare_broker(BrokerSettings {
             brokers: config.brokers(),
             topic: &config.topic,
             partitions: config.kafka_partitions,
@@ -80,6 +85,9 @@ impl Notification {
             client_id: "smartflow-notification",
         })
         .await?;
+        config
+            .reliability
+            .apply_to_kafka(&mut kafka, "notification");
 
         let bus =
             EventBus::new(routes, PublishConfig::default()).context("building the event bus")?;
@@ -88,7 +96,7 @@ impl Notification {
             db.clone(),
             OUTBOX_TABLE,
             Arc::new(producer.clone()),
-            RelayConfig::default(),
+            config.reliability.relay(),
             bus.wake_signal(),
             bus.metrics().clone(),
         )
@@ -122,7 +130,7 @@ impl Notification {
             &route,
             handlers,
             transport,
-            ConsumerConfig::default(),
+            config.reliability.consumer(),
             bus.metrics().clone(),
         )
         .context("building the consumer")?;

@@ -117,6 +117,10 @@ pub struct NotificationConfig {
     /// How long a stop waits for in-flight work before abandoning it, in seconds.
     #[arg(long, env = "SMARTFLOW_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+
+    /// Retry policy, deadlines, timeouts and batch sizes of the bus (see `--help`).
+    #[command(flatten)]
+    pub reliability: smartflow_service::ReliabilitySettings,
 }
 
 impl Default for NotificationConfig {
@@ -144,6 +148,7 @@ impl Default for NotificationConfig {
             scan_interval_ms: 1_000,
             concurrency: 8,
             shutdown_grace_secs: 30,
+            reliability: smartflow_service::ReliabilitySettings::default(),
         }
     }
 }
@@ -253,6 +258,7 @@ impl fmt::Debug for NotificationConfig {
             .field("scan_interval_ms", &self.scan_interval_ms)
             .field("concurrency", &self.concurrency)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("reliability", &self.reliability)
             .finish()
     }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, SecondsFormat};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::EventBus;
-use smartflow_service::{database_answers, error_response};
+use smartflow_service::{error_response, health_check, HealthBody};
 use smartflow_storage::notification::{self, NotificationRecord};
 
 use crate::events::{Channel, NotificationRequested, MAX_TEXT_CHARS};
@@ -279,19 +279,8 @@ fn view(record: NotificationRecord) -> Result<NotificationView, ApiError> {
     })
 }
 
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-}
-
-async fn healthz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
-    if database_answers(&state.db).await {
-        Ok(Json(Health { status: "ok" }))
-    } else {
-        Err(ApiError::Unavailable(
-            "the database is unreachable".to_owned(),
-        ))
-    }
+async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<HealthBody>) {
+    health_check(&state.db, state.bus.metrics()).await
 }
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {

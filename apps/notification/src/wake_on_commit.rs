@@ -106,7 +106,10 @@ mod tests {
         for result in [Ok(()), Err(TransportError::unavailable("broker away"))] {
             let signal = Arc::new(Notify::new());
             let transport = WakeOnCommit::new(Arc::new(Fixed(result.clone())), signal.clone());
-            transport.recv_batch(10, Duration::ZERO, Duration::ZERO).await.unwrap();
+            transport
+                .recv_batch(10, Duration::ZERO, Duration::ZERO)
+                .await
+                .unwrap();
             assert!(
                 signal.notified().now_or_never().is_none(),
                 "no signal on receive"

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use rand::RngCore as _;
 use sea_orm::DatabaseConnection;
-use smartflow_bus::{ConsumerConfig, ConsumerRunner, Metrics};
+use smartflow_bus::{ConsumerRunner, Metrics};
 use smartflow_domain::ServiceRoute;
 use smartflow_kafka::{EmbeddedBroker, KafkaConsumer};
 use smartflow_service::{
@@ -46,6 +46,10 @@ impl Userauth {
     /// are spawned.
     pub async fn start(config: UserauthConfig) -> anyhow::Result<RunningUserauth> {
         tracing::info!(?config, "starting userauth");
+        config
+            .reliability
+            .validate()
+            .context("the reliability settings do not fit together")?;
         // Checked up front: a bad topic must fail start-up, not the consumer later.
         ServiceRoute::new("agent", "agent_outbox", &config.agent_topic, CONSUMER_GROUP)
             .with_context(|| {
@@ -65,6 +69,7 @@ impl Userauth {
             url: &config.database_url,
             schema: config.database_schema.as_deref(),
             wait_secs: config.database_wait_secs,
+            limits: config.reliability.session_limits(),
         })
         .await?;
         smartflow_migrations::run(&db)
@@ -72,7 +77,7 @@ impl Userauth {
             .context("running the database migrations")?;
 
         // The agent topic is made sure of here too, so start order does not matter.
-        let (kafka, broker) = prepare_broker(BrokerSettings {
+        let (mut kafka, broker) = prepare_broker(BrokerSettings {
             brokers: config.brokers(),
             topic: &config.agent_topic,
             partitions: config.kafka_partitions,
@@ -81,6 +86,7 @@ impl Userauth {
             client_id: "smartflow-userauth",
         })
         .await?;
+        config.reliability.apply_to_kafka(&mut kafka, "userauth");
         if let Some(broker) = &broker {
             tracing::warn!(
                 bootstrap = %broker.bootstrap_servers(),
@@ -101,7 +107,7 @@ impl Userauth {
                 consumer.clone(),
                 SUBSCRIBED_EVENT_TYPES,
             )),
-            ConsumerConfig::default(),
+            config.reliability.consumer(),
             metrics.clone(),
         )
         .context("building the consumer")?;
@@ -124,7 +130,7 @@ impl Userauth {
             .context("reading the HTTP listener's address")?;
 
         let shutdown = CancellationToken::new();
-        let server = axum::serve(listener, http::router(service.clone()))
+        let server = axum::serve(listener, http::router(service.clone(), metrics.clone()))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let tasks = vec![
             supervise(

@@ -107,6 +107,10 @@ pub struct UserauthConfig {
     /// How long a stop waits for in-flight work before abandoning it, in seconds.
     #[arg(long, env = "SMARTFLOW_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
     pub shutdown_grace_secs: u64,
+
+    /// Retry policy, deadlines, timeouts and batch sizes of the bus (see `--help`).
+    #[command(flatten)]
+    pub reliability: smartflow_service::ReliabilitySettings,
 }
 
 impl Default for UserauthConfig {
@@ -129,6 +133,7 @@ impl Default for UserauthConfig {
             password_hash_memory_kib: DEFAULT_PASSWORD_HASH_MEMORY_KIB,
             password_hash_iterations: DEFAULT_PASSWORD_HASH_ITERATIONS,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            reliability: smartflow_service::ReliabilitySettings::default(),
         }
     }
 }
@@ -197,6 +202,7 @@ impl fmt::Debug for UserauthConfig {
             .field("password_hash_memory_kib", &self.password_hash_memory_kib)
             .field("password_hash_iterations", &self.password_hash_iterations)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("reliability", &self.reliability)
             .finish()
     }
 }

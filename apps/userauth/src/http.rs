@@ -20,7 +20,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
-use smartflow_service::{database_answers, error_response};
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use smartflow_bus::Metrics;
+use smartflow_service::{error_response, health_check, HealthBody};
 use smartflow_storage::users::User;
 
 use crate::error::{AuthError, ErrorChain};
@@ -30,8 +34,11 @@ use crate::validation::bearer_token;
 /// Request bodies are a few hundred bytes; anything over this is refused before it is read whole.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
-/// The API's routes over `service`.
-pub fn router(service: AuthService) -> Router {
+/// The API's routes over `service`; `/healthz` also reports the consumer in `metrics`.
+pub fn router(service: AuthService, metrics: Arc<Metrics>) -> Router {
+    let health = Router::new()
+        .route("/healthz", get(healthz))
+        .with_state((service.db().clone(), metrics));
     Router::new()
         .route("/v1/auth/register", post(register))
         .route("/v1/auth/login", post(login))
@@ -39,7 +46,7 @@ pub fn router(service: AuthService) -> Router {
         .route("/v1/auth/logout", post(logout))
         .route("/v1/auth/me", get(me))
         .route("/v1/auth/authorize", get(authorize))
-        .route("/healthz", get(healthz))
+        .merge(health)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -232,17 +239,10 @@ async fn authorize(
     Ok(Json(user.into()))
 }
 
-#[derive(Serialize)]
-struct Health {
-    status: &'static str,
-}
-
-async fn healthz(State(service): State<AuthService>) -> Result<Json<Health>, AuthError> {
-    if database_answers(service.db()).await {
-        Ok(Json(Health { status: "ok" }))
-    } else {
-        Err(AuthError::Unavailable("the database is unreachable".into()))
-    }
+async fn healthz(
+    State((db, metrics)): State<(DatabaseConnection, Arc<Metrics>)>,
+) -> (StatusCode, Json<HealthBody>) {
+    health_check(&db, &metrics).await
 }
 
 async fn not_found() -> AuthError {

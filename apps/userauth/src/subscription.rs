@@ -36,8 +36,9 @@ impl State {
     /// Takes the skipped messages that no outstanding message of their partition precedes.
     fn take_committable(&mut self) -> Vec<IncomingMessage> {
         let outstanding = &self.outstanding;
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.skipped).into_iter().partition(|s| {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.skipped)
+            .into_iter()
+            .partition(|s| {
                 !outstanding
                     .iter()
                     .any(|(t, p, o)| *t == s.topic && *p == s.partition && *o < s.offset)

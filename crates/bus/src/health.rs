@@ -160,7 +160,10 @@ fn consumer_problem(c: &Component, now: Instant) -> Option<String> {
     let last = c.last_poll.unwrap_or(c.started);
     let quiet = now.duration_since(last);
     if quiet >= CONSUMER_POLL_STALE {
-        return Some(format!("has not polled the broker for {} s", quiet.as_secs()));
+        return Some(format!(
+            "has not polled the broker for {} s",
+            quiet.as_secs()
+        ));
     }
     match c.unassigned_since {
         Some(since) if now.duration_since(since) >= CONSUMER_UNASSIGNED_GRACE => Some(format!(

@@ -79,6 +79,10 @@ pub struct AllConfig {
     /// service's, the Feishu and Lark custom-bot hooks).
     #[arg(long, env = "SMARTFLOW_FEISHU_ALLOWED_TARGETS")]
     pub feishu_allowed_targets: Option<String>,
+
+    /// Retry policy, deadlines, timeouts and batch sizes of the bus, for all three services.
+    #[command(flatten)]
+    pub reliability: smartflow_service::ReliabilitySettings,
 }
 
 impl AllConfig {
@@ -98,6 +102,7 @@ impl AllConfig {
             feishu_webhook_url: None,
             feishu_secret: None,
             feishu_allowed_targets: None,
+            reliability: smartflow_service::ReliabilitySettings::default(),
         }
     }
 
@@ -123,6 +128,7 @@ impl AllConfig {
             default_token_quota: self
                 .default_token_quota
                 .unwrap_or(defaults.default_token_quota),
+            reliability: self.reliability.clone(),
             ..defaults
         }
     }
@@ -136,6 +142,7 @@ impl AllConfig {
             database_schema: self.database_schema.clone(),
             kafka_brokers: Some(brokers.to_owned()),
             userauth_url: Some(userauth_url),
+            reliability: self.reliability.clone(),
             ..AgentConfig::default()
         }
     }
@@ -154,6 +161,7 @@ impl AllConfig {
                 .feishu_allowed_targets
                 .clone()
                 .unwrap_or(defaults.feishu_allowed_targets.clone()),
+            reliability: self.reliability.clone(),
             ..defaults
         }
     }
@@ -183,6 +191,7 @@ impl fmt::Debug for AllConfig {
             )
             .field("feishu_secret", &hidden(&self.feishu_secret))
             .field("feishu_allowed_targets", &self.feishu_allowed_targets)
+            .field("reliability", &self.reliability)
             .finish()
     }
 }

@@ -50,10 +50,7 @@ impl KafkaConsumer {
             // times out; a short session hands them to a restarted or surviving member quickly.
             // Heartbeats come from librdkafka's own thread, so a busy handler cannot miss them.
             .set("session.timeout.ms", millis(config.session_timeout))
-            .set(
-                "heartbeat.interval.ms",
-                millis(config.session_timeout / 4),
-            );
+            .set("heartbeat.interval.ms", millis(config.session_timeout / 4));
         if let Some(instance) = &config.group_instance_id {
             // Static membership: a restarted member with the same id takes its partitions back
             // at once, without waiting for its old session to expire or a rebalance.

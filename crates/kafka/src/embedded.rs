@@ -43,14 +43,18 @@ pub enum ProduceFault {
     /// message is still delivered if the injected errors run out before `message_timeout`; use it
     /// to check that transient broker trouble is invisible to callers.
     NotLeader,
-    /// `MSG_SIZE_TOO_LARGE`: permanent. The deliveries in the failed request fail at once, and
-    /// `send_batch` reports them with `retryable == false`.
+    /// `MSG_SIZE_TOO_LARGE`: the message's own fault. The deliveries in the failed request fail
+    /// at once, and `send_batch` reports them as rejected.
     MessageTooLarge,
-    /// `TOPIC_AUTHORIZATION_FAILED`: permanent, like `MessageTooLarge`. librdkafka also marks the
+    /// `TOPIC_AUTHORIZATION_FAILED`: the infrastructure's (an ACL), reported as unavailable. librdkafka also marks the
     /// topic as failed, so later messages to it fail the same way until the producer's next
     /// metadata refresh (`topic.metadata.refresh.interval.ms`, 5 min by default), even after the
     /// injected errors are used up.
     TopicAuthorizationFailed,
+    /// `OUT_OF_ORDER_SEQUENCE_NUMBER`: the broker and the idempotent producer disagree about the
+    /// sequence. With `enable.gapless.guarantee=true` librdkafka treats it as a fatal error that
+    /// poisons the producer, which is how tests reach the producer's rebuild.
+    OutOfOrderSequence,
 }
 
 impl ProduceFault {
@@ -60,6 +64,9 @@ impl ProduceFault {
             Self::MessageTooLarge => RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE,
             Self::TopicAuthorizationFailed => {
                 RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED
+            }
+            Self::OutOfOrderSequence => {
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER
             }
         }
     }

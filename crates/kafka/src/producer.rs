@@ -210,17 +210,14 @@ impl OutboundTransport for KafkaProducer {
             }
         });
         let outcomes = join_all(outcomes).await;
-        let fatal = outcomes.iter().any(|outcome| {
-            matches!(outcome, Err(e) if e.message.contains(FATAL_MARK))
-        });
-        if fatal && !generation.poisoned.swap(true, Ordering::AcqRel) {
-            let reason = generation
-                .producer
-                .client()
-                .fatal_error()
-                .map(|(code, reason)| format!("{code:?}: {reason}"))
-                .unwrap_or_else(|| "unknown".to_owned());
-            tracing::error!(%reason, "the Kafka producer hit a fatal error; building a new one");
+        if outcomes.iter().any(Result::is_err) {
+            // librdkafka raises a fatal error on the client, not always on the deliveries that
+            // caused it; the client is the one to ask.
+            if let Some((code, reason)) = generation.producer.client().fatal_error() {
+                if !generation.poisoned.swap(true, Ordering::AcqRel) {
+                    tracing::error!(?code, %reason, "the Kafka producer hit a fatal error; building a new one");
+                }
+            }
         }
         outcomes
     }
@@ -230,16 +227,13 @@ impl OutboundTransport for KafkaProducer {
     }
 }
 
-/// Put into the message of errors caused by a fatal producer error, so the batch can tell.
-const FATAL_MARK: &str = "(fatal producer error)";
-
 /// Turns a librdkafka produce error into the bus's decision: whose fault it is.
 fn transport_error(topic: &str, err: &RdKafkaError) -> TransportError {
     let message = format!("publishing to `{topic}` failed: {err}");
     match err.rdkafka_error_code() {
         Some(code) if is_rejection(code) => TransportError::rejected(message),
-        // A fatal error poisons the whole idempotent producer, not this message.
-        Some(RDKafkaErrorCode::Fatal) => TransportError::unavailable(format!("{message} {FATAL_MARK}")),
+        // Everything else, a fatal error included (it poisons the producer, not the message;
+        // `send_batch` then rebuilds the producer), is the infrastructure's.
         _ => TransportError::unavailable(message),
     }
 }
@@ -300,10 +294,5 @@ mod tests {
             let err = transport_error("t", &RdKafkaError::MessageProduction(code));
             assert!(err.is_unavailable(), "{code:?} should be unavailable");
         }
-        let fatal = transport_error(
-            "t",
-            &RdKafkaError::MessageProduction(RDKafkaErrorCode::Fatal),
-        );
-        assert!(fatal.message.contains(FATAL_MARK));
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use sea_orm::DatabaseConnection;
 use smartflow_domain::route::check_sql_identifier;
-use smartflow_storage::connect::validate_url;
+use smartflow_storage::connect::{validate_url, SessionLimits};
 use smartflow_storage::{connect, ConnectConfig, StorageError};
 use tokio::time::Instant;
 
@@ -19,6 +19,8 @@ pub struct DatabaseSettings<'a> {
     pub url: &'a str,
     pub schema: Option<&'a str>,
     pub wait_secs: u64,
+    /// Bounds every session of the pool gets (see `ReliabilitySettings::session_limits`).
+    pub limits: SessionLimits,
 }
 
 impl DatabaseSettings<'_> {
@@ -34,6 +36,7 @@ pub fn connect_config(settings: DatabaseSettings<'_>) -> anyhow::Result<ConnectC
     validate_url(url).context("SMARTFLOW_DATABASE_URL is malformed")?;
     let is_postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
     let mut connect_config = ConnectConfig::new(url.to_owned());
+    connect_config.limits = settings.limits;
     if let Some(schema) = settings.schema {
         if !is_postgres {
             bail!("SMARTFLOW_DATABASE_SCHEMA applies to PostgreSQL only, but the database URL is not a postgres:// URL");

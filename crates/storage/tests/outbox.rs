@@ -256,7 +256,11 @@ async fn consumed_is_final_and_dead_yields_only_to_its_consumer(t: TestDb) {
         .record_failure(&t.db, &ids[1], "poison again", false, &policy())
         .await
         .unwrap();
-    assert_eq!(out, FailureOutcome::StillDead, "a dead row keeps its first reason");
+    assert_eq!(
+        out,
+        FailureOutcome::StillDead,
+        "a dead row keeps its first reason"
+    );
     let row1 = table().find(&t.db, &ids[1]).await.unwrap().unwrap();
     assert_eq!(row1.status, OutboxStatus::Dead);
     assert_eq!(row1.last_error.as_deref(), Some("poison"));
@@ -312,7 +316,10 @@ async fn a_consumer_failure_during_a_lease_wins_over_the_relays_settle(t: TestDb
         )
         .await
         .unwrap();
-    assert_eq!(report.published, 0, "the lease ended with the consumer's decision");
+    assert_eq!(
+        report.published, 0,
+        "the lease ended with the consumer's decision"
+    );
     let row = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
     assert_eq!(row.status, OutboxStatus::Pending);
     assert_eq!(row.retry_count, 1);
@@ -338,7 +345,10 @@ async fn unconsumed_rows_are_published_again_without_dying(t: TestDb) {
         );
         let row = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
         assert_eq!(row.status, OutboxStatus::Pending);
-        assert_eq!(row.retry_count, 0, "a missing consumer is not the event's fault");
+        assert_eq!(
+            row.retry_count, 0,
+            "a missing consumer is not the event's fault"
+        );
     }
     let again = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
     assert_eq!(again.rows.len(), 1, "the retry lane picks it up");

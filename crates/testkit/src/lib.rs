@@ -122,7 +122,9 @@ impl TestDb {
         config.url = config.url.replacen(&server, &proxy.addr().to_string(), 1);
         config.acquire_timeout = acquire;
         config.connect_timeout = acquire;
-        connect(&config).await.expect("connection through the proxy")
+        connect(&config)
+            .await
+            .expect("connection through the proxy")
     }
 
     /// A fresh unique name for topics and consumer groups of this test.

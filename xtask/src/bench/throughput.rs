@@ -284,7 +284,12 @@ fn outbound(topic: &str, envelope: &Envelope, traceparent: &str) -> OutboundMess
 }
 
 async fn send_all(producer: &KafkaProducer, messages: Vec<OutboundMessage>) -> Result<()> {
-    for (i, outcome) in producer.send_batch(messages, Duration::from_secs(30)).await.into_iter().enumerate() {
+    for (i, outcome) in producer
+        .send_batch(messages, Duration::from_secs(30))
+        .await
+        .into_iter()
+        .enumerate()
+    {
         outcome.with_context(|| format!("message {i} of the batch was not delivered"))?;
     }
     Ok(())

@@ -113,7 +113,19 @@ async fn health_answers_ok_and_unknown_paths_are_json_404() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let body: Value = health.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"status": "ok"}));
+    assert_eq!(body["status"], "ok", "{body}");
+    assert_eq!(body["database"], "ok", "{body}");
+    let components = body["components"].as_array().unwrap();
+    let names: Vec<&str> = components
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("relay "))
+            && names.iter().any(|n| n.starts_with("consumer ")),
+        "the relay and the consumer report themselves: {body}"
+    );
+    assert!(components.iter().all(|c| c["healthy"] == true), "{body}");
 
     let missing = client()
         .get(format!("{}/v2/nothing", agent.base_url()))

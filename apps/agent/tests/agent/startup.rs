@@ -57,6 +57,25 @@ async fn an_unreachable_broker_fails_start_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliability_settings_that_do_not_fit_together_fail_start_by_name() {
+    let dir = TempDir::new();
+    let mut config = sqlite_config(&dir);
+    config.reliability.kafka_message_timeout_ms = 50_000;
+    config.reliability.claim_timeout_ms = 60_000;
+    let err = start_error(config).await;
+    assert!(
+        err.contains("SMARTFLOW_KAFKA_MESSAGE_TIMEOUT_MS=50000")
+            && err.contains("SMARTFLOW_CLAIM_TIMEOUT_MS=60000"),
+        "{err}"
+    );
+
+    let mut config = sqlite_config(&dir);
+    config.reliability.retry_max_attempts = 0;
+    let err = start_error(config).await;
+    assert!(err.contains("SMARTFLOW_RETRY_MAX_ATTEMPTS"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_http_port_fails_start() {
     let dir = TempDir::new();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

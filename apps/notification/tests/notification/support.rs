@@ -20,9 +20,7 @@ use smartflow_bus::relay::{EVENT_ID_HEADER, EVENT_TYPE_HEADER};
 use smartflow_bus::{
     ConsumerConfig, ConsumerRunner, DatabaseConnection, EventBus, Metrics, PublishConfig,
 };
-use smartflow_domain::{
-    IncomingMessage, RetryPolicy, ServiceRoute,
-};
+use smartflow_domain::{IncomingMessage, RetryPolicy, ServiceRoute};
 use smartflow_notification::events::{self, NotificationRequested};
 use smartflow_notification::handler::{self, RecordNotification};
 use smartflow_notification::provider::{FeishuConfig, FeishuWebhook, Providers, TargetPolicy};
@@ -185,7 +183,6 @@ async fn hook(State(state): State<Arc<FakeState>>, Json(body): Json<Value>) -> R
         }
     }
 }
-
 
 /// Backoff short enough for tests to see retries come due.
 pub fn fast_retry() -> RetryPolicy {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use smartflow_bus::domain::{
-    Envelope, EventContract, IncomingMessage, OutboundMessage, OutboundTransport,
-    RouteRegistry, ServiceRoute,
+    Envelope, EventContract, IncomingMessage, OutboundMessage, OutboundTransport, RouteRegistry,
+    ServiceRoute,
 };
 use smartflow_bus::relay::{EVENT_ID_HEADER, EVENT_TYPE_HEADER};
 use smartflow_bus::{
@@ -112,15 +112,18 @@ impl Agent {
         let row = self.table.find(&t.db, event_id).await.unwrap().unwrap();
         let outcome = self
             .producer
-            .send_batch(vec![OutboundMessage {
-                topic: self.topic.clone(),
-                key: row.message_key,
-                payload: row.payload,
-                headers: vec![
-                    (EVENT_ID_HEADER.to_owned(), event_id.to_owned()),
-                    (EVENT_TYPE_HEADER.to_owned(), row.event_type),
-                ],
-            }], Duration::from_secs(10))
+            .send_batch(
+                vec![OutboundMessage {
+                    topic: self.topic.clone(),
+                    key: row.message_key,
+                    payload: row.payload,
+                    headers: vec![
+                        (EVENT_ID_HEADER.to_owned(), event_id.to_owned()),
+                        (EVENT_TYPE_HEADER.to_owned(), row.event_type),
+                    ],
+                }],
+                Duration::from_secs(10),
+            )
             .await;
         outcome.into_iter().for_each(|r| r.unwrap());
     }
@@ -229,7 +232,6 @@ async fn usage_events_are_counted_once_each(t: TestDb) {
     );
     finish(app, t).await;
 }
-
 
 fn subscriber(t: &TestDb, consumer: &str) -> ConsumerRunner {
     ConsumerRunner::for_subscriber(

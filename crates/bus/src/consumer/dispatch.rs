@@ -117,7 +117,12 @@ impl ConsumerRunner {
                 savepoint.rollback().await?;
                 if matches!(self.dedupe, Dedupe::Inbox { .. }) && error.is_retryable() {
                     let failures = self.count_attempt(&event_id);
-                    if self.config.retry.after_failure(failures, None, true).is_some() {
+                    if self
+                        .config
+                        .retry
+                        .after_failure(failures, None, true)
+                        .is_some()
+                    {
                         tracing::warn!(%error, failures, "handler failed; the partition waits and tries again");
                         report.retrying += 1;
                         return Ok(Applied::TryAgainLater);

@@ -69,7 +69,8 @@ impl Default for ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    fn validate(&self) -> Result<(), BusError> {
+    /// Checks the settings; the runner refuses a configuration that fails this.
+    pub fn validate(&self) -> Result<(), BusError> {
         self.retry.validated()?;
         self.stall.validated()?;
         if self.batch_max == 0 {

@@ -269,7 +269,10 @@ impl Relay {
     fn paused_by(&self, what: &str, reason: &str) -> Duration {
         let i = &*self.inner;
         let wait = {
-            let mut pause = i.pause.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut pause = i
+                .pause
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let failures = pause.map_or(1, |p| p.failures.saturating_add(1));
             let wait = i.config.pause.delay_after(failures);
             *pause = Some(Pause {

@@ -11,6 +11,9 @@ use smartflow_kafka::KafkaConsumer;
 use smartflow_testkit::{on_every_backend, FaultProxy, TestDb};
 use tokio_util::sync::CancellationToken;
 
+use smartflow_storage::{chat_history, inbox};
+
+use crate::delivery::as_delivered;
 use crate::fixture::*;
 
 /// Longer than the consumer's `max.poll.interval.ms` below, so a loop that stops polling while
@@ -35,9 +38,8 @@ async fn a_consumer_keeps_its_group_through_a_database_outage(t: TestDb) {
     kafka
         .extra
         .push(("max.poll.interval.ms".into(), "7000".into()));
-    let transport = Arc::new(
-        KafkaConsumer::new(&kafka, &w.route.consumer_group, &[&w.route.topic]).unwrap(),
-    );
+    let transport =
+        Arc::new(KafkaConsumer::new(&kafka, &w.route.consumer_group, &[&w.route.topic]).unwrap());
     let metrics = w.bus.metrics().clone();
     let runner = ConsumerRunner::for_route(
         consumer_db,
@@ -76,11 +78,11 @@ async fn a_consumer_keeps_its_group_through_a_database_outage(t: TestDb) {
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(runner.run(shutdown.clone()));
     wait_until("the consumer reports the stall", || async {
-        metrics
-            .health
-            .report()
-            .iter()
-            .any(|c| c.problem.as_deref().is_some_and(|p| p.starts_with("cannot apply a batch")))
+        metrics.health.report().iter().any(|c| {
+            c.problem
+                .as_deref()
+                .is_some_and(|p| p.starts_with("cannot apply a batch"))
+        })
     })
     .await;
     tokio::time::sleep(OUTAGE).await;
@@ -100,9 +102,10 @@ async fn a_consumer_keeps_its_group_through_a_database_outage(t: TestDb) {
     // It resumes by itself, and events published after the outage are applied too.
     let later = w.publish(&["after the outage"]).await;
     w.relay_until_drained(&relay).await;
-    wait_until("every event is consumed and the consumer is healthy", || async {
-        w.stats().await.consumed == 3 && metrics.health.healthy()
-    })
+    wait_until(
+        "every event is consumed and the consumer is healthy",
+        || async { w.stats().await.consumed == 3 && metrics.health.healthy() },
+    )
     .await;
     shutdown.cancel();
     task.await.unwrap();
@@ -113,4 +116,50 @@ async fn a_consumer_keeps_its_group_through_a_database_outage(t: TestDb) {
     w.finish().await;
 }
 
-on_every_backend!(a_consumer_keeps_its_group_through_a_database_outage);
+async fn an_inbox_consumer_holds_the_partition_at_a_retryable_failure(t: TestDb) {
+    let w = World::new(t).await;
+    let ids = w.publish(&["retry", "fine"]).await;
+    let batch = as_delivered(&w, &ids).await;
+    let runner = ConsumerRunner::for_subscriber(
+        w.t.db.clone(),
+        "userauth",
+        handlers(),
+        Arc::new(smartflow_testkit::Unplugged),
+        ConsumerConfig {
+            retry: fast_retry(),
+            ..ConsumerConfig::default()
+        },
+        w.bus.metrics().clone(),
+    )
+    .unwrap();
+    // The attempts before the last: the batch stops at the failing event, which (and everything
+    // after it) is tried again later, outside any open transaction.
+    for attempt in 1..fast_retry().max_retry {
+        let report = runner.process_batch(&batch).await.unwrap();
+        assert_eq!(report.stopped_at, Some(0), "attempt {attempt}");
+        assert_eq!(report.applied, 0);
+        assert!(inbox::find(&w.t.db, "userauth", &ids[0])
+            .await
+            .unwrap()
+            .is_none());
+    }
+    // Out of attempts: dead in the inbox with the reason, and the partition moves on.
+    let report = runner.process_batch(&batch).await.unwrap();
+    assert_eq!(
+        (report.stopped_at, report.dead, report.applied),
+        (None, 1, 1)
+    );
+    let dead = inbox::find(&w.t.db, "userauth", &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dead.status, "dead");
+    assert_eq!(dead.last_error.as_deref(), Some("downstream busy"));
+    assert_eq!(chat_history::count(&w.t.db).await.unwrap(), 1);
+    w.finish().await;
+}
+
+on_every_backend!(
+    a_consumer_keeps_its_group_through_a_database_outage,
+    an_inbox_consumer_holds_the_partition_at_a_retryable_failure,
+);

@@ -25,20 +25,29 @@ async fn a_broker_outage_longer_than_the_retry_horizon_kills_nothing(t: TestDb) 
     // Far more failed rounds than the retry policy allows attempts.
     for _ in 0..fast_retry().max_retry + 2 {
         let round = relay.run_once().await.unwrap();
-        assert_eq!((round.claimed, round.published, round.unavailable), (5, 0, 5));
+        assert_eq!(
+            (round.claimed, round.published, round.unavailable),
+            (5, 0, 5)
+        );
         assert!(round.broker_error.is_some(), "the broker's reason is kept");
     }
     for id in &ids {
         let row = w.table().find(&w.t.db, id).await.unwrap().unwrap();
         assert_eq!(row.status, OutboxStatus::Pending);
         assert_eq!(row.retry_count, 0, "an outage spends no retry");
-        assert_eq!(row.next_retry_at, None, "the row keeps its place in the fresh lane");
+        assert_eq!(
+            row.next_retry_at, None,
+            "the row keeps its place in the fresh lane"
+        );
     }
     // The running relay pauses, says so in health, and resumes by itself.
     let health = &w.bus.metrics().health;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(relay.clone().run(shutdown.clone()));
-    wait_until("the relay reports its pause", || async { !health.healthy() }).await;
+    wait_until("the relay reports its pause", || async {
+        !health.healthy()
+    })
+    .await;
     let problem = health.report().into_iter().find_map(|c| c.problem).unwrap();
     assert!(
         problem.starts_with("paused: the broker is unavailable"),
@@ -68,7 +77,11 @@ async fn an_authorization_failure_pauses_instead_of_killing(t: TestDb) {
         assert_eq!(round.unavailable, 1, "{round:?}");
     }
     let row = w.table().find(&w.t.db, &id).await.unwrap().unwrap();
-    assert_eq!(row.status, OutboxStatus::Pending, "an ACL mistake kills nothing");
+    assert_eq!(
+        row.status,
+        OutboxStatus::Pending,
+        "an ACL mistake kills nothing"
+    );
     assert_eq!(row.retry_count, 0);
     w.finish().await;
 }
@@ -184,7 +197,10 @@ async fn a_dead_events_copy_that_reaches_the_consumer_is_applied(t: TestDb) {
     assert_eq!(outcome, FailureOutcome::Dead);
     let (runner, _) = w.consumer(handlers());
     let report = runner.process_batch(&batch).await.unwrap();
-    assert_eq!(report.applied, 1, "an event that reached its consumer is never skipped");
+    assert_eq!(
+        report.applied, 1,
+        "an event that reached its consumer is never skipped"
+    );
     let row = w.table().find(&w.t.db, &ids[0]).await.unwrap().unwrap();
     assert_eq!(row.status, OutboxStatus::Consumed);
     let stored = chat_history::list(&w.t.db, "conv-1", 10).await.unwrap();
@@ -203,7 +219,11 @@ async fn dead_rows_can_be_redriven(t: TestDb) {
     let row = w.table().find(&w.t.db, &id).await.unwrap().unwrap();
     assert_eq!(row.status, OutboxStatus::Dead);
     assert_eq!(relay.redrive(&[row.id]).await.unwrap(), 1);
-    assert_eq!(relay.redrive(&[row.id]).await.unwrap(), 0, "only dead rows move");
+    assert_eq!(
+        relay.redrive(&[row.id]).await.unwrap(),
+        0,
+        "only dead rows move"
+    );
     w.relay_until_drained(&relay).await;
     let row = w.table().find(&w.t.db, &id).await.unwrap().unwrap();
     assert_eq!(row.status, OutboxStatus::Published);

@@ -1,7 +1,7 @@
 use smartflow_domain::OutboundTransport;
 use smartflow_kafka::{EmbeddedBroker, KafkaProducer, ProduceFault};
 
-use crate::fixture::{SEND_WITHIN, config_for, message, send_all_ok, unique};
+use crate::fixture::{config_for, message, send_all_ok, unique, SEND_WITHIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_produce_errors_are_retried_inside_the_producer() {
@@ -78,4 +78,40 @@ async fn cleared_produce_errors_are_not_returned() {
         .unwrap();
     broker.clear_produce_errors().unwrap();
     send_all_ok(&producer, vec![message(&topic, "k", "fine", &[])]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_makes_the_producer_rebuild_itself() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let topic = unique("fatal");
+    broker.create_topic(&topic, 1).unwrap();
+    let mut config = config_for(&broker);
+    config
+        .extra
+        .push(("enable.gapless.guarantee".into(), "true".into()));
+    let producer = KafkaProducer::new(&config).unwrap();
+    send_all_ok(&producer, vec![message(&topic, "k", "warm-up", &[])]).await;
+    assert_eq!(producer.rebuilds(), 0);
+
+    broker
+        .inject_produce_errors(1, ProduceFault::OutOfOrderSequence)
+        .unwrap();
+    let outcomes = producer
+        .send_batch(
+            vec![message(&topic, "k", "poisons the producer", &[])],
+            SEND_WITHIN,
+        )
+        .await;
+    let err = outcomes[0]
+        .as_ref()
+        .expect_err("the producer is fatally broken");
+    assert!(err.is_unavailable(), "{err:?}");
+
+    // The next send goes through a new producer, without anyone restarting anything.
+    send_all_ok(
+        &producer,
+        vec![message(&topic, "k", "after the rebuild", &[])],
+    )
+    .await;
+    assert_eq!(producer.rebuilds(), 1);
 }

@@ -4,7 +4,7 @@ use smartflow_domain::OutboundTransport;
 use smartflow_kafka::{wait_for_broker, EmbeddedBroker, KafkaConfig, KafkaError, KafkaProducer};
 use tokio::time::Instant;
 
-use crate::fixture::{SEND_WITHIN, config_for, message, send_all_ok, unique, PATIENCE};
+use crate::fixture::{config_for, message, send_all_ok, unique, PATIENCE, SEND_WITHIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_fail_as_unavailable_while_the_broker_is_down_and_recover_after() {
