@@ -90,11 +90,11 @@ pub struct NotificationConfig {
 
     /// Backoff before the first retry, in milliseconds; it doubles per attempt.
     #[arg(long, env = "SMARTFLOW_NOTIFY_RETRY_BASE_MS", default_value_t = 5_000)]
-    pub retry_base_ms: u64,
+    pub notify_retry_base_ms: u64,
 
     /// The longest backoff, in milliseconds.
     #[arg(long, env = "SMARTFLOW_NOTIFY_RETRY_MAX_MS", default_value_t = 600_000)]
-    pub retry_max_ms: u64,
+    pub notify_retry_max_ms: u64,
 
     /// How long a sender holds a notification it is sending, in milliseconds; at least twice
     /// the webhook timeout. A sender that dies mid-call releases it when this runs out.
@@ -142,8 +142,8 @@ impl Default for NotificationConfig {
             feishu_allowed_targets: DEFAULT_ALLOWED_TARGETS.to_owned(),
             feishu_timeout_ms: 10_000,
             max_attempts: 5,
-            retry_base_ms: 5_000,
-            retry_max_ms: 600_000,
+            notify_retry_base_ms: 5_000,
+            notify_retry_max_ms: 600_000,
             lease_ms: 60_000,
             scan_interval_ms: 1_000,
             concurrency: 8,
@@ -193,8 +193,8 @@ impl NotificationConfig {
             lease: Duration::from_millis(self.lease_ms),
             concurrency: self.concurrency as usize,
             retry: RetryPolicy {
-                base_delay: Duration::from_millis(self.retry_base_ms),
-                max_delay: Duration::from_millis(self.retry_max_ms),
+                base_delay: Duration::from_millis(self.notify_retry_base_ms),
+                max_delay: Duration::from_millis(self.notify_retry_max_ms),
                 max_retry: self.max_attempts,
             },
             scan_interval: Duration::from_millis(self.scan_interval_ms),
@@ -252,8 +252,8 @@ impl fmt::Debug for NotificationConfig {
             .field("feishu_allowed_targets", &self.feishu_allowed_targets)
             .field("feishu_timeout_ms", &self.feishu_timeout_ms)
             .field("max_attempts", &self.max_attempts)
-            .field("retry_base_ms", &self.retry_base_ms)
-            .field("retry_max_ms", &self.retry_max_ms)
+            .field("notify_retry_base_ms", &self.notify_retry_base_ms)
+            .field("notify_retry_max_ms", &self.notify_retry_max_ms)
             .field("lease_ms", &self.lease_ms)
             .field("scan_interval_ms", &self.scan_interval_ms)
             .field("concurrency", &self.concurrency)

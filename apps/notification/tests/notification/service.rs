@@ -21,8 +21,8 @@ fn config_for(t: &TestDb, fake: &FakeFeishu) -> NotificationConfig {
     config.feishu_webhook_url = Some(fake.url());
     config.feishu_secret = Some(SECRET.into());
     config.feishu_timeout_ms = 2_000;
-    config.retry_base_ms = 100;
-    config.retry_max_ms = 400;
+    config.notify_retry_base_ms = 100;
+    config.notify_retry_max_ms = 400;
     config.scan_interval_ms = 100;
     config
 }

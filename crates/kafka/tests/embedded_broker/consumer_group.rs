@@ -61,3 +61,75 @@ async fn a_new_member_resumes_after_the_committed_offsets() {
     assert_eq!(resumed.len(), COUNT - COMMITTED);
     second.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_consumes_pauses_and_resumes() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let topic = unique("static");
+    broker.create_topic(&topic, 2).unwrap();
+    let mut config = config_for(&broker);
+    config.group_instance_id = Some(unique("instance"));
+    let producer = KafkaProducer::new(&config).unwrap();
+    let batch = (0..10)
+        .map(|i| message(&topic, &format!("k{i}"), "before", &[]))
+        .collect();
+    send_all_ok(&producer, batch).await;
+    let member = KafkaConsumer::new(&config, &unique("group"), &[&topic]).unwrap();
+    let got = consume_until(&member, |got| got.len() >= 10).await;
+    assert!(member.assigned_partitions() > 0);
+    assert!(member.owns(&topic, got[0].partition));
+    assert!(!member.owns("another-topic", 0));
+
+    // Paused, a member polls without receiving; resumed, it receives what arrived meanwhile.
+    member.pause().await.unwrap();
+    let batch = (0..5)
+        .map(|i| message(&topic, &format!("k{i}"), "while paused", &[]))
+        .collect();
+    send_all_ok(&producer, batch).await;
+    for _ in 0..3 {
+        let polled = member
+            .recv_batch(
+                50,
+                std::time::Duration::from_millis(500),
+                std::time::Duration::ZERO,
+            )
+            .await
+            .unwrap();
+        assert!(polled.is_empty(), "a paused member receives nothing");
+    }
+    member.resume().await.unwrap();
+    let after = consume_until(&member, |got| got.len() >= 5).await;
+    assert!(after
+        .iter()
+        .all(|m| m.payload.as_deref() == Some(b"while paused".as_slice())));
+    member.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_member_thrown_out_of_its_group_fetches_again_once_resumed() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let topic = unique("paused-maxpoll");
+    broker.create_topic(&topic, 1).unwrap();
+    let mut config = config_for(&broker);
+    config
+        .extra
+        .push(("max.poll.interval.ms".into(), "7000".into()));
+    let producer = KafkaProducer::new(&config).unwrap();
+    send_all_ok(&producer, vec![message(&topic, "k", "first", &[])]).await;
+    let member = KafkaConsumer::new(&config, &unique("group"), &[&topic]).unwrap();
+    let first = consume_until(&member, |got| !got.is_empty()).await;
+    member.commit(&first).await.unwrap();
+    // Stuck (a database outage, a hung statement) past max.poll.interval.ms: thrown out of the
+    // group. The next poll rejoins.
+    member.pause().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
+    // The caller resumes while the member is out of its group (no assignment to resume yet).
+    member.resume().await.unwrap();
+    send_all_ok(&producer, vec![message(&topic, "k", "second", &[])]).await;
+    consume_until(&member, |got| {
+        got.iter()
+            .any(|m| m.payload.as_deref() == Some(b"second".as_slice()))
+    })
+    .await;
+    member.close().await;
+}
