@@ -412,16 +412,7 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
         .map_or(0, |created| (now - created).max(0));
     let table = state.outbox.name();
 
-    let mut out = String::new();
-    for (name, value) in state.bus.metrics().snapshot() {
-        // Writing to a String cannot fail.
-        let _ = writeln!(
-            out,
-            "# HELP smartflow_bus_{name}_total Bus counter `{name}` since this process started.\n\
-             # TYPE smartflow_bus_{name}_total counter\n\
-             smartflow_bus_{name}_total {value}"
-        );
-    }
+    let mut out = state.bus.metrics().prometheus_text();
     let _ = writeln!(
         out,
         "# HELP smartflow_outbox_rows Outbox rows per status.\n# TYPE smartflow_outbox_rows gauge"

@@ -305,12 +305,7 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
             "smartflow_notification_records{{status=\"{status}\"}} {n}"
         );
     }
-    for (name, value) in state.bus.metrics().snapshot() {
-        let _ = writeln!(
-            out,
-            "# TYPE smartflow_bus_{name}_total counter\nsmartflow_bus_{name}_total {value}"
-        );
-    }
+    out.push_str(&state.bus.metrics().prometheus_text());
     Ok((
         [(
             header::CONTENT_TYPE,

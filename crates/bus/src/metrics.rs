@@ -30,6 +30,37 @@ impl Metrics {
         }
     }
 
+    /// The counters and the health of every relay and consumer, in the Prometheus text format:
+    /// `smartflow_bus_NAME_total` counters and a `smartflow_component_healthy{component}` gauge
+    /// (1 healthy, 0 paused or stalled).
+    pub fn prometheus_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for (name, value) in self.snapshot() {
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                out,
+                "# HELP smartflow_bus_{name}_total Bus counter `{name}` since this process started.\n\
+                 # TYPE smartflow_bus_{name}_total counter\n\
+                 smartflow_bus_{name}_total {value}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP smartflow_component_healthy Whether a relay or consumer works (0: paused or stalled).\n\
+             # TYPE smartflow_component_healthy gauge"
+        );
+        for component in self.health.report() {
+            let name = component.name.replace(['\\', '"', '\n'], "_");
+            let _ = writeln!(
+                out,
+                "smartflow_component_healthy{{component=\"{name}\"}} {}",
+                u8::from(component.healthy)
+            );
+        }
+        out
+    }
+
     /// A snapshot as (name, value) pairs.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         vec![
@@ -56,5 +87,24 @@ impl Metrics {
                 self.consumer_stalls.load(Ordering::Relaxed),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_has_counters_and_one_health_gauge_per_component() {
+        let m = Metrics::default();
+        Metrics::add(&m.published, 3);
+        m.health.register("relay agent_outbox");
+        m.health.fault("relay agent_outbox", "paused");
+        let text = m.prometheus_text();
+        assert!(text.contains("smartflow_bus_published_total 3"), "{text}");
+        assert!(
+            text.contains("smartflow_component_healthy{component=\"relay agent_outbox\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -96,6 +96,8 @@ async fn messages_come_back_in_order_and_outbox_rows_end_consumed() {
         "smartflow_outbox_oldest_pending_age_ms{table=\"agent_outbox\"} 0",
         "# TYPE smartflow_bus_published_total counter",
         "smartflow_bus_consumed_total ",
+        "smartflow_bus_relay_pauses_total 0",
+        "smartflow_component_healthy{component=\"relay agent_outbox\"} 1",
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
