@@ -56,11 +56,12 @@ pub fn parse_content(content: &str) -> Option<(usize, usize, u64)> {
 
 /// Runs writer `w` until `until`: each post goes to a random agent and conversation, one after
 /// another (the next is sent only after the previous answered), so one writer's messages to a
-/// conversation have a definite order.
+/// conversation have a definite order. With `pace`, posts start at most once per `pace`.
 pub async fn writer(
     w: usize,
     agents: Vec<String>,
     conversations: usize,
+    pace: Option<Duration>,
     until: Instant,
     seed: u64,
 ) -> Vec<Post> {
@@ -74,7 +75,16 @@ pub async fn writer(
     let mut rng = Rng::new(seed);
     let mut next_n: BTreeMap<usize, u64> = BTreeMap::new();
     let mut posts = Vec::new();
+    let mut ticks = pace.map(|every| {
+        let mut ticks = tokio::time::interval(every);
+        // After a slow post, carry on at the pace rather than catch up in a burst.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     while Instant::now() < until {
+        if let Some(ticks) = ticks.as_mut() {
+            ticks.tick().await;
+        }
         let c = rng.below(conversations);
         let agent = &agents[rng.below(agents.len())];
         let n = next_n.entry(c).or_insert(0);

@@ -30,8 +30,10 @@ use processes::{AgentProcess, BrokerProcess};
 use rng::Rng;
 use verdict::Figures;
 
-/// Partitions of each run's agent topic.
-const PARTITIONS: i32 = 3;
+/// Partitions of each run's agent topic. The mock broker keeps only about the last 5 MB of each
+/// partition, so more partitions hold more unconsumed messages while a fault stalls consumers.
+const PARTITIONS: i32 = 12;
+const PARTITIONS_TEXT: &str = "12";
 /// The agents' graceful-stop grace.
 const AGENT_GRACE: Duration = Duration::from_secs(10);
 /// How often the drain wait reads the outbox.
@@ -60,6 +62,11 @@ pub struct ChaosArgs {
     /// Conversations the writers spread over [default: 50; --short: 10].
     #[arg(long)]
     conversations: Option<usize>,
+    /// Posts per second of all writers together, 0 for as fast as they go [default: 100;
+    /// --short: 50]. Bounded by default so the mock broker's per-partition retention (about
+    /// 5 MB) holds what piles up while a fault stalls the consumers.
+    #[arg(long)]
+    rate: Option<u64>,
     /// How many times each fault is injected [default: 2; --short: 1].
     #[arg(long)]
     fault_rounds: Option<usize>,
@@ -138,6 +145,8 @@ pub struct Settings {
     pub duration: Duration,
     pub writers: usize,
     pub conversations: usize,
+    /// Posts per second of all writers together; 0 for unbounded.
+    pub rate: u64,
     /// One round of faults; each round injects these in a seeded random order.
     pub faults: Vec<FaultKind>,
     pub rounds: usize,
@@ -155,16 +164,17 @@ pub struct Settings {
 
 impl Settings {
     fn from_args(args: &ChaosArgs, bin_dir: PathBuf, run_dir: PathBuf, seed: u64) -> Self {
-        let (duration, writers, conversations, rounds) = if args.short {
-            (30, 4, 10, 1)
+        let (duration, writers, conversations, rounds, rate) = if args.short {
+            (30, 4, 10, 1, 50)
         } else {
-            (180, 16, 50, 2)
+            (180, 16, 50, 2, 100)
         };
         Self {
             backends: dedup(&args.backends),
             duration: Duration::from_secs(args.duration_secs.unwrap_or(duration)),
             writers: args.writers.unwrap_or(writers).max(1),
             conversations: args.conversations.unwrap_or(conversations).max(1),
+            rate: args.rate.unwrap_or(rate),
             faults: if args.faults.is_empty() {
                 FaultKind::ALL.to_vec()
             } else {
@@ -232,9 +242,10 @@ pub fn main(args: ChaosArgs) -> Result<ExitCode> {
         .join(format!("run-{}", uuid::Uuid::new_v4().simple()));
     let settings = Settings::from_args(&args, bin_dir, run_dir, seed);
     println!(
-        "chaos: seed {seed}; {} s of load, {} writers, {} conversations, {} fault round(s) of {:?}; logs in {}",
+        "chaos: seed {seed}; {} s of load, {} writers at {} posts/s in all, {} conversations, {} fault round(s) of {:?}; logs in {}",
         settings.duration.as_secs(),
         settings.writers,
+        if settings.rate == 0 { "unbounded".to_owned() } else { settings.rate.to_string() },
         settings.conversations,
         settings.rounds,
         settings.faults,
@@ -307,7 +318,7 @@ fn agent_env(
         ("SMARTFLOW_KAFKA_BROKERS", broker.bootstrap_servers.as_str()),
         ("SMARTFLOW_TOPIC", topic),
         ("SMARTFLOW_NOTIFICATION_TOPIC", notification_topic),
-        ("SMARTFLOW_KAFKA_PARTITIONS", "3"),
+        ("SMARTFLOW_KAFKA_PARTITIONS", PARTITIONS_TEXT),
         ("SMARTFLOW_SHUTDOWN_GRACE_SECS", "10"),
         ("SMARTFLOW_BROKER_WAIT_SECS", "60"),
         ("SMARTFLOW_RETRY_BASE_MS", "100"),
@@ -384,6 +395,7 @@ async fn drive(
                 w,
                 urls.clone(),
                 settings.conversations,
+                pace(settings),
                 load_end,
                 rng.next_u64(),
             ))
@@ -494,10 +506,21 @@ async fn drive(
             );
         }
     }
+    figures.offset_resets = targets
+        .agents
+        .iter()
+        .map(|a| processes::count_lines(a.log(), "offset reset"))
+        .sum();
     let snapshot = db.snapshot(&reader, settings.conversations).await?;
     reader.close().await.ok();
     verdict::judge(figures, &posts, &snapshot);
     Ok(())
+}
+
+/// The pause between one writer's posts for the run's total rate, if bounded.
+fn pace(settings: &Settings) -> Option<Duration> {
+    (settings.rate > 0)
+        .then(|| Duration::from_secs_f64(settings.writers as f64 / settings.rate as f64))
 }
 
 /// Notices an agent or the broker that died by itself: recorded as a finding, and the agent is
@@ -556,6 +579,7 @@ mod tests {
             duration: Duration::from_secs(15),
             writers: 4,
             conversations: 8,
+            rate: 100,
             faults: vec![FaultKind::Kill, FaultKind::BrokerOutage],
             rounds: 1,
             shuffle_faults: false,

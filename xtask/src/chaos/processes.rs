@@ -62,6 +62,13 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// How many lines of a log file contain `needle`.
+pub fn count_lines(path: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().filter(|l| l.contains(needle)).count())
+        .unwrap_or(0)
+}
+
 /// What the broker's ready file says.
 #[derive(Debug, Clone, Deserialize)]
 struct Ready {

@@ -45,6 +45,9 @@ pub struct Figures {
     pub drain_after_last_fault: Option<f64>,
     /// Seconds from the end of the load to the same.
     pub drain_after_load: Option<f64>,
+    /// Consumer offset resets in the agents' logs: the mock broker dropped messages (it keeps
+    /// about 5 MB per partition) before they were consumed, and the consumer skipped ahead.
+    pub offset_resets: usize,
     pub unexpected_exits: Vec<String>,
     pub errors: Vec<String>,
 }
@@ -186,6 +189,13 @@ pub fn print(f: &Figures) {
             "  drained: {fault:.1} s after the last fault ended ({load:.1} s after the load ended)"
         ),
         _ => println!("  drained: NO (rows still pending/published when the drain wait gave up)"),
+    }
+    if f.offset_resets > 0 {
+        println!(
+            "  consumer offset resets: {} (the mock broker dropped unconsumed messages past its \
+             ~5 MB per-partition retention; those rows stay `published` until republished)",
+            f.offset_resets
+        );
     }
     for exit in &f.unexpected_exits {
         println!("  unexpected exit: {exit}");
