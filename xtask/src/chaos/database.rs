@@ -109,7 +109,8 @@ impl ChaosDb {
                     .context("listing the agents' MariaDB connections")?;
                 let mut killed = 0;
                 for row in ids {
-                    let id: u64 = row.try_get("", "id")?;
+                    // `information_schema.processlist.ID` is a signed BIGINT on MariaDB.
+                    let id: i64 = row.try_get("", "id")?;
                     // A connection may end by itself between the listing and the KILL.
                     if db
                         .execute_unprepared(&format!("KILL CONNECTION {id}"))
