@@ -3,8 +3,10 @@
 //! - `test`: starts PostgreSQL and MariaDB if they are down, then `cargo test --workspace`.
 //! - `ci`: formatting, clippy, the dependency-direction check, then the same as `test`.
 //! - `bench`: the outbox, relay and end-to-end latency benchmark (always in release mode).
+//! - `chaos`: the broker and two agents as real processes under faults; counts loss and double effects.
 
 mod bench;
+mod chaos;
 mod ci;
 mod deps;
 mod process;
@@ -32,6 +34,9 @@ enum Task {
     Deps,
     /// Measures the outbox's cost, relay throughput and end-to-end latency on every backend.
     Bench(bench::BenchArgs),
+    /// Runs the broker and two agents as processes under faults (kills, outages, produce
+    /// errors, cut database connections, SIGSTOP, SIGTERM) and counts loss and double effects.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +46,7 @@ fn main() -> ExitCode {
         Task::Ci => ci::ci(),
         Task::Deps => deps::check_workspace().map(|()| ExitCode::SUCCESS),
         Task::Bench(args) => bench::main(args),
+        Task::Chaos(args) => chaos::main(args),
     };
     match outcome {
         Ok(code) => code,
