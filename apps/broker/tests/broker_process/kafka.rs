@@ -15,15 +15,18 @@ fn message(topic: &str, payload: &str) -> OutboundMessage {
     }
 }
 
+/// The `within` of sends bounded by the producer's own message timeout only.
+const SEND_WITHIN: Duration = Duration::from_secs(60);
+
 /// Receives until a message with `payload` arrives; panics after `PATIENCE`.
 async fn receive(consumer: &KafkaConsumer, payload: &str) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         assert!(Instant::now() < deadline, "`{payload}` never arrived");
-        let batch =
-            tokio::time::timeout_at(deadline, consumer.recv_batch(10, Duration::from_millis(50)))
-                .await;
-        if let Ok(Ok(batch)) = batch {
+        let batch = consumer
+            .recv_batch(10, Duration::from_secs(1), Duration::from_millis(50))
+            .await;
+        if let Ok(batch) = batch {
             if batch
                 .iter()
                 .any(|m| m.payload.as_deref() == Some(payload.as_bytes()))
@@ -44,7 +47,9 @@ async fn a_message_goes_through_the_broker_process() {
     );
     let config = broker.client_config();
     let producer = KafkaProducer::new(&config).unwrap();
-    let outcome = producer.send_batch(vec![message(&topic, "hello")]).await;
+    let outcome = producer
+        .send_batch(vec![message(&topic, "hello")], SEND_WITHIN)
+        .await;
     assert!(outcome[0].is_ok(), "{outcome:?}");
     let consumer = KafkaConsumer::new(&config, &unique("group"), &[topic.as_str()]).unwrap();
     receive(&consumer, "hello").await;
@@ -65,7 +70,7 @@ async fn a_topic_created_through_the_control_api_is_usable() {
     let config = broker.client_config();
     let producer = KafkaProducer::new(&config).unwrap();
     let outcome = producer
-        .send_batch(vec![message(&topic, "made here")])
+        .send_batch(vec![message(&topic, "made here")], SEND_WITHIN)
         .await;
     assert!(outcome[0].is_ok(), "{outcome:?}");
     let consumer = KafkaConsumer::new(&config, &unique("group"), &[topic.as_str()]).unwrap();
@@ -80,20 +85,24 @@ async fn produce_fails_while_the_brokers_are_down_and_succeeds_after_up() {
     let mut config = broker.client_config();
     config.message_timeout = Duration::from_secs(2);
     let producer = KafkaProducer::new(&config).unwrap();
-    let outcome = producer.send_batch(vec![message(&topic, "before")]).await;
+    let outcome = producer
+        .send_batch(vec![message(&topic, "before")], SEND_WITHIN)
+        .await;
     assert!(outcome[0].is_ok(), "{outcome:?}");
 
     let (status, body) = broker.post("/brokers/-1/down", None).await;
     assert_eq!(status, 200, "{body}");
     let (_, health) = broker.request(reqwest::Method::GET, "/healthz").await;
     assert_eq!(health["down"], serde_json::json!([1]), "{health}");
-    let outcome = producer.send_batch(vec![message(&topic, "during")]).await;
+    let outcome = producer
+        .send_batch(vec![message(&topic, "during")], SEND_WITHIN)
+        .await;
     let err = outcome[0]
         .as_ref()
         .expect_err("a produce to a down broker fails");
     assert!(
-        err.retryable,
-        "a down broker is a retryable failure: {err:?}"
+        err.is_unavailable(),
+        "a down broker is the infrastructure's failure: {err:?}"
     );
 
     let (status, body) = broker.post("/brokers/-1/up", None).await;
@@ -101,7 +110,9 @@ async fn produce_fails_while_the_brokers_are_down_and_succeeds_after_up() {
     // The producer reconnects with backoff; keep sending until one gets through.
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let outcome = producer.send_batch(vec![message(&topic, "after")]).await;
+        let outcome = producer
+            .send_batch(vec![message(&topic, "after")], SEND_WITHIN)
+            .await;
         if outcome[0].is_ok() {
             break;
         }
@@ -119,7 +130,9 @@ async fn injected_permanent_produce_errors_fail_deliveries_until_cleared() {
     let mut config = broker.client_config();
     config.message_timeout = Duration::from_secs(5);
     let producer = KafkaProducer::new(&config).unwrap();
-    let outcome = producer.send_batch(vec![message(&topic, "warm-up")]).await;
+    let outcome = producer
+        .send_batch(vec![message(&topic, "warm-up")], SEND_WITHIN)
+        .await;
     assert!(outcome[0].is_ok(), "{outcome:?}");
 
     let (status, body) = broker
@@ -129,16 +142,23 @@ async fn injected_permanent_produce_errors_fail_deliveries_until_cleared() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let outcome = producer.send_batch(vec![message(&topic, "refused")]).await;
+    let outcome = producer
+        .send_batch(vec![message(&topic, "refused")], SEND_WITHIN)
+        .await;
     let err = outcome[0]
         .as_ref()
         .expect_err("an injected error fails the delivery");
-    assert!(!err.retryable, "message_too_large is permanent: {err:?}");
+    assert!(
+        !err.is_unavailable(),
+        "message_too_large rejects the message: {err:?}"
+    );
 
     let (status, body) = broker
         .request(reqwest::Method::DELETE, "/produce-errors")
         .await;
     assert_eq!(status, 200, "{body}");
-    let outcome = producer.send_batch(vec![message(&topic, "accepted")]).await;
+    let outcome = producer
+        .send_batch(vec![message(&topic, "accepted")], SEND_WITHIN)
+        .await;
     assert!(outcome[0].is_ok(), "{outcome:?}");
 }

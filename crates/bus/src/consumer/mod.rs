@@ -89,6 +89,9 @@ impl ConsumerConfig {
     }
 }
 
+/// The pause after a receive error before polling again.
+const RECEIVE_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// The longest the loop may go without polling; well inside Kafka's `max.poll.interval.ms`
 /// (5 min by default), past which a member is thrown out of its group.
 const MAX_POLL_GAP: Duration = Duration::from_secs(60);
@@ -207,11 +210,15 @@ impl ConsumerRunner {
                         held = batch;
                     }
                     Err(e) => {
+                        // librdkafka reports broker trouble as error events on the consumer's
+                        // queue, several per outage and often long after it ended. Each one is
+                        // news, not a failed poll: note it and poll again at once (a short pause
+                        // only keeps a persistent error from spinning), or a backlog of stale
+                        // errors would delay the recovery by a backoff each.
                         receive_failures = receive_failures.saturating_add(1);
                         self.stalled("the broker is unavailable", &e.to_string());
-                        let wait = self.config.stall.delay_after(receive_failures);
                         tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
+                            _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
                             _ = shutdown.cancelled() => break,
                         }
                     }
@@ -326,6 +333,7 @@ impl ConsumerRunner {
     }
 
     async fn pause(&self) {
+        tracing::debug!("pausing the assigned partitions");
         Metrics::add(&self.metrics.consumer_stalls, 1);
         if let Err(e) = self.transport.pause().await {
             tracing::warn!(error = %e, "pausing the consumer's partitions failed");
@@ -333,6 +341,10 @@ impl ConsumerRunner {
     }
 
     async fn resume(&self) {
+        tracing::debug!(
+            assigned = self.transport.assigned_partitions(),
+            "resuming the assigned partitions"
+        );
         if let Err(e) = self.transport.resume().await {
             tracing::warn!(error = %e, "resuming the consumer's partitions failed");
         }
