@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use smartflow_domain::{
-    InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute, TransportError,
+    InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute, TransportError, EVENT_ID_HEADER,
 };
 use smartflow_storage::outbox::OutboxTable;
 use tokio::sync::Notify;
@@ -23,7 +23,6 @@ pub use subscription::SubscribedEvents;
 pub use wake_on_commit::WakeOnCommit;
 
 use crate::health::Transition;
-use crate::relay::EVENT_ID_HEADER;
 use crate::{BusError, HandlerRegistry, Metrics};
 
 /// How the runner knows an event was already applied.

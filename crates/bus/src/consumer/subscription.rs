@@ -14,10 +14,9 @@ use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
-use smartflow_domain::{InboundTransport, IncomingMessage, TransportError};
+use smartflow_domain::{InboundTransport, IncomingMessage, TransportError, EVENT_TYPE_HEADER};
 
 use super::decorate::{decorate_inbound, Decorate};
-use crate::relay::EVENT_TYPE_HEADER;
 
 /// Passes on the messages whose event type is subscribed to; see the module docs.
 pub struct SubscribedEvents {
