@@ -11,16 +11,13 @@ use anyhow::{bail, Context as _};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
 use smartflow_bus::{ConsumerRunner, EventBus, PublishConfig, Relay};
 use smartflow_kafka::{EmbeddedBroker, KafkaConsumer, KafkaProducer};
-use smartflow_service::database::DATABASE_RETRY_PAUSE;
 use smartflow_service::{
-    connect_config, prepare_broker, release_clients, stop_tasks, supervise, BrokerSettings,
+    connect_with_retries, prepare_broker, release_clients, stop_tasks, supervise, BrokerSettings,
     DatabaseSettings, RunningService, Task,
 };
 use smartflow_storage::connect::redact;
 use smartflow_storage::outbox::OutboxTable;
-use smartflow_storage::{connect, StorageError};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::AgentConfig;
@@ -56,7 +53,13 @@ impl Agent {
             .with_context(|| format!("SMARTFLOW_TOPIC `{}` is not a usable topic", config.topic))?;
         let route = events::agent_route(&config.topic)?;
 
-        let db = connect_database(&config).await?;
+        let db = connect_with_retries(DatabaseSettings {
+            url: &config.database_url,
+            schema: config.database_schema.as_deref(),
+            wait_secs: config.database_wait_secs,
+            limits: config.reliability.session_limits(),
+        })
+        .await?;
         smartflow_migrations::run(&db)
             .await
             .context("running the database migrations")?;
@@ -274,59 +277,5 @@ impl RunningService for RunningAgent {
 
     fn shutdown(self) -> impl Future<Output = ()> {
         RunningAgent::shutdown(self)
-    }
-}
-
-/// Validates the URL, then connects, retrying an unreachable server (not a SQLite file, whose
-/// failures do not go away by waiting) for up to `SMARTFLOW_DATABASE_WAIT_SECS`.
-async fn connect_database(config: &AgentConfig) -> anyhow::Result<DatabaseConnection> {
-    let url = &config.database_url;
-    let connect_config = connect_config(DatabaseSettings {
-        url,
-        schema: config.database_schema.as_deref(),
-        wait_secs: config.database_wait_secs,
-        limits: config.reliability.session_limits(),
-    })?;
-    if url.starts_with("sqlite:") {
-        // A SQLite file's failures (missing directory, permissions) do not go away by waiting.
-        return connect(&connect_config)
-            .await
-            .context("connecting to the database");
-    }
-    let deadline = Instant::now() + config.database_wait();
-    let mut attempt = 0_u32;
-    loop {
-        attempt += 1;
-        // sea-orm hands `connect_timeout` to sqlx as the acquire timeout and then overrides it
-        // with `acquire_timeout` (30 s), so one attempt at an unreachable server would wait that
-        // long; bounding the attempt here keeps the retries (and their warnings) coming.
-        let budget = if attempt == 1 {
-            connect_config.connect_timeout
-        } else {
-            connect_config
-                .connect_timeout
-                .min(deadline.saturating_duration_since(Instant::now()))
-        };
-        let failure = match tokio::time::timeout(budget, connect(&connect_config)).await {
-            Ok(Ok(db)) => return Ok(db),
-            Ok(Err(StorageError::Connect { source, .. })) => source.to_string(),
-            Ok(Err(e)) => return Err(e).context("connecting to the database"),
-            Err(_) => format!("no answer within {} ms", budget.as_millis()),
-        };
-        if Instant::now() + DATABASE_RETRY_PAUSE >= deadline {
-            bail!(
-                "cannot connect to the database at {} within {} s (check SMARTFLOW_DATABASE_URL, \
-                 or raise SMARTFLOW_DATABASE_WAIT_SECS): {failure}",
-                redact(url),
-                config.database_wait_secs
-            );
-        }
-        tracing::warn!(
-            database = %redact(url),
-            attempt,
-            error = %failure,
-            "database not reachable yet; retrying"
-        );
-        tokio::time::sleep(DATABASE_RETRY_PAUSE).await;
     }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use sea_orm::DatabaseConnection;
 use smartflow_bus::{ConsumerRunner, EventBus, PublishConfig, Relay};
-use smartflow_domain::InboundTransport;
 use smartflow_kafka::{EmbeddedBroker, KafkaConsumer, KafkaProducer};
 use smartflow_service::{
     connect_with_retries, prepare_broker, release_clients, stop_tasks, supervise, BrokerSettings,
@@ -26,7 +25,6 @@ use crate::events::{self, Channel, OUTBOX_TABLE};
 use crate::handler::{self, RecordNotification};
 use crate::http::{self, ApiState};
 use crate::provider::{FeishuConfig, FeishuWebhook, Providers, TargetPolicy};
-use crate::wake_on_commit::WakeOnCommit;
 
 /// How the supervised tasks name the service when one of them stops it.
 const SERVICE: &str = "the service";
@@ -116,10 +114,6 @@ impl Notification {
             KafkaConsumer::new(&kafka, &route.consumer_group, &[route.topic.as_str()])
                 .context("creating the Kafka consumer")?,
         );
-        let transport: Arc<dyn InboundTransport> = Arc::new(WakeOnCommit::new(
-            consumer.clone(),
-            dispatcher.wake_signal(),
-        ));
         let handlers = handler::registry(RecordNotification {
             targets: targets.clone(),
             max_attempts: config.max_attempts,
@@ -129,11 +123,12 @@ impl Notification {
             db.clone(),
             &route,
             handlers,
-            transport,
+            consumer.clone(),
             config.reliability.consumer(),
             bus.metrics().clone(),
         )
-        .context("building the consumer")?;
+        .context("building the consumer")?
+        .wake_on_commit(dispatcher.wake_signal());
 
         let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
             format!("cannot listen on SMARTFLOW_HTTP_ADDR {}", config.http_addr)

@@ -14,7 +14,6 @@ pub mod events;
 pub mod handler;
 pub mod http;
 pub mod provider;
-pub mod wake_on_commit;
 
 pub use app::{Notification, RunningNotification};
 pub use config::NotificationConfig;
@@ -25,4 +24,3 @@ pub use provider::{
     FeishuConfig, FeishuWebhook, NotificationProvider, OutgoingNotification, ProviderError,
     Providers, Receipt, TargetPolicy,
 };
-pub use wake_on_commit::WakeOnCommit;

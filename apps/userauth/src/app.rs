@@ -27,7 +27,6 @@ use crate::http;
 use crate::jwt::AccessTokens;
 use crate::passwords::PasswordHasher;
 use crate::service::{AuthService, AuthSettings};
-use crate::subscription::SubscribedEvents;
 use crate::usage;
 
 /// How the supervised tasks name userauth when one of them stops it.
@@ -103,14 +102,12 @@ impl Userauth {
             db.clone(),
             INBOX_CONSUMER,
             usage::registry().context("registering the event handlers")?,
-            Arc::new(SubscribedEvents::new(
-                consumer.clone(),
-                SUBSCRIBED_EVENT_TYPES,
-            )),
+            consumer.clone(),
             config.reliability.consumer(),
             metrics.clone(),
         )
-        .context("building the consumer")?;
+        .context("building the consumer")?
+        .only_event_types(SUBSCRIBED_EVENT_TYPES);
 
         let service = AuthService::new(
             db.clone(),

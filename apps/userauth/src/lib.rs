@@ -20,7 +20,6 @@ pub mod jwt;
 pub mod passwords;
 pub mod refresh_token;
 pub mod service;
-pub mod subscription;
 pub mod usage;
 pub mod validation;
 

@@ -11,7 +11,7 @@ pub mod metrics;
 pub mod publish;
 pub mod relay;
 
-pub use consumer::{ConsumerConfig, ConsumerRunner, Dedupe};
+pub use consumer::{ConsumerConfig, ConsumerRunner, Dedupe, SubscribedEvents, WakeOnCommit};
 pub use error::BusError;
 pub use handler::{
     EventHandler, HandlerError, HandlerRegistry, HandlerRegistryBuilder, TypedHandler,

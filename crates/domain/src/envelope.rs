@@ -6,6 +6,13 @@ use uuid::Uuid;
 
 use crate::{DomainError, EventContract};
 
+/// Headers every published message carries beside its envelope, so consumers can route and
+/// trace without parsing the value.
+pub const EVENT_ID_HEADER: &str = "event_id";
+/// The event's type (the [`EventContract::EVENT_TYPE`] it was published as).
+pub const EVENT_TYPE_HEADER: &str = "event_type";
+/// The event type's version.
+pub const EVENT_VERSION_HEADER: &str = "event_version";
 /// W3C trace-context header carried from the publisher to the consumer.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 

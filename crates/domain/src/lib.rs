@@ -10,7 +10,9 @@ pub mod status;
 pub mod transport;
 
 pub use contract::EventContract;
-pub use envelope::{Envelope, TRACEPARENT_HEADER};
+pub use envelope::{
+    Envelope, EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
+};
 pub use error::DomainError;
 pub use retry::RetryPolicy;
 pub use route::{RouteRegistry, RouteRegistryBuilder, ServiceRoute};

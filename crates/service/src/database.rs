@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use sea_orm::DatabaseConnection;
 use smartflow_domain::route::check_sql_identifier;
-use smartflow_storage::connect::{validate_url, SessionLimits};
+use smartflow_storage::connect::{redact, validate_url, SessionLimits};
 use smartflow_storage::{connect, ConnectConfig, StorageError};
 use tokio::time::Instant;
 
@@ -50,25 +50,51 @@ pub fn connect_config(settings: DatabaseSettings<'_>) -> anyhow::Result<ConnectC
 
 /// Validates the settings, then connects, retrying an unreachable server (not a SQLite file,
 /// whose failures do not go away by waiting) for up to `SMARTFLOW_DATABASE_WAIT_SECS`, with a
-/// warning per failed attempt.
+/// warning per failed attempt. Each attempt is bounded by the connect timeout, and giving up
+/// says which settings to check.
 pub async fn connect_with_retries(
     settings: DatabaseSettings<'_>,
 ) -> anyhow::Result<DatabaseConnection> {
     let connect_config = connect_config(settings)?;
-    let retry = !settings.url.starts_with("sqlite:");
+    if settings.url.starts_with("sqlite:") {
+        return connect(&connect_config)
+            .await
+            .context("connecting to the database");
+    }
     let deadline = Instant::now() + settings.wait();
     let mut attempt = 0_u32;
     loop {
         attempt += 1;
-        match connect(&connect_config).await {
-            Ok(db) => return Ok(db),
-            Err(StorageError::Connect { url: shown, source })
-                if retry && Instant::now() + DATABASE_RETRY_PAUSE < deadline =>
-            {
-                tracing::warn!(database = %shown, attempt, error = %source, "database not reachable yet; retrying");
-                tokio::time::sleep(DATABASE_RETRY_PAUSE).await;
-            }
-            Err(e) => return Err(e).context("connecting to the database"),
+        // sea-orm hands `connect_timeout` to sqlx as the acquire timeout and then overrides it
+        // with `acquire_timeout` (30 s), so one attempt at an unreachable server would wait that
+        // long; bounding the attempt here keeps the retries (and their warnings) coming.
+        let budget = if attempt == 1 {
+            connect_config.connect_timeout
+        } else {
+            connect_config
+                .connect_timeout
+                .min(deadline.saturating_duration_since(Instant::now()))
+        };
+        let failure = match tokio::time::timeout(budget, connect(&connect_config)).await {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(StorageError::Connect { source, .. })) => source.to_string(),
+            Ok(Err(e)) => return Err(e).context("connecting to the database"),
+            Err(_) => format!("no answer within {} ms", budget.as_millis()),
+        };
+        if Instant::now() + DATABASE_RETRY_PAUSE >= deadline {
+            bail!(
+                "cannot connect to the database at {} within {} s (check SMARTFLOW_DATABASE_URL, \
+                 or raise SMARTFLOW_DATABASE_WAIT_SECS): {failure}",
+                redact(settings.url),
+                settings.wait_secs
+            );
         }
+        tracing::warn!(
+            database = %redact(settings.url),
+            attempt,
+            error = %failure,
+            "database not reachable yet; retrying"
+        );
+        tokio::time::sleep(DATABASE_RETRY_PAUSE).await;
     }
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde::Serialize;
-use smartflow_bus::relay::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER};
 use smartflow_bus::{Metrics, Relay, RelayConfig};
 use smartflow_domain::{
-    Envelope, EventContract, OutboundMessage, OutboundTransport, RetryPolicy, TRACEPARENT_HEADER,
+    Envelope, EventContract, OutboundMessage, OutboundTransport, RetryPolicy, EVENT_ID_HEADER,
+    EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
 };
 use smartflow_kafka::KafkaProducer;
 use smartflow_storage::now_millis;

@@ -16,11 +16,12 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use smartflow_bus::relay::{EVENT_ID_HEADER, EVENT_TYPE_HEADER};
 use smartflow_bus::{
     ConsumerConfig, ConsumerRunner, DatabaseConnection, EventBus, Metrics, PublishConfig,
 };
-use smartflow_domain::{IncomingMessage, RetryPolicy, ServiceRoute};
+use smartflow_domain::{
+    IncomingMessage, RetryPolicy, ServiceRoute, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
+};
 use smartflow_notification::events::{self, NotificationRequested};
 use smartflow_notification::handler::{self, RecordNotification};
 use smartflow_notification::provider::{FeishuConfig, FeishuWebhook, Providers, TargetPolicy};

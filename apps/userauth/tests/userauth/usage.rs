@@ -8,9 +8,8 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use smartflow_bus::domain::{
     Envelope, EventContract, IncomingMessage, OutboundMessage, OutboundTransport, RouteRegistry,
-    ServiceRoute,
+    ServiceRoute, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
 };
-use smartflow_bus::relay::{EVENT_ID_HEADER, EVENT_TYPE_HEADER};
 use smartflow_bus::{
     ConsumerConfig, ConsumerRunner, EventBus, Metrics, PublishConfig, Relay, RelayConfig,
 };

@@ -1,10 +1,9 @@
 use sea_orm::{DatabaseTransaction, TransactionTrait};
-use smartflow_domain::{Envelope, IncomingMessage};
+use smartflow_domain::{Envelope, IncomingMessage, EVENT_ID_HEADER, EVENT_TYPE_HEADER};
 use smartflow_storage::inbox::{self, InboxStatus};
 use smartflow_storage::outbox::FailureOutcome;
 
 use super::{ConsumerRunner, Dedupe};
-use crate::relay::EVENT_ID_HEADER;
 use crate::{BusError, HandlerError, Metrics};
 
 /// What applying one batch did.
@@ -246,9 +245,7 @@ impl ConsumerRunner {
                     != FailureOutcome::Untouched
             }
             Dedupe::Inbox { consumer } => {
-                let event_type = message
-                    .header(crate::relay::EVENT_TYPE_HEADER)
-                    .unwrap_or("<unknown>");
+                let event_type = message.header(EVENT_TYPE_HEADER).unwrap_or("<unknown>");
                 inbox::record(
                     txn,
                     consumer,

@@ -1,6 +1,9 @@
 //! The consumer runner: receives envelopes of one consumer group and applies each exactly once.
 
+mod decorate;
 mod dispatch;
+pub mod subscription;
+pub mod wake_on_commit;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,16 +11,18 @@ use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use smartflow_domain::{
-    InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute, TransportError,
+    InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute, TransportError, EVENT_ID_HEADER,
 };
 use smartflow_storage::outbox::OutboxTable;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use dispatch::BatchReport;
+pub use subscription::SubscribedEvents;
+pub use wake_on_commit::WakeOnCommit;
 
 use crate::health::Transition;
-use crate::relay::EVENT_ID_HEADER;
 use crate::{BusError, HandlerRegistry, Metrics};
 
 /// How the runner knows an event was already applied.
@@ -178,6 +183,23 @@ impl ConsumerRunner {
             attempts: Mutex::new(HashMap::new()),
             health_name,
         })
+    }
+
+    /// Switches on the event-type filter: only messages of `event_types` (and any without an
+    /// event-type header, so they are reported) reach the handlers; the others are skipped and
+    /// their offsets committed once no subscribed message before them is still unapplied. See
+    /// [`SubscribedEvents`].
+    pub fn only_event_types<'a>(mut self, event_types: impl IntoIterator<Item = &'a str>) -> Self {
+        self.transport = Arc::new(SubscribedEvents::new(self.transport, event_types));
+        self
+    }
+
+    /// Fires `signal` after every offset commit, that is after each batch's transaction has
+    /// committed, so a worker acting on what the handlers stored need not wait for its next
+    /// scan. See [`WakeOnCommit`].
+    pub fn wake_on_commit(mut self, signal: Arc<Notify>) -> Self {
+        self.transport = Arc::new(WakeOnCommit::new(self.transport, signal));
+        self
     }
 
     /// Receives and applies batches until `shutdown`. A batch under way when it fires is

@@ -2,8 +2,6 @@
 
 mod publish_batch;
 
-pub use publish_batch::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER};
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

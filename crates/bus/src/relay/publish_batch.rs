@@ -1,13 +1,10 @@
 use std::time::Duration;
 
-use smartflow_domain::{OutboundMessage, OutboundTransport, TRACEPARENT_HEADER};
+use smartflow_domain::{
+    OutboundMessage, OutboundTransport, EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER,
+    TRACEPARENT_HEADER,
+};
 use smartflow_storage::outbox::{ClaimedRow, PublishFailure, Settlement};
-
-/// Headers every published message carries, so consumers can route and trace without parsing
-/// the value.
-pub const EVENT_ID_HEADER: &str = "event_id";
-pub const EVENT_TYPE_HEADER: &str = "event_type";
-pub const EVENT_VERSION_HEADER: &str = "event_version";
 
 /// Sends the claimed rows as one concurrent batch and sorts the outcomes into a settlement:
 /// acknowledged rows are published, rows the broker rejected fail (and die), rows the broker

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smartflow_bus::domain::{
-    DomainError, Envelope, IncomingMessage, OutboxStatus, TRACEPARENT_HEADER,
+    DomainError, Envelope, IncomingMessage, OutboxStatus, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
+    TRACEPARENT_HEADER,
 };
-use smartflow_bus::relay::{EVENT_ID_HEADER, EVENT_TYPE_HEADER};
 use smartflow_bus::{BusError, ConsumerConfig, ConsumerRunner, Metrics};
 use smartflow_storage::chat_history;
 use smartflow_storage::inbox;

@@ -1,21 +1,22 @@
 //! A transport decorator that hands the consumer only the event types it subscribes to.
 //!
-//! Userauth reads the agent's topic, which carries every agent event (chat messages above all).
-//! Without a filter, the inbox-mode runner would find no handler for those and record each as a
-//! dead inbox row: one pointless write per chat message, and a dead-letter list full of noise.
-//! The filter reads the relay's `event_type` header and skips other types; a skipped message's
-//! offset is committed with a later commit once no subscribed message before it in its partition
-//! is still unapplied, so skipping never lets a commit pass unapplied work. A message without the
-//! header is passed on, so the runner reports it loudly.
+//! A service reading another service's topic (userauth reads the agent's, which carries chat
+//! messages above all) has handlers for a few of its event types. Without a filter, the
+//! inbox-mode runner would find no handler for the others and record each as a dead inbox row:
+//! one pointless write per message, and a dead-letter list full of noise. The filter reads the
+//! relay's `event_type` header and skips other types; a skipped message's offset is committed
+//! with a later commit once no subscribed message before it in its partition is still unapplied,
+//! so skipping never lets a commit pass unapplied work. A message without the header is passed
+//! on, so the runner reports it loudly.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use smartflow_bus::relay::EVENT_TYPE_HEADER;
-use smartflow_domain::{InboundTransport, IncomingMessage, TransportError};
+use smartflow_domain::{InboundTransport, IncomingMessage, TransportError, EVENT_TYPE_HEADER};
+
+use super::decorate::{decorate_inbound, Decorate};
 
 /// Passes on the messages whose event type is subscribed to; see the module docs.
 pub struct SubscribedEvents {
@@ -49,6 +50,7 @@ impl State {
 }
 
 impl SubscribedEvents {
+    /// Wraps `inner`, passing on the messages of `event_types` and those without the header.
     pub fn new<'a>(
         inner: Arc<dyn InboundTransport>,
         event_types: impl IntoIterator<Item = &'a str>,
@@ -70,13 +72,45 @@ impl SubscribedEvents {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+#[async_trait]
+impl Decorate for SubscribedEvents {
+    fn inner(&self) -> &dyn InboundTransport {
+        &*self.inner
+    }
+
+    /// The wrapped transport's batch without the unsubscribed messages; a poll that brought
+    /// only those returns an empty batch (after committing what it safely can).
+    async fn received(
+        &self,
+        batch: Vec<IncomingMessage>,
+    ) -> Result<Vec<IncomingMessage>, TransportError> {
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let (wanted, skipped): (Vec<_>, Vec<_>) = batch.into_iter().partition(|m| self.wanted(m));
+        {
+            let mut state = self.state();
+            if !skipped.is_empty() {
+                tracing::trace!(skipped = skipped.len(), "skipped unsubscribed event types");
+                state.skipped.extend(skipped);
+            }
+            state.outstanding.extend(
+                wanted
+                    .iter()
+                    .map(|m| (m.topic.clone(), m.partition, m.offset)),
+            );
+        }
+        if wanted.is_empty() {
+            self.commit_through(&[]).await?;
+        }
+        Ok(wanted)
+    }
 
     /// Commits `messages` plus every skipped message that may go with them; on failure the
     /// skipped ones wait for the next commit.
-    async fn commit_with_skipped(
-        &self,
-        messages: &[IncomingMessage],
-    ) -> Result<(), TransportError> {
+    async fn commit_through(&self, messages: &[IncomingMessage]) -> Result<(), TransportError> {
         let skipped = {
             let mut state = self.state();
             state.outstanding.retain(|(t, p, o)| {
@@ -99,111 +133,14 @@ impl SubscribedEvents {
     }
 }
 
-#[async_trait]
-impl InboundTransport for SubscribedEvents {
-    /// As the wrapped transport's, without the unsubscribed messages; a poll that brought only
-    /// those returns an empty batch (after committing what it safely can).
-    async fn recv_batch(
-        &self,
-        max: usize,
-        wait: Duration,
-        linger: Duration,
-    ) -> Result<Vec<IncomingMessage>, TransportError> {
-        let batch = self.inner.recv_batch(max, wait, linger).await?;
-        if batch.is_empty() {
-            return Ok(batch);
-        }
-        let (wanted, skipped): (Vec<_>, Vec<_>) = batch.into_iter().partition(|m| self.wanted(m));
-        {
-            let mut state = self.state();
-            if !skipped.is_empty() {
-                tracing::trace!(skipped = skipped.len(), "skipped unsubscribed event types");
-                state.skipped.extend(skipped);
-            }
-            state.outstanding.extend(
-                wanted
-                    .iter()
-                    .map(|m| (m.topic.clone(), m.partition, m.offset)),
-            );
-        }
-        if wanted.is_empty() {
-            self.commit_with_skipped(&[]).await?;
-        }
-        Ok(wanted)
-    }
-
-    async fn commit(&self, messages: &[IncomingMessage]) -> Result<(), TransportError> {
-        self.commit_with_skipped(messages).await
-    }
-
-    async fn pause(&self) -> Result<(), TransportError> {
-        self.inner.pause().await
-    }
-
-    async fn resume(&self) -> Result<(), TransportError> {
-        self.inner.resume().await
-    }
-
-    fn owns(&self, topic: &str, partition: i32) -> bool {
-        self.inner.owns(topic, partition)
-    }
-
-    fn assigned_partitions(&self) -> usize {
-        self.inner.assigned_partitions()
-    }
-}
+decorate_inbound!(SubscribedEvents);
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
+    use std::time::Duration;
 
+    use super::super::decorate::script::Script;
     use super::*;
-
-    /// Hands out scripted batches and records what was committed.
-    #[derive(Default)]
-    struct Script {
-        batches: Mutex<VecDeque<Vec<IncomingMessage>>>,
-        commits: Mutex<Vec<Vec<i64>>>,
-    }
-
-    #[async_trait]
-    impl InboundTransport for Script {
-        async fn recv_batch(
-            &self,
-            _: usize,
-            _: Duration,
-            _: Duration,
-        ) -> Result<Vec<IncomingMessage>, TransportError> {
-            self.batches
-                .lock()
-                .unwrap()
-                .pop_front()
-                .ok_or_else(|| TransportError::unavailable("script ended"))
-        }
-
-        async fn commit(&self, messages: &[IncomingMessage]) -> Result<(), TransportError> {
-            let mut offsets: Vec<i64> = messages.iter().map(|m| m.offset).collect();
-            offsets.sort_unstable();
-            self.commits.lock().unwrap().push(offsets);
-            Ok(())
-        }
-
-        async fn pause(&self) -> Result<(), TransportError> {
-            Ok(())
-        }
-
-        async fn resume(&self) -> Result<(), TransportError> {
-            Ok(())
-        }
-
-        fn owns(&self, _: &str, _: i32) -> bool {
-            true
-        }
-
-        fn assigned_partitions(&self) -> usize {
-            1
-        }
-    }
 
     fn message(offset: i64, event_type: Option<&str>) -> IncomingMessage {
         IncomingMessage {
