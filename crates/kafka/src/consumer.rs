@@ -3,11 +3,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::ClientContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use smartflow_domain::{InboundTransport, IncomingMessage, TransportError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::time::Instant;
 
 use crate::config::{millis, KafkaConfig};
@@ -20,7 +24,39 @@ use crate::error::KafkaError;
 /// delivery with the commit placed after the handler's effects are durable.
 pub struct KafkaConsumer {
     // Shared with the blocking-pool task that runs synchronous commits.
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<PauseAware>>,
+    /// Whether the caller asked for fetching to be paused (shared with the rebalance hooks).
+    paused: Arc<AtomicBool>,
+}
+
+/// Keeps a pause from blocking a rebalance. librdkafka cannot finish revoking partitions that
+/// are paused (the group then waits for this member until its rebalance timeout, and every
+/// commit meanwhile fails with `RebalanceInProgress`), so revoked partitions are resumed before
+/// they go, and the partitions assigned next are paused again while the caller wants a pause.
+struct PauseAware {
+    paused: Arc<AtomicBool>,
+}
+
+impl ClientContext for PauseAware {}
+
+impl ConsumerContext for PauseAware {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(revoked) = rebalance {
+            if let Err(e) = consumer.resume(revoked) {
+                tracing::warn!(error = %e, "resuming revoked partitions failed");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            if self.paused.load(Ordering::Acquire) {
+                if let Err(e) = consumer.pause(assigned) {
+                    tracing::warn!(error = %e, "pausing newly assigned partitions failed");
+                }
+            }
+        }
+    }
 }
 
 impl KafkaConsumer {
@@ -56,15 +92,19 @@ impl KafkaConsumer {
             // at once, without waiting for its old session to expire or a rebalance.
             client.set("group.instance.id", instance);
         }
-        let consumer: StreamConsumer = config
+        let paused = Arc::new(AtomicBool::new(false));
+        let consumer: StreamConsumer<PauseAware> = config
             .finish(client)
-            .create()
+            .create_with_context(PauseAware {
+                paused: paused.clone(),
+            })
             .map_err(|e| KafkaError::client("creating Kafka consumer", e))?;
         consumer
             .subscribe(topics)
             .map_err(|e| KafkaError::client(format!("subscribing to {}", topics.join(", ")), e))?;
         Ok(Self {
             consumer: Arc::new(consumer),
+            paused,
         })
     }
 
@@ -159,6 +199,7 @@ impl InboundTransport for KafkaConsumer {
     }
 
     async fn pause(&self) -> Result<(), TransportError> {
+        self.paused.store(true, Ordering::Release);
         let assigned = self.assignment()?;
         self.consumer
             .pause(&assigned)
@@ -166,6 +207,7 @@ impl InboundTransport for KafkaConsumer {
     }
 
     async fn resume(&self) -> Result<(), TransportError> {
+        self.paused.store(false, Ordering::Release);
         let assigned = self.assignment()?;
         self.consumer
             .resume(&assigned)
