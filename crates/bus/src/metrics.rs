@@ -9,7 +9,7 @@ pub struct Metrics {
     pub health: Health,
     /// Times a relay paused because the broker or the database was unavailable.
     pub relay_pauses: AtomicU64,
-    /// Times a consumer stopped taking messages because it could not apply a batch.
+    /// Times a consumer stalled: it could not apply a batch, or the broker was unavailable.
     pub consumer_stalls: AtomicU64,
     pub published: AtomicU64,
     pub publish_retries: AtomicU64,

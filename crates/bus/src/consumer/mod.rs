@@ -356,7 +356,6 @@ impl ConsumerRunner {
 
     async fn pause(&self) {
         tracing::debug!("pausing the assigned partitions");
-        Metrics::add(&self.metrics.consumer_stalls, 1);
         if let Err(e) = self.transport.pause().await {
             tracing::warn!(error = %e, "pausing the consumer's partitions failed");
         }
@@ -375,6 +374,7 @@ impl ConsumerRunner {
     fn stalled(&self, what: &str, reason: &str) {
         let problem = format!("{what}: {reason}");
         if self.metrics.health.fault(&self.health_name, &problem) == Transition::Faulted {
+            Metrics::add(&self.metrics.consumer_stalls, 1);
             tracing::warn!(consumer = %self.health_name, %what, %reason,
                 "consumer stalled; it keeps its partitions and polls, and tries again with backoff");
         }
