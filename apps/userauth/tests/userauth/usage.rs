@@ -218,8 +218,19 @@ async fn usage_events_are_counted_once_each(t: TestDb) {
             .is_none(),
         "chat events are skipped, not recorded as dead"
     );
-    let counters = app.metrics().snapshot();
-    let counter = |name: &str| counters.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    // The counters move just after the batch's commit, so the sentinel's row can be visible a
+    // moment before its count is.
+    let counter = |name: &str| {
+        app.metrics()
+            .snapshot()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    };
+    wait_until("the sentinel's batch is counted", || async {
+        counter("consumed") >= Some(3)
+    })
+    .await;
     assert_eq!(
         counter("consumed"),
         Some(3),
