@@ -21,6 +21,8 @@ pub struct Health {
 
 #[derive(Debug, Clone)]
 struct Component {
+    /// Consumers are also judged by their polls and partitions.
+    consumer: bool,
     fault: Option<(String, Instant)>,
     /// Consumers only: the last poll, the partitions owned then, and since when none.
     last_poll: Option<Instant>,
@@ -32,6 +34,7 @@ struct Component {
 impl Component {
     fn new(now: Instant) -> Self {
         Self {
+            consumer: false,
             fault: None,
             last_poll: None,
             assigned: 0,
@@ -83,6 +86,12 @@ impl Health {
         self.with(name, |_, _| ());
     }
 
+    /// Registers a consumer: reported from the start, and judged by its polls and partitions
+    /// too (see [`CONSUMER_POLL_STALE`], [`CONSUMER_UNASSIGNED_GRACE`]).
+    pub fn register_consumer(&self, name: &str) {
+        self.with(name, |c, _| c.consumer = true);
+    }
+
     /// Records that `name` cannot work, and why.
     pub fn fault(&self, name: &str, problem: impl Into<String>) -> Transition {
         let problem = problem.into();
@@ -109,6 +118,7 @@ impl Health {
     /// Records a consumer's poll and how many partitions it owns now.
     pub fn polled(&self, name: &str, assigned: usize) {
         self.with(name, |c, now| {
+            c.consumer = true;
             c.last_poll = Some(now);
             c.assigned = assigned;
             if assigned > 0 {
@@ -129,13 +139,12 @@ impl Health {
         components
             .iter()
             .map(|(name, c)| {
-                let consumer = c.last_poll.is_some() || name.starts_with("consumer");
                 let problem = if let Some((reason, since)) = &c.fault {
                     Some(format!(
                         "{reason} (for {} s)",
                         now.duration_since(*since).as_secs()
                     ))
-                } else if consumer {
+                } else if c.consumer {
                     consumer_problem(c, now)
                 } else {
                     None
@@ -144,7 +153,7 @@ impl Health {
                     name: name.clone(),
                     healthy: problem.is_none(),
                     problem,
-                    assigned_partitions: consumer.then_some(c.assigned),
+                    assigned_partitions: c.consumer.then_some(c.assigned),
                 }
             })
             .collect()

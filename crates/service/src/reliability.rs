@@ -102,6 +102,7 @@ impl Default for ReliabilitySettings {
         let relay = RelayConfig::default();
         let limits = SessionLimits::default();
         let retry = RetryPolicy::default();
+        let kafka = KafkaConfig::new("defaults only");
         let ms = |d: Duration| d.as_millis() as u64;
         Self {
             retry_base_ms: ms(retry.base_delay),
@@ -109,8 +110,8 @@ impl Default for ReliabilitySettings {
             retry_max_attempts: retry.max_retry,
             republish_after_ms: relay.republish_after.map_or(0, ms),
             claim_timeout_ms: ms(relay.claim_timeout),
-            kafka_message_timeout_ms: 10_000,
-            kafka_session_timeout_ms: 6_000,
+            kafka_message_timeout_ms: ms(kafka.message_timeout),
+            kafka_session_timeout_ms: ms(kafka.session_timeout),
             consumer_instance_id: None,
             relay_batch_size: relay.batch_size,
             relay_workers: relay.workers as u64,

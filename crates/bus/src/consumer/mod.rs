@@ -172,7 +172,7 @@ impl ConsumerRunner {
         metrics: Arc<Metrics>,
     ) -> Result<Self, BusError> {
         config.validate()?;
-        metrics.health.register(&health_name);
+        metrics.health.register_consumer(&health_name);
         Ok(Self {
             db,
             transport,
@@ -212,7 +212,7 @@ impl ConsumerRunner {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut held: Vec<IncomingMessage> = Vec::new();
         let mut stalls = 0u32;
-        let mut receive_failures = 0u32;
+        let mut receive_failing = false;
         while !shutdown.is_cancelled() {
             if held.is_empty() {
                 if stalls > 0 {
@@ -225,9 +225,9 @@ impl ConsumerRunner {
                 };
                 match batch {
                     Ok(batch) => {
-                        if receive_failures > 0 {
-                            receive_failures = 0;
-                            self.recovered("receiving");
+                        if receive_failing {
+                            receive_failing = false;
+                            self.recovered();
                         }
                         held = batch;
                     }
@@ -237,7 +237,7 @@ impl ConsumerRunner {
                         // news, not a failed poll: note it and poll again at once (a short pause
                         // only keeps a persistent error from spinning), or a backlog of stale
                         // errors would delay the recovery by a backoff each.
-                        receive_failures = receive_failures.saturating_add(1);
+                        receive_failing = true;
                         self.stalled("the broker is unavailable", &e.to_string());
                         tokio::select! {
                             _ = tokio::time::sleep(RECEIVE_ERROR_PAUSE) => {}
@@ -250,13 +250,8 @@ impl ConsumerRunner {
                 }
             }
             match self.apply_and_commit(&held).await {
-                Ok(done) if done == held.len() => {
-                    held.clear();
-                    if stalls > 0 {
-                        stalls = 0;
-                        self.resume().await;
-                    }
-                }
+                // The loop's next turn resumes the partitions if they were paused.
+                Ok(done) if done == held.len() => held.clear(),
                 Ok(done) => {
                     // Inbox mode: a retryable handler error holds the partition at that event.
                     held.drain(..done);
@@ -305,7 +300,7 @@ impl ConsumerRunner {
         let done = report.stopped_at.unwrap_or(batch.len());
         self.transport.commit(&batch[..done]).await?;
         if report.stopped_at.is_none() {
-            self.recovered("applying");
+            self.recovered();
         }
         Ok(done)
     }
@@ -380,7 +375,7 @@ impl ConsumerRunner {
         }
     }
 
-    fn recovered(&self, _what: &str) {
+    fn recovered(&self) {
         if let Transition::Recovered(after) = self.metrics.health.recovered(&self.health_name) {
             tracing::warn!(consumer = %self.health_name, stalled_secs = after.as_secs(), "consumer resumed");
         }

@@ -40,7 +40,9 @@ pub struct RelayConfig {
     pub republish_after: Option<Duration>,
     /// How often overdue published rows are looked for.
     pub republish_check_interval: Duration,
-    /// Backoff for rows a consumer sent back with a retryable handler error.
+    /// What `settle` does with a failure that counts against a row. The relay reports only the
+    /// broker's rejections as such, and those are `dead` at once whatever this says; rows a
+    /// consumer sent back follow the consumer's own policy.
     pub retry: RetryPolicy,
     /// While the broker or the database is unavailable the relay pauses as a whole: it waits
     /// `base_delay` doubling up to `max_delay` between probes (`max_retry` is not used: a pause
@@ -262,11 +264,11 @@ impl Relay {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Enters (or extends) the pause after an unavailable broker or database; logs once per
-    /// change of state. Returns how long to wait before the next probe.
-    fn paused_by(&self, what: &str, reason: &str) -> Duration {
+    /// Enters (or extends) the pause after an unavailable broker or database, setting when the
+    /// next probe is due; logs once per change of state.
+    fn paused_by(&self, what: &str, reason: &str) {
         let i = &*self.inner;
-        let wait = {
+        {
             let mut pause = i
                 .pause
                 .lock()
@@ -277,8 +279,7 @@ impl Relay {
                 failures,
                 until: Instant::now() + wait,
             });
-            wait
-        };
+        }
         let problem = format!("paused: the {what} is unavailable: {reason}");
         if i.metrics.health.fault(&i.health_name, &problem) == Transition::Faulted {
             Metrics::add(&i.metrics.relay_pauses, 1);
@@ -289,7 +290,6 @@ impl Relay {
                 "relay paused: no event's retries are spent while it lasts; probing with backoff"
             );
         }
-        wait
     }
 
     /// Leaves the pause after a round that worked; logs once.
