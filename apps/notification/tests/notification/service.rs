@@ -15,7 +15,7 @@ const SECRET: &str = "SEC-service-test";
 
 fn config_for(t: &TestDb, fake: &FakeFeishu) -> NotificationConfig {
     let mut config = NotificationConfig::embedded(t.config.url.clone());
-    config.database_schema = t.config.pg_schema.clone();
+    config.service.database_schema = t.config.pg_schema.clone();
     config.topic = t.unique("notifications");
     config.feishu_allowed_targets = fake.prefix();
     config.feishu_webhook_url = Some(fake.url());
