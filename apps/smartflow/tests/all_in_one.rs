@@ -120,10 +120,42 @@ async fn the_walkthrough_runs_end_to_end_in_one_process() {
         Ok(all) => all,
         Err(e) => panic!("smartflow did not start: {e:#}"),
     };
+    every_service_answers_health_and_metrics(&all).await;
     walkthrough(&all, &webhook).await;
     tokio::time::timeout(PATIENCE, all.shutdown())
         .await
         .expect("shutdown returns");
+}
+
+/// Every service of the list answers the skeleton's `/healthz` and `/metrics`.
+async fn every_service_answers_health_and_metrics(all: &RunningAll) {
+    let names: Vec<&str> = all.services().iter().map(|s| s.name()).collect();
+    assert_eq!(names, ["userauth", "agent", "notification"]);
+    let http = reqwest::Client::new();
+    for started in all.services().iter() {
+        let what = format!("{} to be healthy", started.name());
+        eventually(&what, || async {
+            let response = http
+                .get(format!("{}/healthz", started.base_url()))
+                .send()
+                .await
+                .unwrap();
+            (response.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+        let metrics = http
+            .get(format!("{}/metrics", started.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), StatusCode::OK, "{}", started.name());
+        let text = metrics.text().await.unwrap();
+        assert!(
+            text.contains("# TYPE smartflow_bus_consumed_total counter"),
+            "{}: {text}",
+            started.name()
+        );
+    }
 }
 
 async fn walkthrough(all: &RunningAll, webhook: &FakeWebhook) {
