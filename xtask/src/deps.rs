@@ -3,6 +3,10 @@
 //! Reads `cargo metadata --no-deps` and follows normal and build dependencies (dev-dependencies
 //! shape tests, not the library) through workspace members, so a forbidden crate reached through
 //! another workspace crate is caught too, with the path that reaches it.
+//!
+//! Besides the per-crate rules: no library under `crates/` depends on an app under `apps/`, and
+//! an app depends on another app only through that app's contracts crate
+//! (`smartflow-<app>-contracts`), except the all-in-one binary, which composes them.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -55,11 +59,58 @@ const RULES: &[Rule] = &[
 /// The one library crate allowed to name rdkafka.
 const KAFKA_ADAPTER: &str = "smartflow-kafka";
 
-/// A workspace package: its direct normal/build dependencies and whether it builds a library.
+/// The apps that compose other apps and so may depend on their implementations: the all-in-one
+/// binary.
+const COMPOSITION_ROOTS: &[&str] = &["smartflow-cli"];
+
+/// App-to-app dependencies that stand until the contracts crates take them over (issue #8):
+/// reported, not counted. An allowance whose dependency is gone is an error, so the list
+/// shrinks with the code.
+const PENDING_CONTRACTS: &[(&str, &str)] = &[
+    ("smartflow-agent", "smartflow-notification"),
+    ("smartflow-agent", "smartflow-userauth"),
+];
+
+/// Where a workspace package lives, which decides the layer rules that apply to it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Location {
+    /// Under `crates/`: a library layer.
+    Crates,
+    /// Under `apps/`: a service, a tool or the all-in-one binary.
+    Apps,
+    /// Anywhere else (`migrations/`, `xtask/`).
+    #[default]
+    Elsewhere,
+}
+
+impl Location {
+    fn of(relative_manifest: &std::path::Path) -> Self {
+        match relative_manifest
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+        {
+            Some("crates") => Location::Crates,
+            Some("apps") => Location::Apps,
+            _ => Location::Elsewhere,
+        }
+    }
+}
+
+/// Whether `name` is an app's contracts crate (`smartflow-<app>-contracts`).
+fn is_contracts_crate(name: &str) -> bool {
+    name.strip_prefix(SMARTFLOW_PREFIX)
+        .and_then(|rest| rest.strip_suffix("-contracts"))
+        .is_some_and(|app| !app.is_empty())
+}
+
+/// A workspace package: its direct normal/build dependencies, whether it builds a library, and
+/// where it lives.
 #[derive(Debug, Default)]
 struct Package {
     deps: BTreeSet<String>,
     is_lib: bool,
+    location: Location,
 }
 
 /// Runs `cargo metadata` and checks every rule; prints one line per rule.
@@ -88,6 +139,11 @@ pub fn check_workspace() -> Result<()> {
 }
 
 fn workspace_packages(metadata: &Value) -> Result<BTreeMap<String, Package>> {
+    let root = std::path::Path::new(
+        metadata["workspace_root"]
+            .as_str()
+            .context("metadata has no workspace_root")?,
+    );
     let members: BTreeSet<&str> = metadata["workspace_members"]
         .as_array()
         .context("metadata has no workspace_members")?
@@ -122,7 +178,16 @@ fn workspace_packages(metadata: &Value) -> Result<BTreeMap<String, Package>> {
                     .as_array()
                     .is_some_and(|k| k.iter().any(|k| matches!(k.as_str(), Some("lib" | "rlib"))))
             });
-        packages.insert(name.to_owned(), Package { deps, is_lib });
+        let manifest = std::path::Path::new(p["manifest_path"].as_str().unwrap_or_default());
+        let location = Location::of(manifest.strip_prefix(root).unwrap_or(manifest));
+        packages.insert(
+            name.to_owned(),
+            Package {
+                deps,
+                is_lib,
+                location,
+            },
+        );
     }
     Ok(packages)
 }
@@ -210,20 +275,111 @@ fn check(packages: &BTreeMap<String, Package>) -> Result<(Vec<String>, usize)> {
             direct.iter().collect(),
         );
     }
-    Ok((lines, violations))
+    let (layer_lines, layer_violations) = check_layers(packages);
+    lines.extend(layer_lines);
+    Ok((lines, violations + layer_violations))
+}
+
+/// No library under `crates/` reaches an app; an app depends on another app only through its
+/// contracts crate, unless it composes apps or the dependency is a pending allowance.
+fn check_layers(packages: &BTreeMap<String, Package>) -> (Vec<String>, usize) {
+    let mut lines = Vec::new();
+    let mut violations = 0;
+    let is_app = |name: &str| packages.get(name).map(|p| p.location) == Some(Location::Apps);
+    for (name, package) in packages {
+        match package.location {
+            Location::Crates => {
+                let bad: Vec<Vec<String>> = reachable(packages, name)
+                    .into_iter()
+                    .filter(|(dep, _)| is_app(dep))
+                    .map(|(_, path)| path)
+                    .collect();
+                if bad.is_empty() {
+                    lines.push(format!("ok    {name}: no dependency on an app"));
+                }
+                for path in bad {
+                    violations += 1;
+                    lines.push(format!(
+                        "ERROR {name} (crates/) must not depend on an app: {}",
+                        path.join(" -> ")
+                    ));
+                }
+            }
+            Location::Apps if COMPOSITION_ROOTS.contains(&name.as_str()) => {
+                lines.push(format!("ok    {name}: composes the apps"));
+            }
+            Location::Apps => {
+                let mut clean = true;
+                for dep in package
+                    .deps
+                    .iter()
+                    .filter(|d| is_app(d) && !is_contracts_crate(d))
+                {
+                    clean = false;
+                    if PENDING_CONTRACTS.contains(&(name.as_str(), dep.as_str())) {
+                        lines.push(format!(
+                            "warn  {name} depends on {dep}'s implementation until its contracts \
+                             crate takes over (allowed for now)"
+                        ));
+                    } else {
+                        violations += 1;
+                        lines.push(format!(
+                            "ERROR {name} must not depend on another app's implementation: \
+                             {name} -> {dep} (depend on a `{SMARTFLOW_PREFIX}<app>-contracts` \
+                             crate instead)"
+                        ));
+                    }
+                }
+                if clean {
+                    lines.push(format!(
+                        "ok    {name}: no dependency on another app's implementation"
+                    ));
+                }
+            }
+            Location::Elsewhere => {}
+        }
+    }
+    for (app, dep) in PENDING_CONTRACTS {
+        let still = packages.get(*app).is_some_and(|p| p.deps.contains(*dep));
+        if !still && packages.contains_key(*app) && packages.contains_key(*dep) {
+            violations += 1;
+            lines.push(format!(
+                "ERROR the allowance {app} -> {dep} is no longer needed; remove it from \
+                 PENDING_CONTRACTS in xtask/src/deps.rs"
+            ));
+        }
+    }
+    (lines, violations)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The layered workspace's packages live under `crates/`; these under `apps/`.
+    const APPS: &[&str] = &[
+        "smartflow-agent",
+        "smartflow-notification",
+        "smartflow-notification-contracts",
+        "smartflow-userauth",
+        "smartflow-cli",
+    ];
+
     fn workspace(edges: &[(&str, &[&str])]) -> BTreeMap<String, Package> {
         edges
             .iter()
             .map(|(name, deps)| {
+                let location = if APPS.contains(name) {
+                    Location::Apps
+                } else if name.starts_with(SMARTFLOW_PREFIX) {
+                    Location::Crates
+                } else {
+                    Location::Elsewhere
+                };
                 let package = Package {
                     deps: deps.iter().map(|d| (*d).to_owned()).collect(),
                     is_lib: true,
+                    location,
                 };
                 ((*name).to_owned(), package)
             })
@@ -272,5 +428,106 @@ mod tests {
         assert!(lines
             .iter()
             .any(|l| l.contains("smartflow-agent -> rdkafka")));
+    }
+
+    /// The apps of today: the agent on notification's and userauth's implementations (pending
+    /// their contracts crates), the all-in-one binary on every app.
+    fn with_apps() -> Vec<(&'static str, &'static [&'static str])> {
+        let mut edges = layered();
+        edges.extend([
+            (
+                "smartflow-agent",
+                &[
+                    "smartflow-bus",
+                    "smartflow-notification",
+                    "smartflow-userauth",
+                ][..],
+            ),
+            ("smartflow-notification", &["smartflow-bus"][..]),
+            ("smartflow-userauth", &["smartflow-bus"][..]),
+            (
+                "smartflow-cli",
+                &[
+                    "smartflow-agent",
+                    "smartflow-notification",
+                    "smartflow-userauth",
+                ][..],
+            ),
+        ]);
+        edges
+    }
+
+    #[test]
+    fn apps_may_compose_in_the_all_in_one_binary_and_use_contracts_crates() {
+        let (lines, violations) = check(&workspace(&with_apps())).unwrap();
+        assert_eq!(violations, 0, "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("warn  smartflow-agent depends on smartflow-userauth")),
+            "{lines:#?}"
+        );
+
+        let mut edges = with_apps();
+        edges[4] = (
+            "smartflow-agent",
+            &["smartflow-notification-contracts", "smartflow-userauth"],
+        );
+        edges.push(("smartflow-notification-contracts", &["smartflow-domain"]));
+        let (lines, violations) = check(&workspace(&edges)).unwrap();
+        // Depending on the contracts crate instead leaves its allowance stale, which says so.
+        assert_eq!(violations, 1, "{lines:#?}");
+        assert!(
+            lines.iter().any(
+                |l| l.contains("smartflow-agent -> smartflow-notification is no longer needed")
+            ),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_library_on_an_app_and_an_app_on_another_apps_implementation_are_caught() {
+        let mut edges = with_apps();
+        // bus -> helper -> agent: a library reaching an app through another member.
+        edges[3] = ("smartflow-bus", &["smartflow-domain", "smartflow-helper"]);
+        edges.push(("smartflow-helper", &["smartflow-agent"]));
+        // userauth on notification's implementation, with no allowance.
+        edges[6] = (
+            "smartflow-userauth",
+            &["smartflow-bus", "smartflow-notification"],
+        );
+        let (lines, violations) = check(&workspace(&edges)).unwrap();
+        let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("ERROR")).collect();
+        assert!(
+            errors.iter().any(|l| l.contains(
+                "smartflow-bus (crates/) must not depend on an app: \
+                 smartflow-bus -> smartflow-helper -> smartflow-agent"
+            )),
+            "{lines:#?}"
+        );
+        assert!(
+            errors.iter().any(|l| l.contains(
+                "smartflow-helper (crates/) must not depend on an app: \
+                 smartflow-helper -> smartflow-agent"
+            )),
+            "{lines:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|l| l.contains("smartflow-userauth -> smartflow-notification")),
+            "{lines:#?}"
+        );
+        // The helper also reaches the agent's app dependencies through it.
+        assert_eq!(violations, errors.len(), "{lines:#?}");
+        assert!(violations >= 3, "{lines:#?}");
+    }
+
+    #[test]
+    fn contracts_crates_are_named_for_their_app() {
+        assert!(is_contracts_crate("smartflow-notification-contracts"));
+        assert!(!is_contracts_crate("smartflow--contracts"));
+        assert!(!is_contracts_crate("smartflow-notification"));
+        assert!(!is_contracts_crate("other-notification-contracts"));
     }
 }
