@@ -1,6 +1,6 @@
 //! The HTTP API: accepting chat messages into the outbox and reading the chat history (the
-//! skeleton adds `/healthz` and `/metrics`). Request and response bodies are types of this module, never storage rows, so the
-//! API's shape does not follow the tables' by accident.
+//! skeleton adds `/healthz` and `/metrics`). Request and response bodies are types of this
+//! module, never storage rows, so the API's shape does not follow the tables' by accident.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
