@@ -216,22 +216,41 @@ fn reachable(packages: &BTreeMap<String, Package>, from: &str) -> BTreeMap<Strin
 }
 
 /// Checks every rule; returns the report lines and the number of violations.
-fn check(packages: &BTreeMap<String, Package>) -> Result<(Vec<String>, usize)> {
-    let mut lines = Vec::new();
-    let mut violations = 0;
-    let mut report = |package: &str, what: String, bad: Vec<&Vec<String>>| {
+/// The report lines and the violations counted so far.
+#[derive(Default)]
+struct Report {
+    lines: Vec<String>,
+    violations: usize,
+}
+
+impl Report {
+    /// One rule's outcome for `package`: `ok` when no path is `bad`, else an error per path.
+    fn rule(&mut self, package: &str, what: &str, bad: Vec<&Vec<String>>) {
         if bad.is_empty() {
-            lines.push(format!("ok    {package}: no dependency on {what}"));
+            self.lines
+                .push(format!("ok    {package}: no dependency on {what}"));
         }
         for path in bad {
-            violations += 1;
-            lines.push(format!(
-                "ERROR {package} must not depend on {}: {}",
+            self.error(format!(
+                "{package} must not depend on {}: {}",
                 path.last().expect("paths are never empty"),
                 path.join(" -> ")
             ));
         }
-    };
+    }
+
+    fn error(&mut self, message: String) {
+        self.violations += 1;
+        self.lines.push(format!("ERROR {message}"));
+    }
+
+    fn note(&mut self, line: String) {
+        self.lines.push(line);
+    }
+}
+
+fn check(packages: &BTreeMap<String, Package>) -> Result<(Vec<String>, usize)> {
+    let mut report = Report::default();
     for rule in RULES {
         if !packages.contains_key(rule.package) {
             bail!("the workspace has no package `{}` to check", rule.package);
@@ -256,7 +275,7 @@ fn check(packages: &BTreeMap<String, Package>) -> Result<(Vec<String>, usize)> {
         if rule.no_smartflow {
             what.push("any smartflow crate".to_owned());
         }
-        report(rule.package, what.join(", "), bad);
+        report.rule(rule.package, &what.join(", "), bad);
     }
     // Only the Kafka adapter names rdkafka, among every crate that builds a library.
     for (name, package) in packages {
@@ -269,72 +288,54 @@ fn check(packages: &BTreeMap<String, Package>) -> Result<(Vec<String>, usize)> {
             .filter(|d| RDKAFKA.contains(&d.as_str()))
             .map(|d| vec![name.clone(), d.clone()])
             .collect();
-        report(
+        report.rule(
             name,
-            format!("rdkafka (only {KAFKA_ADAPTER} may name it)"),
+            &format!("rdkafka (only {KAFKA_ADAPTER} may name it)"),
             direct.iter().collect(),
         );
     }
-    let (layer_lines, layer_violations) = check_layers(packages);
-    lines.extend(layer_lines);
-    Ok((lines, violations + layer_violations))
+    check_layers(packages, &mut report);
+    Ok((report.lines, report.violations))
 }
 
 /// No library under `crates/` reaches an app; an app depends on another app only through its
 /// contracts crate, unless it composes apps or the dependency is a pending allowance.
-fn check_layers(packages: &BTreeMap<String, Package>) -> (Vec<String>, usize) {
-    let mut lines = Vec::new();
-    let mut violations = 0;
+fn check_layers(packages: &BTreeMap<String, Package>, report: &mut Report) {
     let is_app = |name: &str| packages.get(name).map(|p| p.location) == Some(Location::Apps);
     for (name, package) in packages {
         match package.location {
             Location::Crates => {
-                let bad: Vec<Vec<String>> = reachable(packages, name)
-                    .into_iter()
+                let reach = reachable(packages, name);
+                let bad = reach
+                    .iter()
                     .filter(|(dep, _)| is_app(dep))
-                    .map(|(_, path)| path)
-                    .collect();
-                if bad.is_empty() {
-                    lines.push(format!("ok    {name}: no dependency on an app"));
-                }
-                for path in bad {
-                    violations += 1;
-                    lines.push(format!(
-                        "ERROR {name} (crates/) must not depend on an app: {}",
-                        path.join(" -> ")
-                    ));
-                }
+                    .map(|(_, path)| path);
+                report.rule(name, "an app", bad.collect());
             }
             Location::Apps if COMPOSITION_ROOTS.contains(&name.as_str()) => {
-                lines.push(format!("ok    {name}: composes the apps"));
+                report.note(format!("ok    {name}: composes the apps"));
             }
             Location::Apps => {
-                let mut clean = true;
+                let mut bad = Vec::new();
                 for dep in package
                     .deps
                     .iter()
                     .filter(|d| is_app(d) && !is_contracts_crate(d))
                 {
-                    clean = false;
                     if PENDING_CONTRACTS.contains(&(name.as_str(), dep.as_str())) {
-                        lines.push(format!(
+                        report.note(format!(
                             "warn  {name} depends on {dep}'s implementation until its contracts \
                              crate takes over (allowed for now)"
                         ));
                     } else {
-                        violations += 1;
-                        lines.push(format!(
-                            "ERROR {name} must not depend on another app's implementation: \
-                             {name} -> {dep} (depend on a `{SMARTFLOW_PREFIX}<app>-contracts` \
-                             crate instead)"
-                        ));
+                        bad.push(vec![name.clone(), dep.clone()]);
                     }
                 }
-                if clean {
-                    lines.push(format!(
-                        "ok    {name}: no dependency on another app's implementation"
-                    ));
-                }
+                report.rule(
+                    name,
+                    "another app's implementation (only its smartflow-<app>-contracts crate)",
+                    bad.iter().collect(),
+                );
             }
             Location::Elsewhere => {}
         }
@@ -342,14 +343,12 @@ fn check_layers(packages: &BTreeMap<String, Package>) -> (Vec<String>, usize) {
     for (app, dep) in PENDING_CONTRACTS {
         let still = packages.get(*app).is_some_and(|p| p.deps.contains(*dep));
         if !still && packages.contains_key(*app) && packages.contains_key(*dep) {
-            violations += 1;
-            lines.push(format!(
-                "ERROR the allowance {app} -> {dep} is no longer needed; remove it from \
+            report.error(format!(
+                "the allowance {app} -> {dep} is no longer needed; remove it from \
                  PENDING_CONTRACTS in xtask/src/deps.rs"
             ));
         }
     }
-    (lines, violations)
 }
 
 #[cfg(test)]
@@ -500,14 +499,14 @@ mod tests {
         let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("ERROR")).collect();
         assert!(
             errors.iter().any(|l| l.contains(
-                "smartflow-bus (crates/) must not depend on an app: \
+                "smartflow-bus must not depend on smartflow-agent: \
                  smartflow-bus -> smartflow-helper -> smartflow-agent"
             )),
             "{lines:#?}"
         );
         assert!(
             errors.iter().any(|l| l.contains(
-                "smartflow-helper (crates/) must not depend on an app: \
+                "smartflow-helper must not depend on smartflow-agent: \
                  smartflow-helper -> smartflow-agent"
             )),
             "{lines:#?}"

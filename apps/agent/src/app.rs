@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use futures::FutureExt as _;
 use sea_orm::{ConnectionTrait, DbBackend};
 use smartflow_bus::PublishConfig;
-use smartflow_service::{ConsumerPlan, OutboxPlan, Running, ServicePlan, ServiceStart};
+use smartflow_service::{ConsumerPlan, Running, ServicePlan, ServiceStart};
 use smartflow_userauth::client::UserauthClient;
 
 use crate::config::AgentConfig;
@@ -41,22 +41,17 @@ impl Agent {
             .with_context(|| format!("SMARTFLOW_TOPIC `{}` is not a usable topic", config.topic))?;
         let route = events::agent_route(&config.topic)?;
 
-        let mut start = ServiceStart::begin(ServicePlan {
-            name: "agent",
-            settings: &config.service,
-            http_addr: config.http_addr,
-            topic: &config.topic,
-            migrations: |db| smartflow_migrations::run(db).boxed(),
-            outbox: Some(OutboxPlan {
-                table: OUTBOX_TABLE,
+        let plan = ServicePlan::new("agent", &config.service, config.http_addr, &config.topic)
+            .with_outbox(
+                OUTBOX_TABLE,
                 routes,
-                publish: PublishConfig {
+                PublishConfig {
                     max_payload_bytes: config.max_payload_bytes,
                     ..PublishConfig::default()
                 },
-            }),
-        })
-        .await?;
+            );
+        let mut start =
+            ServiceStart::begin(plan, |db| smartflow_migrations::run(db).boxed()).await?;
         if start.db().get_database_backend() == DbBackend::MySql
             && config.max_content_chars > MYSQL_TEXT_MAX_CHARS
         {

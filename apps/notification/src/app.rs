@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context as _};
 use futures::FutureExt as _;
 use smartflow_bus::PublishConfig;
-use smartflow_service::{ConsumerPlan, OutboxPlan, Running, ServicePlan, ServiceStart};
+use smartflow_service::{ConsumerPlan, Running, ServicePlan, ServiceStart};
 
 use crate::config::NotificationConfig;
 use crate::dispatch::Dispatcher;
@@ -61,19 +61,15 @@ impl Notification {
         .map_err(|e| anyhow!("building the Feishu provider: {e}"))?;
         let providers = Providers::default().with(Channel::Feishu, Arc::new(feishu));
 
-        let mut start = ServiceStart::begin(ServicePlan {
-            name: "notification",
-            settings: &config.service,
-            http_addr: config.http_addr,
-            topic: &config.topic,
-            migrations: |db| smartflow_migrations::run(db).boxed(),
-            outbox: Some(OutboxPlan {
-                table: OUTBOX_TABLE,
-                routes,
-                publish: PublishConfig::default(),
-            }),
-        })
-        .await?;
+        let plan = ServicePlan::new(
+            "notification",
+            &config.service,
+            config.http_addr,
+            &config.topic,
+        )
+        .with_outbox(OUTBOX_TABLE, routes, PublishConfig::default());
+        let mut start =
+            ServiceStart::begin(plan, |db| smartflow_migrations::run(db).boxed()).await?;
 
         let dispatcher = Dispatcher::new(start.db().clone(), providers, config.dispatch())
             .context("building the dispatcher")?;

@@ -2,8 +2,6 @@
 //! the records' gauges on `/metrics` (the skeleton adds `/healthz` and the bus's metrics).
 //! Bodies are types of this module, never storage rows.
 
-use std::fmt::Write as _;
-
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
@@ -15,7 +13,7 @@ use futures::FutureExt as _;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::EventBus;
-use smartflow_service::{Gauges, HttpError};
+use smartflow_service::{write_gauge, Gauges, HttpError};
 use smartflow_storage::notification::{self, NotificationRecord};
 
 use crate::events::{Channel, NotificationRequested, MAX_TEXT_CHARS};
@@ -221,23 +219,19 @@ impl Gauges for RecordGauges {
             let counts = notification::counts(db)
                 .await
                 .map_err(|e| HttpError::internal("counting notifications", &e))?;
-            let _ = writeln!(
+            let status = |status| [("status", status)];
+            write_gauge(
                 out,
-                "# HELP smartflow_notification_records Notification records per status.\n\
-                 # TYPE smartflow_notification_records gauge"
+                "smartflow_notification_records",
+                "Notification records per status.",
+                &[
+                    (&status("pending"), counts.pending),
+                    (&status("sending"), counts.sending),
+                    (&status("sent"), counts.sent),
+                    (&status("failed"), counts.failed),
+                    (&status("dead"), counts.dead),
+                ],
             );
-            for (status, n) in [
-                ("pending", counts.pending),
-                ("sending", counts.sending),
-                ("sent", counts.sent),
-                ("failed", counts.failed),
-                ("dead", counts.dead),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "smartflow_notification_records{{status=\"{status}\"}} {n}"
-                );
-            }
             Ok(())
         }
         .boxed()

@@ -70,44 +70,37 @@ fn launches(config: &AllConfig, service: ServiceSettings) -> Vec<ServiceLaunch> 
     let notification = config.notification(service.clone());
     let all = config.clone();
     vec![
-        ServiceLaunch::new("userauth", move |_: &ServiceGroup| {
-            naming(
-                format!(
-                    "starting userauth (SMARTFLOW_USERAUTH_ADDR {})",
-                    userauth.http_addr
-                ),
-                Userauth::start(userauth),
-            )
-        }),
-        ServiceLaunch::new("agent", move |started: &ServiceGroup| {
-            let userauth_url = started.get("userauth").map(|u| local_url(u.local_addr()));
-            let what = format!(
+        ServiceLaunch::new(
+            "userauth",
+            format!(
+                "starting userauth (SMARTFLOW_USERAUTH_ADDR {})",
+                userauth.http_addr
+            ),
+            move |_: &ServiceGroup| Userauth::start(userauth),
+        ),
+        ServiceLaunch::new(
+            "agent",
+            format!(
                 "starting the agent (SMARTFLOW_AGENT_ADDR {})",
                 all.agent_addr
-            );
-            async move {
-                let url = userauth_url.context("userauth starts before the agent")?;
-                naming(what, Agent::start(all.agent(service, url))).await
-            }
-        }),
-        ServiceLaunch::new("notification", move |_: &ServiceGroup| {
-            naming(
-                format!(
-                    "starting the notification service (SMARTFLOW_NOTIFICATION_ADDR {})",
-                    notification.http_addr
-                ),
-                Notification::start(notification),
-            )
-        }),
+            ),
+            move |started: &ServiceGroup| {
+                let userauth_url = started.get("userauth").map(|u| local_url(u.local_addr()));
+                async move {
+                    let url = userauth_url.context("userauth starts before the agent")?;
+                    Agent::start(all.agent(service, url)).await
+                }
+            },
+        ),
+        ServiceLaunch::new(
+            "notification",
+            format!(
+                "starting the notification service (SMARTFLOW_NOTIFICATION_ADDR {})",
+                notification.http_addr
+            ),
+            move |_: &ServiceGroup| Notification::start(notification),
+        ),
     ]
-}
-
-/// `starting` with its error naming `what`.
-async fn naming<S>(
-    what: String,
-    starting: impl Future<Output = anyhow::Result<S>>,
-) -> anyhow::Result<S> {
-    starting.await.context(what)
 }
 
 /// What the walkthrough calls on each service first.

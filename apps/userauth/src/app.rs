@@ -63,15 +63,14 @@ impl Userauth {
         )
         .map_err(|e| anyhow::anyhow!("{e}: check SMARTFLOW_PASSWORD_HASH_*"))?;
 
-        let mut start = ServiceStart::begin(ServicePlan {
-            name: "userauth",
-            settings: &config.service,
-            http_addr: config.http_addr,
-            topic: &config.agent_topic,
-            migrations: |db| smartflow_migrations::run(db).boxed(),
-            outbox: None,
-        })
-        .await?;
+        let plan = ServicePlan::new(
+            "userauth",
+            &config.service,
+            config.http_addr,
+            &config.agent_topic,
+        );
+        let mut start =
+            ServiceStart::begin(plan, |db| smartflow_migrations::run(db).boxed()).await?;
         if let Some(broker) = start.embedded_broker() {
             tracing::warn!(
                 bootstrap = %broker.bootstrap_servers(),

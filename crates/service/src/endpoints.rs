@@ -69,6 +69,19 @@ async fn metrics(State(observed): State<Observed>) -> Result<Response, HttpError
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], out).into_response())
 }
 
+/// Appends one gauge in Prometheus text format: its `# HELP` and `# TYPE` lines, then one sample
+/// per `(labels, value)`, each label a `(name, value)` pair.
+pub fn write_gauge(out: &mut String, name: &str, help: &str, samples: &[(&[(&str, &str)], u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, value) in samples {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(label, v)| format!("{label}=\"{v}\""))
+            .collect();
+        let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+    }
+}
+
 /// The outbox's rows per status and the age of its oldest pending row.
 async fn outbox_backlog(
     db: &DatabaseConnection,
@@ -82,28 +95,45 @@ async fn outbox_backlog(
     let now = smartflow_storage::now_millis();
     let oldest_pending_age_ms = stats
         .oldest_pending_created_at
-        .map_or(0, |created| (now - created).max(0));
+        .map_or(0, |created| (now - created).max(0).unsigned_abs());
     let table = outbox.name();
-    let _ = writeln!(
+    let rows = |status| [("table", table), ("status", status)];
+    write_gauge(
         out,
-        "# HELP smartflow_outbox_rows Outbox rows per status.\n# TYPE smartflow_outbox_rows gauge"
+        "smartflow_outbox_rows",
+        "Outbox rows per status.",
+        &[
+            (&rows("pending"), stats.pending),
+            (&rows("published"), stats.published),
+            (&rows("consumed"), stats.consumed),
+            (&rows("dead"), stats.dead),
+        ],
     );
-    for (status, n) in [
-        ("pending", stats.pending),
-        ("published", stats.published),
-        ("consumed", stats.consumed),
-        ("dead", stats.dead),
-    ] {
-        let _ = writeln!(
-            out,
-            "smartflow_outbox_rows{{table=\"{table}\",status=\"{status}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
+    write_gauge(
         out,
-        "# HELP smartflow_outbox_oldest_pending_age_ms Age of the oldest pending outbox row, 0 when none.\n\
-         # TYPE smartflow_outbox_oldest_pending_age_ms gauge\n\
-         smartflow_outbox_oldest_pending_age_ms{{table=\"{table}\"}} {oldest_pending_age_ms}"
+        "smartflow_outbox_oldest_pending_age_ms",
+        "Age of the oldest pending outbox row, 0 when none.",
+        &[(&[("table", table)], oldest_pending_age_ms)],
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gauge_has_its_help_type_and_labelled_samples() {
+        let mut out = String::new();
+        write_gauge(
+            &mut out,
+            "x_rows",
+            "Rows.",
+            &[(&[("table", "t"), ("status", "dead")], 2), (&[], 0)],
+        );
+        assert_eq!(
+            out,
+            "# HELP x_rows Rows.\n# TYPE x_rows gauge\nx_rows{table=\"t\",status=\"dead\"} 2\nx_rows{} 0\n"
+        );
+    }
 }

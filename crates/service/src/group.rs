@@ -58,16 +58,19 @@ type StartFn = Box<
     dyn FnOnce(&ServiceGroup) -> BoxFuture<'static, anyhow::Result<Box<dyn HostedService>>> + Send,
 >;
 
-/// One entry of the list a [`ServiceGroup`] starts: a name and how to start the service, given
-/// the services started before it (say, to point it at one of them).
+/// One entry of the list a [`ServiceGroup`] starts: a name, what a failed start is reported
+/// as, and how to start the service, given the services started before it (say, to point it at
+/// one of them).
 pub struct ServiceLaunch {
     name: &'static str,
+    starting: String,
     start: StartFn,
 }
 
 impl ServiceLaunch {
-    /// `start` returns the service's start-up, whose error should say which settings to check.
-    pub fn new<F, Fut, S>(name: &'static str, start: F) -> Self
+    /// `starting` names the start in its error, with the settings to check ("starting the agent
+    /// (SMARTFLOW_AGENT_ADDR ...)").
+    pub fn new<F, Fut, S>(name: &'static str, starting: impl Into<String>, start: F) -> Self
     where
         F: FnOnce(&ServiceGroup) -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<S>> + Send + 'static,
@@ -81,7 +84,11 @@ impl ServiceLaunch {
             }
             .boxed()
         });
-        Self { name, start }
+        Self {
+            name,
+            starting: starting.into(),
+            start,
+        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -97,7 +104,7 @@ pub struct ServiceGroup {
 
 impl ServiceGroup {
     /// Starts `launches` one after another. If one fails, the ones already started are shut
-    /// down (latest first) and its error is returned.
+    /// down (latest first) and its error is returned, naming the start that failed.
     pub async fn start(launches: Vec<ServiceLaunch>) -> anyhow::Result<Self> {
         let mut group = Self::default();
         for launch in launches {
@@ -107,7 +114,7 @@ impl ServiceGroup {
                 Ok(service) => group.started.push(service),
                 Err(e) => {
                     group.shutdown().await;
-                    return Err(e);
+                    return Err(e.context(launch.starting));
                 }
             }
         }

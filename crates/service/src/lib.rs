@@ -27,7 +27,7 @@ pub mod tasks;
 
 pub use broker::{prepare_broker, BrokerSettings};
 pub use database::{connect_config, connect_with_retries, DatabaseSettings};
-pub use endpoints::{Gauges, PROMETHEUS_CONTENT_TYPE};
+pub use endpoints::{write_gauge, Gauges, PROMETHEUS_CONTENT_TYPE};
 pub use error_body::{database_answers, error_response, ErrorBody, ErrorChain, ErrorDetail};
 pub use group::{HostedService, ServiceGroup, ServiceLaunch};
 pub use health::{health_check, HealthBody};

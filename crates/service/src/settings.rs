@@ -137,14 +137,6 @@ impl ServiceSettings {
         }
     }
 
-    pub fn database_wait(&self) -> Duration {
-        Duration::from_secs(self.database_wait_secs)
-    }
-
-    pub fn broker_wait(&self) -> Duration {
-        Duration::from_secs(self.broker_wait_secs)
-    }
-
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }

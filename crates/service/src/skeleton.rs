@@ -50,9 +50,41 @@ pub struct ServicePlan<'a> {
     pub http_addr: SocketAddr,
     /// The topic start-up makes sure of: the service's own, or the one it reads.
     pub topic: &'a str,
-    pub migrations: Migrations,
     /// The service's outbox, when it publishes: the bus and a relay are built for it.
     pub outbox: Option<OutboxPlan>,
+}
+
+impl<'a> ServicePlan<'a> {
+    /// A service without an outbox.
+    pub fn new(
+        name: &'static str,
+        settings: &'a ServiceSettings,
+        http_addr: SocketAddr,
+        topic: &'a str,
+    ) -> Self {
+        Self {
+            name,
+            settings,
+            http_addr,
+            topic,
+            outbox: None,
+        }
+    }
+
+    /// The service publishes through the outbox `table`, by `routes`.
+    pub fn with_outbox(
+        mut self,
+        table: &'static str,
+        routes: RouteRegistry,
+        publish: PublishConfig,
+    ) -> Self {
+        self.outbox = Some(OutboxPlan {
+            table,
+            routes,
+            publish,
+        });
+        self
+    }
 }
 
 /// A service's outbox: the table its relay sends from and the routes its bus publishes by.
@@ -154,16 +186,15 @@ pub struct ServiceStart {
 }
 
 impl ServiceStart {
-    /// Checks the reliability settings, connects to the database, runs the migrations,
-    /// prepares the broker and, for a service with an outbox, builds the bus and the relay
-    /// (re-queueing what an earlier broker got but the new, empty one did not).
-    pub async fn begin(plan: ServicePlan<'_>) -> anyhow::Result<Self> {
+    /// Checks the reliability settings, connects to the database, runs the service's
+    /// `migrations`, prepares the broker and, for a service with an outbox, builds the bus and
+    /// the relay (re-queueing what an earlier broker got but the new, empty one did not).
+    pub async fn begin(plan: ServicePlan<'_>, migrations: Migrations) -> anyhow::Result<Self> {
         let ServicePlan {
             name,
             settings,
             http_addr,
             topic,
-            migrations,
             outbox,
         } = plan;
         let reliability = &settings.reliability;
@@ -254,10 +285,6 @@ impl ServiceStart {
         Ok(())
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// The migrated database.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
@@ -266,11 +293,6 @@ impl ServiceStart {
     /// The bus, for a service with an outbox.
     pub fn bus(&self) -> Option<&EventBus> {
         self.bus.as_ref()
-    }
-
-    /// The bus's counters and health: what `/metrics` and `/healthz` report.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// The embedded broker, when no brokers were configured.
