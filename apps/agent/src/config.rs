@@ -1,6 +1,5 @@
 //! The agent's configuration, read once by `main` from flags and `SMARTFLOW_*` variables.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::Parser;
@@ -16,8 +15,9 @@ pub const DEFAULT_MAX_CONTENT_CHARS: usize = 16_000;
 /// and an in-process Kafka-protocol broker; pointing the URL and brokers elsewhere is all it takes
 /// to run against PostgreSQL/MySQL and a real cluster.
 ///
-/// `Debug` redacts the database password, so the struct can be logged whole.
-#[derive(Clone, Parser)]
+/// `Debug` shows the database URL with its password redacted (see [`ServiceSettings`]), so the
+/// struct can be logged whole.
+#[derive(Clone, Debug, Parser)]
 #[command(
     name = "smartflow-agent",
     version,
@@ -80,20 +80,6 @@ impl AgentConfig {
             service: ServiceSettings::on_database(database_url),
             ..Self::default()
         }
-    }
-}
-
-impl fmt::Debug for AgentConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AgentConfig")
-            .field("http_addr", &self.http_addr)
-            .field("topic", &self.topic)
-            .field("userauth_url", &self.userauth_url)
-            .field("notification_topic", &self.notification_topic)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .field("max_content_chars", &self.max_content_chars)
-            .field("service", &self.service)
-            .finish()
     }
 }
 
