@@ -1,7 +1,7 @@
 //! Start-up and shutdown: connects and migrates the database, reaches (or starts) the broker,
 //! and runs the relay, the consumer and the HTTP API under one cancellation token.
 
-use smartflow_userauth::client::UserauthClient;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend};
-use smartflow_bus::{ConsumerRunner, EventBus, PublishConfig, Relay};
+use smartflow_bus::{ConsumerRunner, EventBus, PublishConfig, Relay, RelayConfig};
 use smartflow_kafka::{EmbeddedBroker, KafkaConsumer, KafkaProducer};
 use smartflow_service::{
     connect_with_retries, prepare_broker, release_clients, stop_tasks, supervise, BrokerSettings,
@@ -17,6 +17,7 @@ use smartflow_service::{
 };
 use smartflow_storage::connect::redact;
 use smartflow_storage::outbox::OutboxTable;
+use smartflow_userauth_contracts::UserauthClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -51,7 +52,7 @@ impl Agent {
         }
         let routes = events::routes(&config.topic, &config.notification_topic)
             .with_context(|| format!("SMARTFLOW_TOPIC `{}` is not a usable topic", config.topic))?;
-        let route = events::agent_route(&config.topic)?;
+        let route = events::route(&config.topic)?;
 
         let db = connect_with_retries(DatabaseSettings {
             url: &config.database_url,
@@ -91,6 +92,7 @@ impl Agent {
         }
 
         let bus = EventBus::new(
+            events::SERVICE,
             routes,
             PublishConfig {
                 max_payload_bytes: config.max_payload_bytes,
@@ -98,12 +100,23 @@ impl Agent {
             },
         )
         .context("building the event bus")?;
+        let handlers = handlers::registry(bus.clone()).context("registering the event handlers")?;
+        // The agent's consumer marks only the events it handles itself; its other events (token
+        // usage) are for other services and end `published` once Kafka has them.
+        let consumed_here: BTreeSet<String> = handlers
+            .event_types()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let producer = KafkaProducer::new(&kafka).context("creating the Kafka producer")?;
         let relay = Relay::new(
             db.clone(),
             OUTBOX_TABLE,
             Arc::new(producer.clone()),
-            config.reliability.relay(),
+            RelayConfig {
+                consumed_here: Some(consumed_here.clone()),
+                ..config.reliability.relay()
+            },
             bus.wake_signal(),
             bus.metrics().clone(),
         )
@@ -123,12 +136,13 @@ impl Agent {
         let runner = ConsumerRunner::for_route(
             db.clone(),
             &route,
-            handlers::registry(bus.clone()).context("registering the event handlers")?,
+            handlers,
             consumer.clone(),
             config.reliability.consumer(),
             bus.metrics().clone(),
         )
-        .context("building the consumer")?;
+        .context("building the consumer")?
+        .only_event_types(consumed_here.iter().map(String::as_str));
 
         let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
             format!("cannot listen on SMARTFLOW_HTTP_ADDR {}", config.http_addr)

@@ -19,7 +19,7 @@ use smartflow_domain::DomainError;
 use smartflow_service::{error_response, health_check, ErrorChain, HealthBody};
 use smartflow_storage::chat_history;
 use smartflow_storage::outbox::OutboxTable;
-use smartflow_userauth::client::{AuthorizeError, UserauthClient};
+use smartflow_userauth_contracts::{AuthorizeError, UserauthClient};
 
 use crate::events::{ChatMessageAppended, Role};
 
@@ -317,7 +317,7 @@ async fn authenticate(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(smartflow_userauth::validation::bearer_token)
+        .and_then(smartflow_userauth_contracts::bearer_token)
         .ok_or(ApiError::MissingToken)?;
     match client.authorize(token).await {
         Ok(user) => Ok(Some(user.user_id)),

@@ -87,8 +87,8 @@ impl Notification {
             .reliability
             .apply_to_kafka(&mut kafka, "notification");
 
-        let bus =
-            EventBus::new(routes, PublishConfig::default()).context("building the event bus")?;
+        let bus = EventBus::new(events::SERVICE, routes, PublishConfig::default())
+            .context("building the event bus")?;
         let producer = KafkaProducer::new(&kafka).context("creating the Kafka producer")?;
         let relay = Relay::new(
             db.clone(),
