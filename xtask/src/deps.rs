@@ -63,14 +63,6 @@ const KAFKA_ADAPTER: &str = "smartflow-kafka";
 /// binary.
 const COMPOSITION_ROOTS: &[&str] = &["smartflow-cli"];
 
-/// App-to-app dependencies that stand until the contracts crates take them over (issue #8):
-/// reported, not counted. An allowance whose dependency is gone is an error, so the list
-/// shrinks with the code.
-const PENDING_CONTRACTS: &[(&str, &str)] = &[
-    ("smartflow-agent", "smartflow-notification"),
-    ("smartflow-agent", "smartflow-userauth"),
-];
-
 /// Where a workspace package lives, which decides the layer rules that apply to it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 enum Location {
@@ -299,7 +291,7 @@ fn check(packages: &BTreeMap<String, Package>) -> Result<(Vec<String>, usize)> {
 }
 
 /// No library under `crates/` reaches an app; an app depends on another app only through its
-/// contracts crate, unless it composes apps or the dependency is a pending allowance.
+/// contracts crate, unless it composes apps.
 fn check_layers(packages: &BTreeMap<String, Package>, report: &mut Report) {
     let is_app = |name: &str| packages.get(name).map(|p| p.location) == Some(Location::Apps);
     for (name, package) in packages {
@@ -316,21 +308,12 @@ fn check_layers(packages: &BTreeMap<String, Package>, report: &mut Report) {
                 report.note(format!("ok    {name}: composes the apps"));
             }
             Location::Apps => {
-                let mut bad = Vec::new();
-                for dep in package
+                let bad: Vec<Vec<String>> = package
                     .deps
                     .iter()
                     .filter(|d| is_app(d) && !is_contracts_crate(d))
-                {
-                    if PENDING_CONTRACTS.contains(&(name.as_str(), dep.as_str())) {
-                        report.note(format!(
-                            "warn  {name} depends on {dep}'s implementation until its contracts \
-                             crate takes over (allowed for now)"
-                        ));
-                    } else {
-                        bad.push(vec![name.clone(), dep.clone()]);
-                    }
-                }
+                    .map(|d| vec![name.clone(), d.clone()])
+                    .collect();
                 report.rule(
                     name,
                     "another app's implementation (only its smartflow-<app>-contracts crate)",
@@ -338,15 +321,6 @@ fn check_layers(packages: &BTreeMap<String, Package>, report: &mut Report) {
                 );
             }
             Location::Elsewhere => {}
-        }
-    }
-    for (app, dep) in PENDING_CONTRACTS {
-        let still = packages.get(*app).is_some_and(|p| p.deps.contains(*dep));
-        if !still && packages.contains_key(*app) && packages.contains_key(*dep) {
-            report.error(format!(
-                "the allowance {app} -> {dep} is no longer needed; remove it from \
-                 PENDING_CONTRACTS in xtask/src/deps.rs"
-            ));
         }
     }
 }
@@ -429,8 +403,8 @@ mod tests {
             .any(|l| l.contains("smartflow-agent -> rdkafka")));
     }
 
-    /// The apps of today: the agent on notification's and userauth's implementations (pending
-    /// their contracts crates), the all-in-one binary on every app.
+    /// The apps of today: each on the others' contracts crates only, the all-in-one binary on
+    /// every app.
     fn with_apps() -> Vec<(&'static str, &'static [&'static str])> {
         let mut edges = layered();
         edges.extend([
@@ -438,11 +412,16 @@ mod tests {
                 "smartflow-agent",
                 &[
                     "smartflow-bus",
-                    "smartflow-notification",
-                    "smartflow-userauth",
+                    "smartflow-notification-contracts",
+                    "smartflow-userauth-contracts",
                 ][..],
             ),
             ("smartflow-notification", &["smartflow-bus"][..]),
+            (
+                "smartflow-notification-contracts",
+                &["smartflow-domain"][..],
+            ),
+            ("smartflow-userauth-contracts", &["smartflow-domain"][..]),
             ("smartflow-userauth", &["smartflow-bus"][..]),
             (
                 "smartflow-cli",
@@ -457,29 +436,13 @@ mod tests {
     }
 
     #[test]
-    fn apps_may_compose_in_the_all_in_one_binary_and_use_contracts_crates() {
+    fn apps_may_use_contracts_crates_and_the_all_in_one_binary_composes_them() {
         let (lines, violations) = check(&workspace(&with_apps())).unwrap();
         assert_eq!(violations, 0, "{lines:#?}");
         assert!(
             lines
                 .iter()
-                .any(|l| l.starts_with("warn  smartflow-agent depends on smartflow-userauth")),
-            "{lines:#?}"
-        );
-
-        let mut edges = with_apps();
-        edges[4] = (
-            "smartflow-agent",
-            &["smartflow-notification-contracts", "smartflow-userauth"],
-        );
-        edges.push(("smartflow-notification-contracts", &["smartflow-domain"]));
-        let (lines, violations) = check(&workspace(&edges)).unwrap();
-        // Depending on the contracts crate instead leaves its allowance stale, which says so.
-        assert_eq!(violations, 1, "{lines:#?}");
-        assert!(
-            lines.iter().any(
-                |l| l.contains("smartflow-agent -> smartflow-notification is no longer needed")
-            ),
+                .any(|l| l == "ok    smartflow-cli: composes the apps"),
             "{lines:#?}"
         );
     }
@@ -487,39 +450,26 @@ mod tests {
     #[test]
     fn a_library_on_an_app_and_an_app_on_another_apps_implementation_are_caught() {
         let mut edges = with_apps();
-        // bus -> helper -> agent: a library reaching an app through another member.
+        // bus -> helper -> notification: a library reaching an app through another member.
         edges[3] = ("smartflow-bus", &["smartflow-domain", "smartflow-helper"]);
-        edges.push(("smartflow-helper", &["smartflow-agent"]));
-        // userauth on notification's implementation, with no allowance.
-        edges[6] = (
-            "smartflow-userauth",
-            &["smartflow-bus", "smartflow-notification"],
-        );
+        edges.push(("smartflow-helper", &["smartflow-notification"]));
+        // The agent on userauth's implementation instead of its contracts crate.
+        edges[4] = ("smartflow-agent", &["smartflow-bus", "smartflow-userauth"]);
         let (lines, violations) = check(&workspace(&edges)).unwrap();
         let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("ERROR")).collect();
-        assert!(
-            errors.iter().any(|l| l.contains(
-                "smartflow-bus must not depend on smartflow-agent: \
-                 smartflow-bus -> smartflow-helper -> smartflow-agent"
-            )),
+        assert_eq!(
+            errors,
+            [
+                "ERROR smartflow-agent must not depend on smartflow-userauth: \
+                 smartflow-agent -> smartflow-userauth",
+                "ERROR smartflow-bus must not depend on smartflow-notification: \
+                 smartflow-bus -> smartflow-helper -> smartflow-notification",
+                "ERROR smartflow-helper must not depend on smartflow-notification: \
+                 smartflow-helper -> smartflow-notification",
+            ],
             "{lines:#?}"
         );
-        assert!(
-            errors.iter().any(|l| l.contains(
-                "smartflow-helper must not depend on smartflow-agent: \
-                 smartflow-helper -> smartflow-agent"
-            )),
-            "{lines:#?}"
-        );
-        assert!(
-            errors
-                .iter()
-                .any(|l| l.contains("smartflow-userauth -> smartflow-notification")),
-            "{lines:#?}"
-        );
-        // The helper also reaches the agent's app dependencies through it.
-        assert_eq!(violations, errors.len(), "{lines:#?}");
-        assert!(violations >= 3, "{lines:#?}");
+        assert_eq!(violations, 3, "{lines:#?}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use futures::FutureExt as _;
 use sea_orm::{ConnectionTrait, DbBackend};
 use smartflow_bus::PublishConfig;
 use smartflow_service::{ConsumerPlan, Running, ServicePlan, ServiceStart};
-use smartflow_userauth::client::UserauthClient;
+use smartflow_userauth_contracts::UserauthClient;
 
 use crate::config::AgentConfig;
 use crate::events::{self, OUTBOX_TABLE};
@@ -39,7 +39,7 @@ impl Agent {
         }
         let routes = events::routes(&config.topic, &config.notification_topic)
             .with_context(|| format!("SMARTFLOW_TOPIC `{}` is not a usable topic", config.topic))?;
-        let route = events::agent_route(&config.topic)?;
+        let route = events::route(&config.topic)?;
 
         let plan = ServicePlan::new("agent", &config.service, config.http_addr, &config.topic)
             .with_outbox(
@@ -65,10 +65,10 @@ impl Agent {
             .bus()
             .context("the agent's bus was not built")?
             .clone();
-        start.consume(ConsumerPlan::own_route(
-            route,
-            handlers::registry(bus.clone()).context("registering the event handlers")?,
-        ))?;
+        // The agent's consumer marks only the events it handles itself; its other events (token
+        // usage, notification requests) are for other services and end `published`.
+        let handlers = handlers::registry(bus.clone()).context("registering the event handlers")?;
+        start.consume(ConsumerPlan::own_route(route, handlers).only_handled_event_types())?;
 
         let auth = match &config.userauth_url {
             Some(url) => Some(

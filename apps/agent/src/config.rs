@@ -39,7 +39,7 @@ pub struct AgentConfig {
     pub userauth_url: Option<String>,
 
     /// The notification service's topic, where first-message notification requests go.
-    #[arg(long, env = "SMARTFLOW_NOTIFICATION_TOPIC", default_value = smartflow_notification::events::DEFAULT_TOPIC)]
+    #[arg(long, env = "SMARTFLOW_NOTIFICATION_TOPIC", default_value = smartflow_notification_contracts::DEFAULT_TOPIC)]
     pub notification_topic: String,
 
     /// The largest event envelope accepted, in bytes; keep it under the broker's message.max.bytes.
@@ -62,7 +62,7 @@ impl Default for AgentConfig {
         Self {
             http_addr: DEFAULT_HTTP_ADDR,
             topic: DEFAULT_TOPIC.to_owned(),
-            notification_topic: smartflow_notification::events::DEFAULT_TOPIC.to_owned(),
+            notification_topic: smartflow_notification_contracts::DEFAULT_TOPIC.to_owned(),
             userauth_url: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_content_chars: DEFAULT_MAX_CONTENT_CHARS,

@@ -4,11 +4,10 @@ use async_trait::async_trait;
 use sea_orm::DatabaseTransaction;
 use smartflow_bus::{BusError, EventBus, HandlerError, HandlerRegistry, TypedHandler};
 use smartflow_domain::Envelope;
-use smartflow_notification::events::NotificationRequested;
+use smartflow_notification_contracts::NotificationRequested;
 use smartflow_storage::chat_history::{self, NewChatMessage};
-use smartflow_userauth::events::TokenUsageRecorded;
 
-use crate::events::ChatMessageAppended;
+use crate::events::{ChatMessageAppended, TokenUsageRecorded};
 
 /// Stores an appended message in the chat history, in the bus's transaction, so the row and the
 /// event's `consumed` mark commit together. The first message of a conversation also requests a
@@ -96,27 +95,10 @@ fn handler_error(e: BusError) -> HandlerError {
     }
 }
 
-/// Usage events travel on the agent's topic for userauth; the agent's own consumer only marks
-/// them consumed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct UsageIsUserauths;
-
-#[async_trait]
-impl TypedHandler<TokenUsageRecorded> for UsageIsUserauths {
-    async fn handle(
-        &self,
-        _txn: &DatabaseTransaction,
-        _event: TokenUsageRecorded,
-        _envelope: &Envelope,
-    ) -> Result<(), HandlerError> {
-        Ok(())
-    }
-}
-
-/// Every handler of the agent's consumer.
+/// Every handler of the agent's consumer: the event types it consumes itself. Its other events
+/// (`TokenUsageRecorded`) are for other services, which deduplicate them in their own inboxes.
 pub fn registry(bus: EventBus) -> Result<HandlerRegistry, BusError> {
     HandlerRegistry::builder()
         .on::<ChatMessageAppended, _>(PersistChatMessage::new(bus))
-        .on::<TokenUsageRecorded, _>(UsageIsUserauths)
         .build()
 }

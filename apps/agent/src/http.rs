@@ -14,7 +14,7 @@ use smartflow_bus::{BusError, EventBus};
 use smartflow_domain::DomainError;
 use smartflow_service::HttpError;
 use smartflow_storage::chat_history;
-use smartflow_userauth::client::{AuthorizeError, UserauthClient};
+use smartflow_userauth_contracts::{AuthorizeError, UserauthClient};
 
 use crate::events::{ChatMessageAppended, Role};
 
@@ -224,7 +224,7 @@ async fn authenticate(
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(smartflow_userauth::validation::bearer_token)
+        .and_then(smartflow_userauth_contracts::bearer_token)
         .ok_or_else(missing_token)?;
     match client.authorize(token).await {
         Ok(user) => Ok(Some(user.user_id)),

@@ -11,7 +11,7 @@ use smartflow_domain::Envelope;
 use smartflow_storage::notification::{self, NewNotification, RequestOutcome};
 use smartflow_storage::now_millis;
 
-use crate::events::NotificationRequested;
+use crate::events::{NotificationRequested, Validate};
 use crate::provider::{redact_target, OutgoingNotification, TargetPolicy};
 
 /// What a record's `payload` column holds: the message and where it goes.

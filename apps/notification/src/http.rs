@@ -16,7 +16,7 @@ use smartflow_bus::EventBus;
 use smartflow_service::{write_gauge, Gauges, HttpError};
 use smartflow_storage::notification::{self, NotificationRecord};
 
-use crate::events::{Channel, NotificationRequested, MAX_TEXT_CHARS};
+use crate::events::{Channel, NotificationRequested, Validate, MAX_TEXT_CHARS};
 use crate::handler::StoredNotification;
 use crate::provider::TargetPolicy;
 

@@ -4,8 +4,9 @@
 //! outside any transaction, with a lease on the record, retries with backoff, and a scanner
 //! that recovers failed and abandoned sends.
 //!
-//! A library so tests can run the whole service in-process with [`Notification::start`], and
-//! so publishers can depend on [`events`] for the event type and its route.
+//! A library so tests and the all-in-one binary can run the whole service in-process with
+//! [`Notification::start`]. Publishers depend on `smartflow-notification-contracts` for the
+//! request type and its route, never on this crate.
 
 pub mod app;
 pub mod config;
@@ -18,7 +19,7 @@ pub mod provider;
 pub use app::{Notification, RunningNotification};
 pub use config::NotificationConfig;
 pub use dispatch::{DispatchConfig, Dispatcher, RoundReport};
-pub use events::{register, route, routes, Channel, NotificationRequested};
+pub use events::{register, route, routes, Channel, NotificationRequested, Validate};
 pub use handler::{RecordNotification, StoredNotification};
 pub use provider::{
     FeishuConfig, FeishuWebhook, NotificationProvider, OutgoingNotification, ProviderError,

@@ -24,7 +24,7 @@ use smartflow_storage::users::User;
 
 use crate::error::{AuthError, ErrorChain};
 use crate::service::{AuthService, Principal, TokenPair};
-use crate::validation::bearer_token;
+pub use smartflow_userauth_contracts::{bearer_token, AuthorizeResponse};
 
 /// Request bodies are a few hundred bytes; anything over this is refused before it is read whole.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -127,23 +127,12 @@ pub struct MeResponse {
     pub created_at: String,
 }
 
-/// What `GET /v1/auth/authorize` answers for a user who may go on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuthorizeResponse {
-    pub user_id: String,
-    pub email: String,
-    pub token_usage: i64,
-    pub token_quota: i64,
-}
-
-impl From<User> for AuthorizeResponse {
-    fn from(user: User) -> Self {
-        Self {
-            user_id: user.id,
-            email: user.email,
-            token_usage: user.token_usage,
-            token_quota: user.token_quota,
-        }
+fn authorized(user: User) -> AuthorizeResponse {
+    AuthorizeResponse {
+        user_id: user.id,
+        email: user.email,
+        token_usage: user.token_usage,
+        token_quota: user.token_quota,
     }
 }
 
@@ -227,5 +216,5 @@ async fn authorize(
     headers: HeaderMap,
 ) -> Result<Json<AuthorizeResponse>, AuthError> {
     let user = service.authorize(presented_token(&headers)?).await?;
-    Ok(Json(user.into()))
+    Ok(Json(authorized(user)))
 }

@@ -2,16 +2,14 @@
 //! tokens, rotating refresh tokens with replay detection, an access-token blacklist, and
 //! token-usage accounting with quotas, fed by the agent's `agent.token.usage.recorded` events.
 //!
-//! What other services use:
-//! - [`events::TokenUsageRecorded`], the contract of the usage event the agent publishes;
-//! - [`client::UserauthClient`], which asks `GET /v1/auth/authorize` whether an access token may
-//!   be served (signature, expiry, blacklist, quota) and returns the user to act for.
+//! Other services use `smartflow-userauth-contracts` (`UserauthClient`, which asks
+//! `GET /v1/auth/authorize` whether an access token may be served and returns the user to act
+//! for), never this crate. The usage event is the agent's (`smartflow-agent-contracts`).
 //!
 //! A library so tests can run the whole service in-process with [`Userauth::start`]; `main.rs`
 //! only parses configuration and handles signals.
 
 pub mod app;
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -24,8 +22,8 @@ pub mod usage;
 pub mod validation;
 
 pub use app::{RunningUserauth, Userauth};
-pub use client::{AuthorizeError, UserauthClient};
 pub use config::UserauthConfig;
 pub use error::AuthError;
 pub use events::TokenUsageRecorded;
 pub use service::{AuthService, Principal, TokenPair};
+pub use smartflow_userauth_contracts::{AuthorizeError, UserauthClient};

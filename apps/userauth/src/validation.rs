@@ -122,13 +122,6 @@ pub fn check_token_bounds(token: &str, what: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// The token of an `Authorization: Bearer <token>` header value (the scheme is case-insensitive).
-pub fn bearer_token(header_value: &str) -> Option<&str> {
-    let (scheme, token) = header_value.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,14 +184,5 @@ mod tests {
                 "{weak}"
             );
         }
-    }
-
-    #[test]
-    fn bearer_headers_are_parsed() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer   abc "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearer"), None);
-        assert_eq!(bearer_token("Bearer  "), None);
     }
 }

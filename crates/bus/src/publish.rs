@@ -1,9 +1,10 @@
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::RngCore;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
-use smartflow_domain::{DomainError, Envelope, EventContract, RouteRegistry, TRACEPARENT_HEADER};
+use smartflow_domain::{
+    DomainError, Envelope, EventContract, RouteRegistry, SOURCE_HEADER, TRACEPARENT_HEADER,
+};
 use smartflow_storage::outbox::OutboxTable;
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -29,44 +30,64 @@ impl Default for PublishConfig {
     }
 }
 
-/// The entry point for services: writes events into the outbox inside the caller's transaction
-/// and wakes the relays of this process when that transaction commits.
+/// The entry point for services: writes events into the publishing service's own outbox inside
+/// the caller's transaction and wakes the relays of this process when that transaction commits.
+/// The route of an event's type picks only the topic: a service never writes into another
+/// service's outbox, so services need not share a database.
 #[derive(Clone)]
 pub struct EventBus {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    service: String,
     routes: RouteRegistry,
-    tables: HashMap<String, OutboxTable>,
+    table: OutboxTable,
     config: PublishConfig,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
 }
 
 impl EventBus {
-    pub fn new(routes: RouteRegistry, config: PublishConfig) -> Result<Self, BusError> {
+    /// The bus of `service`, which publishes into that service's outbox table (its route in
+    /// `routes`). `routes` also holds the routes of every other service whose event types this
+    /// service publishes (their topics).
+    pub fn new(
+        service: &str,
+        routes: RouteRegistry,
+        config: PublishConfig,
+    ) -> Result<Self, BusError> {
         if config.max_payload_bytes == 0 || config.max_retry == 0 {
             return Err(BusError::Config(
                 "max_payload_bytes and max_retry must be above zero".into(),
             ));
         }
-        let mut tables = HashMap::new();
-        for route in routes.routes() {
-            tables.insert(
-                route.service.clone(),
-                OutboxTable::new(&route.outbox_table)?,
-            );
-        }
+        let Some(own) = routes.service(service) else {
+            return Err(BusError::Config(format!(
+                "the route registry has no route for the publishing service `{service}`"
+            )));
+        };
+        let table = OutboxTable::new(&own.outbox_table)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                service: service.to_owned(),
                 routes,
-                tables,
+                table,
                 config,
                 wake: Arc::new(Notify::new()),
                 metrics: Arc::new(Metrics::default()),
             }),
         })
+    }
+
+    /// The publishing service.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// The outbox table this bus writes into.
+    pub fn outbox(&self) -> &OutboxTable {
+        &self.inner.table
     }
 
     pub fn routes(&self) -> &RouteRegistry {
@@ -82,7 +103,8 @@ impl EventBus {
         self.inner.wake.clone()
     }
 
-    /// Writes a typed event into its service's outbox through `txn`. Nothing is published unless
+    /// Writes a typed event into this service's outbox through `txn`, bound for the topic of its
+    /// type's route. Nothing is published unless
     /// `txn` commits. Returns the event id. An event type with no route, or a payload over the
     /// limit, is an error and nothing is written.
     pub async fn publish<E: EventContract>(
@@ -104,11 +126,14 @@ impl EventBus {
         mut envelope: Envelope,
     ) -> Result<Uuid, BusError> {
         let route = self.inner.routes.resolve(&envelope.event_type)?;
-        let table = &self.inner.tables[&route.service];
         envelope
             .headers
             .entry(TRACEPARENT_HEADER.to_owned())
             .or_insert_with(new_traceparent);
+        // Always this service: a consumer trusts the source to decide where to mark the event.
+        envelope
+            .headers
+            .insert(SOURCE_HEADER.to_owned(), self.inner.service.clone());
         let encoded = envelope.to_json();
         let size = encoded.len();
         if size > self.inner.config.max_payload_bytes {
@@ -119,7 +144,8 @@ impl EventBus {
             }
             .into());
         }
-        table
+        self.inner
+            .table
             .insert_encoded(
                 txn,
                 &envelope,

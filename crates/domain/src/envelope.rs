@@ -15,6 +15,10 @@ pub const EVENT_TYPE_HEADER: &str = "event_type";
 pub const EVENT_VERSION_HEADER: &str = "event_version";
 /// W3C trace-context header carried from the publisher to the consumer.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// The envelope header naming the service whose outbox the event was published from. A
+/// consumer marks an event in its own outbox only when it came from there; any other source is
+/// deduplicated through the consumer's inbox.
+pub const SOURCE_HEADER: &str = "source";
 
 /// What travels on the wire for every event: identity, type, version, key, time, headers and the
 /// JSON payload. The relay sends it as the Kafka value; the consumer decodes it back.
@@ -77,6 +81,11 @@ impl Envelope {
             event_type: "<unknown>".to_owned(),
             reason: format!("not an envelope: {e}"),
         })
+    }
+
+    /// The service whose outbox this envelope was published from, if it says.
+    pub fn source(&self) -> Option<&str> {
+        self.headers.get(SOURCE_HEADER).map(String::as_str)
     }
 
     /// The trace context this envelope carries, if any.

@@ -11,7 +11,8 @@ pub mod transport;
 
 pub use contract::EventContract;
 pub use envelope::{
-    Envelope, EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
+    Envelope, EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, SOURCE_HEADER,
+    TRACEPARENT_HEADER,
 };
 pub use error::DomainError;
 pub use retry::RetryPolicy;

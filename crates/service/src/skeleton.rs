@@ -9,6 +9,7 @@
 //! check before anything runs in the background. This is the one place that calls the bus's
 //! constructors.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -21,6 +22,7 @@ use futures::future::BoxFuture;
 use sea_orm::{DatabaseConnection, DbErr};
 use smartflow_bus::{
     ConsumerConfig, ConsumerRunner, EventBus, HandlerRegistry, Metrics, PublishConfig, Relay,
+    RelayConfig,
 };
 use smartflow_domain::{RouteRegistry, ServiceRoute};
 use smartflow_kafka::{EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer};
@@ -42,8 +44,9 @@ pub type Migrations = for<'a> fn(&'a DatabaseConnection) -> BoxFuture<'a, Result
 
 /// What a service tells the skeleton before anything starts.
 pub struct ServicePlan<'a> {
-    /// The service's name in logs; its Kafka clients are `smartflow-{name}`, and with static
-    /// membership its consumer's instance id ends in `-{name}`.
+    /// The service's name: in logs, as the owner of the outbox its bus publishes into (its
+    /// routes' service), in its Kafka clients' id `smartflow-{name}`, and with static
+    /// membership at the end of its consumer's instance id.
     pub name: &'static str,
     pub settings: &'a ServiceSettings,
     /// Where its HTTP API listens (`SMARTFLOW_HTTP_ADDR`).
@@ -111,6 +114,7 @@ pub struct ConsumerPlan {
     dedupe: Dedupe,
     handlers: HandlerRegistry,
     only_event_types: Option<Vec<String>>,
+    only_handled: bool,
     wake_on_commit: Option<Arc<Notify>>,
 }
 
@@ -136,6 +140,7 @@ impl ConsumerPlan {
             dedupe,
             handlers,
             only_event_types: None,
+            only_handled: false,
             wake_on_commit: None,
         }
     }
@@ -143,6 +148,14 @@ impl ConsumerPlan {
     /// Only these event types reach the handlers; the topic's others are skipped.
     pub fn only_event_types<'a>(mut self, event_types: impl IntoIterator<Item = &'a str>) -> Self {
         self.only_event_types = Some(event_types.into_iter().map(str::to_owned).collect());
+        self
+    }
+
+    /// The owner's consumer takes only the event types its handlers know: the service's other
+    /// events are for other services, so its relay leaves their rows `published` (no
+    /// consumption deadline, no re-sends) and its consumer skips them.
+    pub fn only_handled_event_types(mut self) -> Self {
+        self.only_handled = true;
         self
     }
 
@@ -171,11 +184,13 @@ pub struct ServiceStart {
     db: DatabaseConnection,
     kafka: KafkaConfig,
     consumer_config: ConsumerConfig,
+    relay_config: RelayConfig,
+    /// The broker is new and empty: the relay sends again what an earlier one got.
+    new_broker: bool,
     bus: Option<EventBus>,
     metrics: Arc<Metrics>,
     outbox: Option<OutboxTable>,
     producer: Option<KafkaProducer>,
-    relay: Option<Relay>,
     consumers: Vec<Arc<KafkaConsumer>>,
     runners: Vec<ConsumerRunner>,
     extra_tasks: Vec<(&'static str, BoxFuture<'static, ()>)>,
@@ -226,11 +241,12 @@ impl ServiceStart {
             db,
             kafka,
             consumer_config: reliability.consumer(),
+            relay_config: reliability.relay(),
+            new_broker: settings.new_broker || broker.is_some(),
             bus: None,
             metrics: Arc::new(Metrics::default()),
             outbox: None,
             producer: None,
-            relay: None,
             consumers: Vec::new(),
             runners: Vec::new(),
             extra_tasks: Vec::new(),
@@ -239,30 +255,35 @@ impl ServiceStart {
             broker,
         };
         if let Some(outbox) = outbox {
-            let new_broker = settings.new_broker || start.broker.is_some();
-            start.build_outbox(outbox, settings, new_broker).await?;
+            let bus = EventBus::new(name, outbox.routes, outbox.publish)
+                .context("building the event bus")?;
+            let producer =
+                KafkaProducer::new(&start.kafka).context("creating the Kafka producer")?;
+            start.metrics = bus.metrics().clone();
+            start.outbox = Some(OutboxTable::new(outbox.table)?);
+            start.bus = Some(bus);
+            start.producer = Some(producer);
         }
         Ok(start)
     }
 
-    async fn build_outbox(
-        &mut self,
-        plan: OutboxPlan,
-        settings: &ServiceSettings,
-        new_broker: bool,
-    ) -> anyhow::Result<()> {
-        let bus = EventBus::new(plan.routes, plan.publish).context("building the event bus")?;
-        let producer = KafkaProducer::new(&self.kafka).context("creating the Kafka producer")?;
+    /// The relay of the service's outbox, built once its consumers say which of its events
+    /// they mark themselves; on a new broker it first re-queues what an earlier one got.
+    async fn relay(&mut self) -> anyhow::Result<Option<Relay>> {
+        let (Some(bus), Some(producer), Some(outbox)) = (&self.bus, &self.producer, &self.outbox)
+        else {
+            return Ok(None);
+        };
         let relay = Relay::new(
             self.db.clone(),
-            plan.table,
+            outbox.name(),
             Arc::new(producer.clone()),
-            settings.reliability.relay(),
+            self.relay_config.clone(),
             bus.wake_signal(),
             bus.metrics().clone(),
         )
         .context("building the relay")?;
-        if new_broker {
+        if self.new_broker {
             // The broker is new and empty: what an earlier run published but did not get
             // consumed exists only in the outbox now.
             let moved = relay
@@ -271,18 +292,13 @@ impl ServiceStart {
                 .context("re-queueing rows published to an earlier broker")?;
             if moved > 0 {
                 tracing::info!(
-                    table = plan.table,
+                    table = outbox.name(),
                     moved,
                     "published rows go out again to the new broker"
                 );
             }
         }
-        self.metrics = bus.metrics().clone();
-        self.outbox = Some(OutboxTable::new(plan.table)?);
-        self.bus = Some(bus);
-        self.producer = Some(producer);
-        self.relay = Some(relay);
-        Ok(())
+        Ok(Some(relay))
     }
 
     /// The migrated database.
@@ -316,6 +332,12 @@ impl ServiceStart {
             KafkaConsumer::new(&kafka, group, &[topic]).context("creating the Kafka consumer")?,
         );
         let config = self.consumer_config.clone();
+        let handled: Vec<String> = plan
+            .handlers
+            .event_types()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let runner = match plan.dedupe {
             Dedupe::OwnRoute(route) => ConsumerRunner::for_route(
                 self.db.clone(),
@@ -335,7 +357,14 @@ impl ServiceStart {
             ),
         }
         .context("building the consumer")?;
-        let runner = match plan.only_event_types {
+        let only_event_types = if plan.only_handled {
+            let handled: BTreeSet<String> = handled.into_iter().collect();
+            self.relay_config.consumed_here = Some(handled.clone());
+            Some(handled.into_iter().collect())
+        } else {
+            plan.only_event_types
+        };
+        let runner = match only_event_types {
             Some(types) => runner.only_event_types(types.iter().map(String::as_str)),
             None => runner,
         };
@@ -367,7 +396,8 @@ impl ServiceStart {
     /// Binds the HTTP listener, serves `routes` with `/healthz`, `/metrics` and the JSON
     /// fallbacks, and spawns the relay, the consumers, the service's tasks and the HTTP server
     /// under one cancellation token. `parts` is what the service keeps for its callers.
-    pub async fn serve<P>(self, routes: Router, parts: P) -> anyhow::Result<Running<P>> {
+    pub async fn serve<P>(mut self, routes: Router, parts: P) -> anyhow::Result<Running<P>> {
+        let relay = self.relay().await?;
         let listener = TcpListener::bind(self.http_addr)
             .await
             .with_context(|| format!("cannot listen on SMARTFLOW_HTTP_ADDR {}", self.http_addr))?;
@@ -389,7 +419,7 @@ impl ServiceStart {
         let server = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let mut tasks = Vec::new();
-        if let Some(relay) = self.relay {
+        if let Some(relay) = relay {
             tasks.push(supervise(
                 "relay",
                 name,

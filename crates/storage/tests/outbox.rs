@@ -61,6 +61,7 @@ async fn publish_all(t: &TestDb, republish_after: Option<Duration>) {
         published,
         failed: vec![],
         unavailable: Vec::new(),
+        handed_off: Vec::new(),
     };
     table()
         .settle(&t.db, claim, settlement, &policy(), republish_after)
@@ -119,6 +120,7 @@ async fn concurrent_claims_never_share_a_row(t: TestDb) {
                 published: pa,
                 failed: vec![],
                 unavailable: Vec::new(),
+                handed_off: Vec::new(),
             },
             &policy(),
             None,
@@ -133,6 +135,7 @@ async fn concurrent_claims_never_share_a_row(t: TestDb) {
                 published: pb,
                 failed: vec![],
                 unavailable: Vec::new(),
+                handed_off: Vec::new(),
             },
             &policy(),
             None,
@@ -199,6 +202,7 @@ async fn failures_retry_with_backoff_then_die(t: TestDb) {
                     published: vec![],
                     failed,
                     unavailable: Vec::new(),
+                    handed_off: Vec::new(),
                 },
                 &policy(),
                 None,
@@ -310,6 +314,7 @@ async fn a_consumer_failure_during_a_lease_wins_over_the_relays_settle(t: TestDb
                 published: vec![id],
                 failed: vec![],
                 unavailable: Vec::new(),
+                handed_off: Vec::new(),
             },
             &policy(),
             Some(Duration::from_secs(900)),

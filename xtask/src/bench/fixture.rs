@@ -112,7 +112,7 @@ impl Fixture {
             .service(route.clone())
             .event(ChatMessageAppended::EVENT_TYPE, "agent")
             .build()?;
-        let bus = EventBus::new(routes, PublishConfig::default())?;
+        let bus = EventBus::new("agent", routes, PublishConfig::default())?;
         let mut kafka = broker.client_config();
         kafka.extra = kafka_extra.to_vec();
         Ok(Self {

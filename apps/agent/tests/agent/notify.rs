@@ -83,8 +83,15 @@ async fn status_of(service: &RunningNotification, key: &str) -> Option<String> {
 async fn first_messages_notify_once_per_conversation(t: TestDb) {
     let webhook = Webhook::start().await;
     let topic = t.unique("notifications");
+    // One broker for both services: the agent publishes the requests from its own outbox onto
+    // the notification topic there.
+    let broker = smartflow_kafka::EmbeddedBroker::start(1).unwrap();
+    let agent_topic = t.unique("agent");
+    broker.create_topic(&agent_topic, 2).unwrap();
+    broker.create_topic(&topic, 2).unwrap();
     let mut notification_config = NotificationConfig::embedded(t.config.url.clone());
     notification_config.service.database_schema = t.config.pg_schema.clone();
+    notification_config.service.kafka_brokers = Some(broker.bootstrap_servers());
     notification_config.topic = topic.clone();
     notification_config.feishu_allowed_targets = webhook.prefix.clone();
     notification_config.feishu_webhook_url = Some(webhook.url.clone());
@@ -94,6 +101,8 @@ async fn first_messages_notify_once_per_conversation(t: TestDb) {
         .unwrap_or_else(|e| panic!("notification service: {e:#}"));
     let mut agent_config = AgentConfig::embedded(t.config.url.clone());
     agent_config.service.database_schema = t.config.pg_schema.clone();
+    agent_config.service.kafka_brokers = Some(broker.bootstrap_servers());
+    agent_config.topic = agent_topic;
     agent_config.notification_topic = topic;
     let agent = start(agent_config).await;
 
@@ -138,10 +147,21 @@ async fn first_messages_notify_once_per_conversation(t: TestDb) {
             "{conversation}: {texts:?}"
         );
     }
+    let theirs = smartflow_storage::outbox::OutboxTable::new("notification_outbox")
+        .unwrap()
+        .stats(agent.db())
+        .await
+        .unwrap();
+    assert_eq!(
+        theirs.pending + theirs.published + theirs.consumed + theirs.dead,
+        0,
+        "the agent never writes into the notification service's outbox"
+    );
 
     stop(agent).await;
     notifications.shutdown().await;
     webhook.stop.cancel();
+    drop(broker);
     t.cleanup().await;
 }
 

@@ -372,7 +372,9 @@ async fn a_running_dispatcher_sends_when_woken_and_stops_on_shutdown(t: TestDb) 
 }
 
 async fn the_largest_accepted_request_fits_every_column(t: TestDb) {
-    use smartflow_notification::events::{MAX_DEDUPE_KEY_CHARS, MAX_TEXT_CHARS, MAX_TITLE_CHARS};
+    use smartflow_notification::events::{
+        Validate, MAX_DEDUPE_KEY_CHARS, MAX_TEXT_CHARS, MAX_TITLE_CHARS,
+    };
     let w = World::new(t).await;
     let key = "é".repeat(MAX_DEDUPE_KEY_CHARS);
     let mut big = request(&key, &"文".repeat(MAX_TEXT_CHARS));

@@ -218,7 +218,12 @@ impl World {
         let fake = FakeFeishu::start(None).await;
         let topic = t.unique("notifications");
         let route = events::route(&topic).unwrap();
-        let bus = EventBus::new(events::routes(&topic).unwrap(), PublishConfig::default()).unwrap();
+        let bus = EventBus::new(
+            events::SERVICE,
+            events::routes(&topic).unwrap(),
+            PublishConfig::default(),
+        )
+        .unwrap();
         World {
             t,
             fake,

@@ -63,7 +63,7 @@ impl Agent {
             .event(ChatMessageAppended::EVENT_TYPE, "agent")
             .build()
             .unwrap();
-        let bus = EventBus::new(routes, PublishConfig::default()).unwrap();
+        let bus = EventBus::new("agent", routes, PublishConfig::default()).unwrap();
         let producer = KafkaProducer::new(&kafka).unwrap();
         let relay = Relay::new(
             t.db.clone(),

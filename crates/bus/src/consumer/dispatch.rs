@@ -3,7 +3,7 @@ use smartflow_domain::{Envelope, IncomingMessage, EVENT_ID_HEADER, EVENT_TYPE_HE
 use smartflow_storage::inbox::{self, InboxStatus};
 use smartflow_storage::outbox::FailureOutcome;
 
-use super::{ConsumerRunner, Dedupe};
+use super::{ConsumerRunner, Dedupe, Mark};
 use crate::{BusError, HandlerError, Metrics};
 
 /// What applying one batch did.
@@ -84,10 +84,11 @@ impl ConsumerRunner {
                 .await?;
             return Ok(Applied::Done);
         };
+        let mark = self.dedupe.mark_for(envelope.source());
         let savepoint = txn.begin().await?;
-        let fresh = match &self.dedupe {
-            Dedupe::OutboxMark(table) => table.mark_consumed(&savepoint, &event_id).await?,
-            Dedupe::Inbox { consumer } => {
+        let fresh = match mark {
+            Mark::Outbox(table) => table.mark_consumed(&savepoint, &event_id).await?,
+            Mark::Inbox { consumer } => {
                 inbox::record(
                     &savepoint,
                     consumer,
@@ -114,7 +115,7 @@ impl ConsumerRunner {
             }
             Err(error) => {
                 savepoint.rollback().await?;
-                if matches!(self.dedupe, Dedupe::Inbox { .. }) && error.is_retryable() {
+                if matches!(mark, Mark::Inbox { .. }) && error.is_retryable() {
                     let failures = self.count_attempt(&event_id);
                     if self
                         .config
@@ -165,8 +166,8 @@ impl ConsumerRunner {
         report: &mut BatchReport,
     ) -> Result<(), BusError> {
         let event_id = envelope.event_id.to_string();
-        match &self.dedupe {
-            Dedupe::OutboxMark(table) => {
+        match self.dedupe.mark_for(envelope.source()) {
+            Mark::Outbox(table) => {
                 let outcome = table
                     .record_failure(
                         txn,
@@ -195,7 +196,7 @@ impl ConsumerRunner {
                     }
                 }
             }
-            Dedupe::Inbox { consumer } => {
+            Mark::Inbox { consumer } => {
                 let recorded = inbox::record(
                     txn,
                     consumer,
@@ -237,25 +238,32 @@ impl ConsumerRunner {
             );
             return Ok(());
         };
-        let dead = match &self.dedupe {
-            Dedupe::OutboxMark(table) => {
+        // Undecodable, so the envelope cannot say where it came from: the outbox's row if it
+        // has one, else the inbox (it came from another service, or was never an event).
+        let in_outbox = match self.dedupe.mark_for(None) {
+            Mark::Outbox(table) => {
                 table
                     .record_failure(txn, event_id, &reason, false, &self.config.retry)
                     .await?
                     != FailureOutcome::Untouched
             }
-            Dedupe::Inbox { consumer } => {
-                let event_type = message.header(EVENT_TYPE_HEADER).unwrap_or("<unknown>");
-                inbox::record(
-                    txn,
-                    consumer,
-                    event_id,
-                    event_type,
-                    InboxStatus::Dead,
-                    Some(&reason),
-                )
-                .await?
-            }
+            Mark::Inbox { .. } => false,
+        };
+        let dead = in_outbox || {
+            let consumer = match &self.dedupe {
+                Dedupe::Owner { service, .. } => service,
+                Dedupe::Inbox { consumer } => consumer,
+            };
+            let event_type = message.header(EVENT_TYPE_HEADER).unwrap_or("<unknown>");
+            inbox::record(
+                txn,
+                consumer,
+                event_id,
+                event_type,
+                InboxStatus::Dead,
+                Some(&reason),
+            )
+            .await?
         };
         if dead {
             report.dead += 1;

@@ -28,14 +28,41 @@ use crate::{BusError, HandlerRegistry, Metrics};
 /// How the runner knows an event was already applied.
 #[derive(Debug, Clone)]
 pub enum Dedupe {
-    /// The owning service's consumer: the outbox row itself moves to `consumed` in the handler's
-    /// transaction, and failures send it back to `pending` or to `dead`.
-    OutboxMark(OutboxTable),
+    /// The consumer of a service's own topic. Events from the service's own outbox (the
+    /// envelope's source is this service, or names none) move their outbox row to `consumed` in
+    /// the handler's transaction, and failures send the row back to `pending` or to `dead`.
+    /// Events another service published onto the topic (a request addressed to this service)
+    /// are deduplicated through this service's inbox under the service's name, as in `Inbox`.
+    Owner {
+        outbox: OutboxTable,
+        service: String,
+    },
     /// A consumer of another service's events: an inbox row `(consumer, event_id)` is inserted in
     /// the handler's transaction. A retryable failure holds the partition at that event and tries
     /// it again with backoff (outside any transaction) until `retry` runs out; a permanent one,
     /// or running out, is recorded in the inbox as `dead` with its reason.
     Inbox { consumer: String },
+}
+
+/// Where one event's dedupe mark goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mark<'a> {
+    Outbox(&'a OutboxTable),
+    Inbox { consumer: &'a str },
+}
+
+impl Dedupe {
+    /// The mark for an event published by `source` (`None`: the envelope does not say, as with
+    /// rows written before envelopes carried their source).
+    pub(crate) fn mark_for(&self, source: Option<&str>) -> Mark<'_> {
+        match self {
+            Dedupe::Owner { outbox, service } if source.is_none_or(|s| s == service) => {
+                Mark::Outbox(outbox)
+            }
+            Dedupe::Owner { service, .. } => Mark::Inbox { consumer: service },
+            Dedupe::Inbox { consumer } => Mark::Inbox { consumer },
+        }
+    }
 }
 
 /// How the runner batches and retries.
@@ -115,7 +142,9 @@ pub struct ConsumerRunner {
 }
 
 impl ConsumerRunner {
-    /// The consumer of a service's own route: marks the service's outbox rows `consumed`.
+    /// The consumer of a service's own route: marks the service's outbox rows `consumed`, and
+    /// deduplicates what other services published onto the route's topic through the service's
+    /// inbox (see [`Dedupe::Owner`]).
     pub fn for_route(
         db: DatabaseConnection,
         route: &ServiceRoute,
@@ -124,7 +153,10 @@ impl ConsumerRunner {
         config: ConsumerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BusError> {
-        let dedupe = Dedupe::OutboxMark(OutboxTable::new(&route.outbox_table)?);
+        let dedupe = Dedupe::Owner {
+            outbox: OutboxTable::new(&route.outbox_table)?,
+            service: route.service.clone(),
+        };
         Self::new(
             db,
             format!("consumer {}", route.consumer_group),

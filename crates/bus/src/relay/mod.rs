@@ -2,6 +2,7 @@
 
 mod publish_batch;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ pub struct RelayConfig {
     pub republish_after: Option<Duration>,
     /// How often overdue published rows are looked for.
     pub republish_check_interval: Duration,
+    /// The event types this service's own consumer marks `consumed`. Published rows of any other
+    /// type are for other services, whose consumers deduplicate through inboxes in their own
+    /// databases and never mark these rows: they end `published`, with no consumption deadline
+    /// and no re-sends. `None`: every type is consumed here.
+    pub consumed_here: Option<BTreeSet<String>>,
     /// What `settle` does with a failure that counts against a row. The relay reports only the
     /// broker's rejections as such, and those are `dead` at once whatever this says; rows a
     /// consumer sent back follow the consumer's own policy.
@@ -65,6 +71,7 @@ impl Default for RelayConfig {
             claim_timeout: Duration::from_secs(60),
             republish_after: Some(Duration::from_secs(15 * 60)),
             republish_check_interval: Duration::from_secs(30),
+            consumed_here: None,
             retry: RetryPolicy::default(),
             pause: RetryPolicy {
                 base_delay: Duration::from_millis(500),
@@ -209,6 +216,7 @@ impl Relay {
             rows,
             &mut claim.rows,
             i.config.publish_window(),
+            i.config.consumed_here.as_ref(),
         )
         .await;
         let report = i

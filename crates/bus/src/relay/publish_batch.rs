@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use smartflow_domain::{
@@ -8,13 +9,16 @@ use smartflow_storage::outbox::{ClaimedRow, PublishFailure, Settlement};
 
 /// Sends the claimed rows as one concurrent batch and sorts the outcomes into a settlement:
 /// acknowledged rows are published, rows the broker rejected fail (and die), rows the broker
-/// was unavailable for are released untouched. The rows are handed back into `keep` (without
-/// payloads) so the claim can still be settled. Returns the first unavailability's reason.
+/// was unavailable for are released untouched. Published rows of a type outside `consumed_here`
+/// (when given) are handed off: no consumer of this database will mark them. The rows are handed
+/// back into `keep` (without payloads) so the claim can still be settled. Returns the first
+/// unavailability's reason.
 pub(super) async fn publish(
     transport: &dyn OutboundTransport,
     rows: Vec<ClaimedRow>,
     keep: &mut Vec<ClaimedRow>,
     deadline: Duration,
+    consumed_here: Option<&BTreeSet<String>>,
 ) -> (Settlement, Option<String>) {
     let mut messages = Vec::with_capacity(rows.len());
     keep.reserve(rows.len());
@@ -43,6 +47,9 @@ pub(super) async fn publish(
     let mut unavailable = None;
     for (row, outcome) in keep.iter().zip(outcomes) {
         match outcome {
+            Ok(()) if consumed_here.is_some_and(|types| !types.contains(&row.event_type)) => {
+                settlement.handed_off.push(row.id)
+            }
             Ok(()) => settlement.published.push(row.id),
             Err(e) if e.is_unavailable() => {
                 settlement.unavailable.push(row.id);

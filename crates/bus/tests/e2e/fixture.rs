@@ -106,6 +106,7 @@ impl World {
             .build()
             .unwrap();
         let bus = EventBus::new(
+            "agent",
             routes,
             PublishConfig {
                 max_payload_bytes: 4096,

@@ -6,4 +6,5 @@ mod delivery;
 mod failures;
 mod fixture;
 mod outages;
+mod ownership;
 mod relays;

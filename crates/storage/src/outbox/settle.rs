@@ -24,7 +24,12 @@ pub struct PublishFailure {
 /// The outcome of publishing a claim.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settlement {
+    /// Published rows a consumer of this database will mark `consumed`: they get a consumption
+    /// deadline, past which they are sent again.
     pub published: Vec<i64>,
+    /// Published rows only other services consume (from their own databases, through their
+    /// inboxes): nobody here will mark them, so they end `published` with no deadline.
+    pub handed_off: Vec<i64>,
     pub failed: Vec<PublishFailure>,
     /// Rows not sent because the broker (not the row) failed: released exactly as they were
     /// claimed, with no attempt counted, so an outage of any length costs no event its retries.
@@ -77,11 +82,17 @@ impl OutboxTable {
         };
         let mut report = SettleReport::default();
 
-        if !settlement.published.is_empty() {
-            let deadline: SimpleExpr = match republish_after {
-                None => Value::BigInt(None).into(),
-                Some(after) => consumption_deadline(now, millis(after)),
-            };
+        let deadline: SimpleExpr = match republish_after {
+            None => Value::BigInt(None).into(),
+            Some(after) => consumption_deadline(now, millis(after)),
+        };
+        for (ids, deadline) in [
+            (settlement.published, deadline),
+            (settlement.handed_off, Value::BigInt(None).into()),
+        ] {
+            if ids.is_empty() {
+                continue;
+            }
             let stmt = Query::update()
                 .table(self.alias())
                 .value(Outbox::Status, OutboxStatus::Published.as_str())
@@ -90,9 +101,9 @@ impl OutboxTable {
                 .value(Outbox::LockedBy, Value::String(None))
                 .value(Outbox::LockedUntil, Value::BigInt(None))
                 .value(Outbox::UpdatedAt, now)
-                .and_where(mine(settlement.published))
+                .and_where(mine(ids))
                 .to_owned();
-            report.published = txn.execute(backend.build(&stmt)).await?.rows_affected();
+            report.published += txn.execute(backend.build(&stmt)).await?.rows_affected();
         }
 
         let by_id: BTreeMap<i64, (i32, i32)> = rows

@@ -1,4 +1,7 @@
-//! The verifier other services use: a small HTTP client for `GET /v1/auth/authorize`.
+//! The userauth service's contracts: the client other services verify tokens with
+//! (`GET /v1/auth/authorize`), its answer, and the bearer-token parsing both sides share. A
+//! service that authenticates its users through userauth depends on this crate, never on
+//! `smartflow-userauth`.
 //!
 //! Why over HTTP rather than reading userauth's tables: the signing secret, the blacklist and the
 //! usage ledger stay userauth's alone (no second copy of the secret, no other service coupled to
@@ -8,9 +11,36 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::http::{AuthorizeResponse, ErrorBody};
+/// What `GET /v1/auth/authorize` answers for a user who may go on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizeResponse {
+    pub user_id: String,
+    pub email: String,
+    pub token_usage: i64,
+    pub token_quota: i64,
+}
+
+/// The error answer every smartflow service gives: `{"error": {"code", "message"}}`.
+#[derive(Debug, Deserialize)]
+struct ErrorAnswer {
+    error: ErrorAnswerDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorAnswerDetail {
+    code: String,
+    message: String,
+}
+
+/// The token of an `Authorization: Bearer <token>` header value (the scheme is case-insensitive).
+pub fn bearer_token(header_value: &str) -> Option<&str> {
+    let (scheme, token) = header_value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
 
 /// Why a user may not go on, or why we could not find out.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -69,7 +99,7 @@ impl UserauthClient {
                 .map_err(|e| AuthorizeError::Unavailable(format!("unreadable answer: {e}")));
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::TOO_MANY_REQUESTS {
-            let body = response.json::<ErrorBody>().await.map_err(|e| {
+            let body = response.json::<ErrorAnswer>().await.map_err(|e| {
                 AuthorizeError::Unavailable(format!("unreadable {status} answer: {e}"))
             })?;
             return Err(AuthorizeError::Rejected {
@@ -79,5 +109,19 @@ impl UserauthClient {
             });
         }
         Err(AuthorizeError::Unavailable(format!("answered {status}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_parsed() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer   abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer  "), None);
     }
 }
