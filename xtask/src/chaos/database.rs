@@ -132,8 +132,21 @@ impl ChaosDb {
     }
 
     /// The outbox's counts per status.
+    ///
+    /// `published` counts the chat messages only: the agent's other events (notification
+    /// requests) are for other services, which mark nothing in this outbox, so those rows end
+    /// `published` by design and a drained outbox still holds them.
     pub async fn stats(&self, conn: &DatabaseConnection) -> Result<OutboxStats> {
-        Ok(self.outbox.stats(conn).await?)
+        let mut stats = self.outbox.stats(conn).await?;
+        let published = self
+            .outbox
+            .list(conn, OutboxStatus::Published, ALL_ROWS)
+            .await?;
+        stats.published = published
+            .iter()
+            .filter(|row| row.event_type == CHAT_EVENT_TYPE)
+            .count() as u64;
+        Ok(stats)
     }
 
     /// Everything the verdict needs, read after the agents have stopped.
