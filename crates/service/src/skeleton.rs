@@ -1,6 +1,7 @@
 //! The one start-up and shutdown of every service: database (validated, connected with
-//! retries) -> migrations -> broker (reached or started, topic created) -> bus -> relay ->
-//! consumers -> HTTP listener -> supervised tasks, and a [`Running`] handle whose shutdown stops
+//! retries) -> migrations -> broker (reached or started, topic created) -> bus -> consumers ->
+//! relay (built once the consumers say which of the outbox's events they mark) -> HTTP
+//! listener -> supervised tasks, and a [`Running`] handle whose shutdown stops
 //! the tasks and then releases the clients in the order that loses nothing.
 //!
 //! A service calls [`ServiceStart::begin`] with its [`ServicePlan`], builds what is its own from
