@@ -23,9 +23,7 @@ pub(crate) async fn adopt_legacy_rows<M: MigratorTrait>(
         return Ok(());
     }
     let manager = SchemaManager::new(txn);
-    if manager.has_table(&own).await?
-        || !manager.has_table(LEGACY_MIGRATION_TABLE).await?
-    {
+    if manager.has_table(&own).await? || !manager.has_table(LEGACY_MIGRATION_TABLE).await? {
         return Ok(());
     }
     M::install(txn).await?;

@@ -1,6 +1,6 @@
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use smartflow_domain::{Envelope, IncomingMessage, EVENT_ID_HEADER, EVENT_TYPE_HEADER};
-use smartflow_storage::inbox::{self, InboxStatus};
+use smartflow_storage::inbox::{InboxStatus, InboxTable};
 use smartflow_storage::outbox::FailureOutcome;
 
 use super::{ConsumerRunner, Dedupe};
@@ -88,15 +88,16 @@ impl ConsumerRunner {
         let fresh = match &self.dedupe {
             Dedupe::OutboxMark(table) => table.mark_consumed(&savepoint, &event_id).await?,
             Dedupe::Inbox { consumer } => {
-                inbox::record(
-                    &savepoint,
-                    consumer,
-                    &event_id,
-                    &envelope.event_type,
-                    InboxStatus::Handled,
-                    None,
-                )
-                .await?
+                InboxTable::default()
+                    .record(
+                        &savepoint,
+                        consumer,
+                        &event_id,
+                        &envelope.event_type,
+                        InboxStatus::Handled,
+                        None,
+                    )
+                    .await?
             }
         };
         if !fresh {
@@ -196,15 +197,16 @@ impl ConsumerRunner {
                 }
             }
             Dedupe::Inbox { consumer } => {
-                let recorded = inbox::record(
-                    txn,
-                    consumer,
-                    &event_id,
-                    &envelope.event_type,
-                    InboxStatus::Dead,
-                    Some(error.reason()),
-                )
-                .await?;
+                let recorded = InboxTable::default()
+                    .record(
+                        txn,
+                        consumer,
+                        &event_id,
+                        &envelope.event_type,
+                        InboxStatus::Dead,
+                        Some(error.reason()),
+                    )
+                    .await?;
                 if recorded {
                     report.dead += 1;
                     tracing::error!(%error, "event is dead for this consumer");
@@ -246,15 +248,16 @@ impl ConsumerRunner {
             }
             Dedupe::Inbox { consumer } => {
                 let event_type = message.header(EVENT_TYPE_HEADER).unwrap_or("<unknown>");
-                inbox::record(
-                    txn,
-                    consumer,
-                    event_id,
-                    event_type,
-                    InboxStatus::Dead,
-                    Some(&reason),
-                )
-                .await?
+                InboxTable::default()
+                    .record(
+                        txn,
+                        consumer,
+                        event_id,
+                        event_type,
+                        InboxStatus::Dead,
+                        Some(&reason),
+                    )
+                    .await?
             }
         };
         if dead {

@@ -12,8 +12,7 @@ mod insert;
 mod inspect;
 mod settle;
 
-use sea_orm::sea_query::{Alias, Expr, SimpleExpr};
-use sea_orm::QueryResult;
+use sea_orm::sea_query::{Alias, Expr, SimpleExpr, Value};
 use smartflow_domain::route::check_sql_identifier;
 use smartflow_domain::OutboxStatus;
 
@@ -22,7 +21,7 @@ pub use consume::FailureOutcome;
 pub use inspect::{OutboxRow, OutboxStats};
 pub use settle::{PublishFailure, SettleReport, Settlement};
 
-use crate::schema::Outbox;
+use crate::entity::outbox::{Column, Status};
 use crate::StorageError;
 
 /// One service's outbox table. The name is checked once here because it is spliced into SQL.
@@ -47,28 +46,17 @@ impl OutboxTable {
     }
 }
 
+/// A status as the statements bind it: the entity's spelling.
+fn stored(status: OutboxStatus) -> Value {
+    Status::from(status).into()
+}
+
 /// `status IN (every status from which a move to `to` is allowed)`: the guard that keeps late or
 /// concurrent writers off terminal rows.
 fn may_move_to(to: OutboxStatus) -> SimpleExpr {
-    Expr::col(Outbox::Status).is_in(
-        OutboxStatus::allowed_sources(to)
-            .into_iter()
-            .map(OutboxStatus::as_str),
-    )
+    Expr::col(Column::Status).is_in(OutboxStatus::allowed_sources(to).into_iter().map(stored))
 }
 
 fn status_is(status: OutboxStatus) -> SimpleExpr {
-    Expr::col(Outbox::Status).eq(status.as_str())
-}
-
-fn get<T: sea_orm::TryGetable>(
-    row: &QueryResult,
-    table: &str,
-    col: &str,
-) -> Result<T, StorageError> {
-    row.try_get::<T>("", col)
-        .map_err(|e| StorageError::Corrupt {
-            table: table.to_owned(),
-            reason: format!("column {col}: {e}"),
-        })
+    Expr::col(Column::Status).eq(stored(status))
 }
