@@ -111,6 +111,22 @@ impl TestDb {
             .expect("migrations");
     }
 
+    /// Whether the database has a table of this name.
+    pub async fn has_table(&self, table: &str) -> bool {
+        sea_orm_migration::SchemaManager::new(&self.db)
+            .has_table(table)
+            .await
+            .expect("look up a table")
+    }
+
+    /// Whether `table` has an index of this name.
+    pub async fn has_index(&self, table: &str, index: &str) -> bool {
+        sea_orm_migration::SchemaManager::new(&self.db)
+            .has_index(table, index)
+            .await
+            .expect("look up an index")
+    }
+
     /// A second, independent pool onto this test's database.
     pub async fn connect_again(&self) -> DatabaseConnection {
         connect(&self.config).await.expect("second connection")
