@@ -41,7 +41,5 @@ pub(crate) async fn create_table(manager: &SchemaManager<'_>, name: &str) -> Res
 
 /// Drops an inbox table.
 pub async fn drop_inbox_table(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
-    manager
-        .drop_table(Table::drop().table(Alias::new(name)).if_exists().to_owned())
-        .await
+    crate::drop_table_if_exists(manager, name).await
 }

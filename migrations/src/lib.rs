@@ -26,7 +26,7 @@ pub use outbox_table::{create_outbox_table, drop_outbox_table};
 pub use run::run_migrator;
 pub use sea_orm_migration::MigratorTrait;
 
-use sea_orm_migration::prelude::DbErr;
+use sea_orm_migration::prelude::{Alias, DbErr, SchemaManager, Table};
 use sea_orm_migration::sea_orm::DatabaseConnection;
 
 /// The inbox this workspace's services share; consumers in it are told apart by name.
@@ -44,4 +44,10 @@ pub async fn run(db: &DatabaseConnection) -> Result<(), DbErr> {
     run_migrator::<userauth::Migrator>(db).await?;
     let _ = db;
     Ok(())
+}
+
+async fn drop_table_if_exists(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
+    manager
+        .drop_table(Table::drop().table(Alias::new(name)).if_exists().to_owned())
+        .await
 }

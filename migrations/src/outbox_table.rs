@@ -122,17 +122,15 @@ pub(crate) async fn create_table_and_claim_index(
 
 /// Drops a service's outbox table.
 pub async fn drop_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
-    manager
-        .drop_table(Table::drop().table(Alias::new(name)).if_exists().to_owned())
-        .await
+    crate::drop_table_if_exists(manager, name).await
 }
 
-/// The second step (m20261123_000030): the fresh-lane index of an outbox table, `(id)` over the rows never attempted. PostgreSQL
-/// does not treat `next_retry_at IS NULL` as an equality, so the composite claim index cannot hand
-/// fresh rows out in id order there and every claim sorted the whole backlog. A partial index
-/// serves `WHERE status = 'pending' AND next_retry_at IS NULL ORDER BY id LIMIT n` directly on
-/// PostgreSQL and SQLite; MySQL has no partial indexes, and its optimizer already reads the
-/// composite index in order for `IS NULL`.
+/// The second step (m20261123_000030): the fresh-lane index of an outbox table, `(id)` over the
+/// rows never attempted. PostgreSQL does not treat `next_retry_at IS NULL` as an equality, so the
+/// composite claim index cannot hand fresh rows out in id order there and every claim sorted the
+/// whole backlog. A partial index serves `WHERE status = 'pending' AND next_retry_at IS NULL ORDER
+/// BY id LIMIT n` directly on PostgreSQL and SQLite; MySQL has no partial indexes, and its
+/// optimizer already reads the composite index in order for `IS NULL`.
 pub(crate) async fn create_fresh_lane_index(
     manager: &SchemaManager<'_>,
     name: &str,

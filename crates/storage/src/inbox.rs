@@ -3,47 +3,42 @@
 //! changes nothing. A service may keep its inbox under any name
 //! (`smartflow_migrations::create_inbox_table`); this workspace's services share [`DEFAULT_INBOX_TABLE`].
 
-use sea_orm::sea_query::{Alias, Expr, Query, Value};
+use sea_orm::sea_query::{Expr, Query, Value};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, Iterable, TransactionTrait};
-use smartflow_domain::route::check_sql_identifier;
 
 pub use crate::entity::inbox::{InboxStatus, Model as InboxEntry};
 
 use crate::entity::inbox::Column as Inbox;
 use crate::error_text::truncate;
+use crate::table_name::TableName;
 use crate::{now_millis, StorageError};
 
 /// The inbox of this workspace's services.
 pub const DEFAULT_INBOX_TABLE: &str = "inbox";
 
-/// One inbox table. The name is checked once here because it is spliced into SQL.
+/// One inbox table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxTable {
-    name: String,
+    name: TableName,
 }
 
 impl Default for InboxTable {
     /// [`DEFAULT_INBOX_TABLE`].
     fn default() -> Self {
         Self {
-            name: DEFAULT_INBOX_TABLE.to_owned(),
+            name: TableName::known(DEFAULT_INBOX_TABLE),
         }
     }
 }
 
 impl InboxTable {
     pub fn new(name: impl Into<String>) -> Result<Self, StorageError> {
-        let name = name.into();
-        check_sql_identifier("inbox table", &name)?;
+        let name = TableName::checked("inbox table", name.into())?;
         Ok(Self { name })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn alias(&self) -> Alias {
-        Alias::new(&self.name)
+        self.name.as_str()
     }
 
     /// Records that `consumer` settled `event_id`. Returns `false`, changing nothing, when the
@@ -60,7 +55,7 @@ impl InboxTable {
     ) -> Result<bool, StorageError> {
         let status: Value = status.into();
         let stmt = Query::insert()
-            .into_table(self.alias())
+            .into_table(self.name.alias())
             .columns([
                 Inbox::Consumer,
                 Inbox::EventId,
@@ -105,7 +100,7 @@ impl InboxTable {
     ) -> Result<Option<InboxEntry>, StorageError> {
         let stmt = Query::select()
             .columns(Inbox::iter())
-            .from(self.alias())
+            .from(self.name.alias())
             .and_where(Expr::col(Inbox::Consumer).eq(consumer))
             .and_where(Expr::col(Inbox::EventId).eq(event_id))
             .to_owned();

@@ -20,6 +20,7 @@ pub mod error;
 mod error_text;
 pub mod inbox;
 pub mod outbox;
+mod table_name;
 mod time;
 
 #[cfg(feature = "agent")]

@@ -13,7 +13,6 @@ mod inspect;
 mod settle;
 
 use sea_orm::sea_query::{Alias, Expr, SimpleExpr, Value};
-use smartflow_domain::route::check_sql_identifier;
 use smartflow_domain::OutboxStatus;
 
 pub use claim::{Claim, ClaimMode, ClaimRequest, ClaimedRow};
@@ -22,27 +21,27 @@ pub use inspect::{OutboxRow, OutboxStats};
 pub use settle::{PublishFailure, SettleReport, Settlement};
 
 use crate::entity::outbox::{Column, Status};
+use crate::table_name::TableName;
 use crate::StorageError;
 
-/// One service's outbox table. The name is checked once here because it is spliced into SQL.
+/// One service's outbox table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxTable {
-    name: String,
+    name: TableName,
 }
 
 impl OutboxTable {
     pub fn new(name: impl Into<String>) -> Result<Self, StorageError> {
-        let name = name.into();
-        check_sql_identifier("outbox table", &name)?;
+        let name = TableName::checked("outbox table", name.into())?;
         Ok(Self { name })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
 
     fn alias(&self) -> Alias {
-        Alias::new(&self.name)
+        self.name.alias()
     }
 }
 
