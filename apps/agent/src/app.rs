@@ -61,7 +61,7 @@ impl Agent {
             limits: config.reliability.session_limits(),
         })
         .await?;
-        smartflow_migrations::run(&db)
+        smartflow_migrations::run_migrator::<smartflow_migrations::agent::Migrator>(&db)
             .await
             .context("running the database migrations")?;
         if db.get_database_backend() == DbBackend::MySql

@@ -70,7 +70,7 @@ impl Notification {
             limits: config.reliability.session_limits(),
         })
         .await?;
-        smartflow_migrations::run(&db)
+        smartflow_migrations::run_migrator::<smartflow_migrations::notification::Migrator>(&db)
             .await
             .context("running the database migrations")?;
 

@@ -71,7 +71,7 @@ impl Userauth {
             limits: config.reliability.session_limits(),
         })
         .await?;
-        smartflow_migrations::run(&db)
+        smartflow_migrations::run_migrator::<smartflow_migrations::userauth::Migrator>(&db)
             .await
             .context("running the database migrations")?;
 
