@@ -32,8 +32,8 @@ pub struct NotificationConfig {
     pub http_addr: SocketAddr,
 
     /// Database URL: sqlite://FILE?mode=rwc, postgres://USER:PASS@HOST:PORT/DB or mysql://...
-    /// Services that request notifications write into this database's notification outbox, so
-    /// they must share it.
+    /// This service's own: services that request notifications write into their own outboxes,
+    /// and the requests reach this one through the broker.
     #[arg(long, env = "SMARTFLOW_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
 

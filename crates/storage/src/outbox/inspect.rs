@@ -109,8 +109,26 @@ impl OutboxTable {
 
     /// Counts per status and the oldest pending row's creation time.
     pub async fn stats<C: ConnectionTrait>(&self, conn: &C) -> Result<OutboxStats, StorageError> {
+        self.stats_where(conn, None).await
+    }
+
+    /// The same counts over the rows of one event type: a service's own events, apart from the
+    /// rows of its outbox that only other services consume (those end `published`).
+    pub async fn stats_of_type<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        event_type: &str,
+    ) -> Result<OutboxStats, StorageError> {
+        self.stats_where(conn, Some(event_type)).await
+    }
+
+    async fn stats_where<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        event_type: Option<&str>,
+    ) -> Result<OutboxStats, StorageError> {
         let backend = conn.get_database_backend();
-        let stmt = Query::select()
+        let mut stmt = Query::select()
             .column(Outbox::Status)
             .expr_as(Func::count(Expr::col(Outbox::Id)), Alias::new("n"))
             .expr_as(
@@ -120,6 +138,9 @@ impl OutboxTable {
             .from(self.alias())
             .group_by_col(Outbox::Status)
             .to_owned();
+        if let Some(event_type) = event_type {
+            stmt.and_where(Expr::col(Outbox::EventType).eq(event_type));
+        }
         let mut stats = OutboxStats::default();
         for count in StatusCount::find_by_statement(backend.build(&stmt))
             .all(conn)
