@@ -1,41 +1,53 @@
 //! Every table of smartflow, as sea-orm migrations. Migrations are never edited after they land;
 //! a change is a new migration.
+//!
+//! For any service, in this workspace or not: [`create_outbox_table`] and [`create_inbox_table`]
+//! give it the bus's tables under names of its own, from one call each in its own migration, and
+//! [`run_migrator`] applies its migrator safely next to other processes. This workspace's services
+//! each have a migrator behind a cargo feature of the same name (`agent`, `notification`,
+//! `userauth`), tracked in a table of its own so that services may share one database or have
+//! one each; [`run`] applies every migrator compiled in.
 
-mod m20261123_000001_create_agent_outbox;
-mod m20261123_000002_create_inbox;
-mod m20261123_000003_create_chat_histories;
-mod m20261123_000010_create_notification_outbox;
-mod m20261123_000011_create_notification_records;
-mod m20261123_000020_create_users;
-mod m20261123_000021_create_refresh_tokens;
-mod m20261123_000022_create_token_usage;
-mod m20261123_000023_create_revoked_access_tokens;
-mod m20261123_000030_outbox_fresh_lane_index;
+#[cfg(feature = "agent")]
+pub mod agent;
+mod inbox_table;
+mod legacy;
+#[cfg(feature = "notification")]
+pub mod notification;
 mod outbox_table;
 mod run;
+mod shared;
+#[cfg(feature = "userauth")]
+pub mod userauth;
 
-pub use outbox_table::{create_fresh_lane_index, create_outbox_table, drop_outbox_table};
-pub use run::run;
+pub use inbox_table::{create_inbox_table, drop_inbox_table};
+pub use legacy::LEGACY_MIGRATION_TABLE;
+pub use outbox_table::{create_outbox_table, drop_outbox_table};
+pub use run::run_migrator;
 pub use sea_orm_migration::MigratorTrait;
 
-use sea_orm_migration::prelude::*;
+use sea_orm_migration::prelude::{Alias, DbErr, SchemaManager, Table};
+use sea_orm_migration::sea_orm::DatabaseConnection;
 
-pub struct Migrator;
+/// The inbox this workspace's services share; consumers in it are told apart by name.
+pub const DEFAULT_INBOX_TABLE: &str = "inbox";
 
-#[async_trait::async_trait]
-impl MigratorTrait for Migrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
-            Box::new(m20261123_000001_create_agent_outbox::Migration),
-            Box::new(m20261123_000002_create_inbox::Migration),
-            Box::new(m20261123_000003_create_chat_histories::Migration),
-            Box::new(m20261123_000010_create_notification_outbox::Migration),
-            Box::new(m20261123_000011_create_notification_records::Migration),
-            Box::new(m20261123_000020_create_users::Migration),
-            Box::new(m20261123_000021_create_refresh_tokens::Migration),
-            Box::new(m20261123_000022_create_token_usage::Migration),
-            Box::new(m20261123_000023_create_revoked_access_tokens::Migration),
-            Box::new(m20261123_000030_outbox_fresh_lane_index::Migration),
-        ]
-    }
+/// Applies the migrators of every service compiled in (the `agent`, `notification` and `userauth`
+/// features), each as [`run_migrator`] does: what a process running several services on one
+/// database calls.
+pub async fn run(db: &DatabaseConnection) -> Result<(), DbErr> {
+    #[cfg(feature = "agent")]
+    run_migrator::<agent::Migrator>(db).await?;
+    #[cfg(feature = "notification")]
+    run_migrator::<notification::Migrator>(db).await?;
+    #[cfg(feature = "userauth")]
+    run_migrator::<userauth::Migrator>(db).await?;
+    let _ = db;
+    Ok(())
+}
+
+async fn drop_table_if_exists(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
+    manager
+        .drop_table(Table::drop().table(Alias::new(name)).if_exists().to_owned())
+        .await
 }

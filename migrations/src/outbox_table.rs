@@ -24,9 +24,25 @@ enum Outbox {
     UpdatedAt,
 }
 
-/// Creates one service's outbox table and its indexes, if missing. Every service's outbox has
-/// these columns; timestamps are Unix milliseconds.
+/// Creates one service's outbox table `name` with every index the relay's claims and the
+/// consumer's marks rely on, if missing: what a service's own migration calls to get an outbox
+/// the bus can work on. Every service's outbox has these columns; timestamps are Unix
+/// milliseconds.
+///
+/// The shape is built in steps, each of which some landed migration took once and which are
+/// therefore never changed: a change to the outbox is a new step here and a new migration that
+/// takes that step on the tables that exist.
 pub async fn create_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
+    create_table_and_claim_index(manager, name).await?;
+    create_fresh_lane_index(manager, name).await
+}
+
+/// The first step: the table, its unique event id and the claim index (m20261123_000001,
+/// m20261123_000010).
+pub(crate) async fn create_table_and_claim_index(
+    manager: &SchemaManager<'_>,
+    name: &str,
+) -> Result<(), DbErr> {
     let table = Alias::new(name);
     let mysql = manager.get_database_backend() == DbBackend::MySql;
     let mut payload = ColumnDef::new(Outbox::Payload);
@@ -106,18 +122,19 @@ pub async fn create_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Res
 
 /// Drops a service's outbox table.
 pub async fn drop_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
-    manager
-        .drop_table(Table::drop().table(Alias::new(name)).if_exists().to_owned())
-        .await
+    crate::drop_table_if_exists(manager, name).await
 }
 
-/// Adds the fresh-lane index to an outbox table: `(id)` over the rows never attempted. PostgreSQL
-/// does not treat `next_retry_at IS NULL` as an equality, so the composite claim index cannot hand
-/// fresh rows out in id order there and every claim sorted the whole backlog. A partial index
-/// serves `WHERE status = 'pending' AND next_retry_at IS NULL ORDER BY id LIMIT n` directly on
-/// PostgreSQL and SQLite; MySQL has no partial indexes, and its optimizer already reads the
-/// composite index in order for `IS NULL`.
-pub async fn create_fresh_lane_index(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
+/// The second step (m20261123_000030): the fresh-lane index of an outbox table, `(id)` over the
+/// rows never attempted. PostgreSQL does not treat `next_retry_at IS NULL` as an equality, so the
+/// composite claim index cannot hand fresh rows out in id order there and every claim sorted the
+/// whole backlog. A partial index serves `WHERE status = 'pending' AND next_retry_at IS NULL ORDER
+/// BY id LIMIT n` directly on PostgreSQL and SQLite; MySQL has no partial indexes, and its
+/// optimizer already reads the composite index in order for `IS NULL`.
+pub(crate) async fn create_fresh_lane_index(
+    manager: &SchemaManager<'_>,
+    name: &str,
+) -> Result<(), DbErr> {
     if manager.get_database_backend() == DbBackend::MySql {
         return Ok(());
     }

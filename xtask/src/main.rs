@@ -4,12 +4,16 @@
 //! - `ci`: formatting, clippy, the dependency-direction check, then the same as `test`.
 //! - `bench`: the outbox, relay and end-to-end latency benchmark (always in release mode).
 //! - `chaos`: the broker and two agents as real processes under faults; counts loss and double effects.
+//! - `separate-databases`: the three services as processes, each on its own database, one broker.
 
+mod backends;
 mod bench;
 mod chaos;
 mod ci;
 mod deps;
 mod process;
+mod processes;
+mod separate_databases;
 mod services;
 
 use std::process::ExitCode;
@@ -37,6 +41,9 @@ enum Task {
     /// Runs the broker and two agents as processes under faults (kills, outages, produce
     /// errors, cut database connections, SIGSTOP, SIGTERM) and counts loss and double effects.
     Chaos(chaos::ChaosArgs),
+    /// Runs userauth, the agent and notification as processes, each on a database of its own,
+    /// with one broker, on every backend, and checks what each database holds.
+    SeparateDatabases(separate_databases::SeparateArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +54,7 @@ fn main() -> ExitCode {
         Task::Deps => deps::check_workspace().map(|()| ExitCode::SUCCESS),
         Task::Bench(args) => bench::main(args),
         Task::Chaos(args) => chaos::main(args),
+        Task::SeparateDatabases(args) => separate_databases::main(args),
     };
     match outcome {
         Ok(code) => code,

@@ -4,7 +4,7 @@ use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, ExitStatus};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// The cargo that runs us (so `+toolchain` and `CARGO_HOME` carry over), or `cargo` from `PATH`.
 pub fn cargo() -> Command {
@@ -20,6 +20,47 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or(manifest_dir)
+}
+
+/// The target directory cargo builds into: `CARGO_TARGET_DIR`, or the workspace's `target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// `--release` and `--no-build`, flattened into every task that runs the service binaries.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BuildArgs {
+    /// Build and run release binaries (default: debug, as `cargo build` makes them).
+    #[arg(long)]
+    release: bool,
+    /// Do not build the binaries first; use the ones in the target directory.
+    #[arg(long)]
+    no_build: bool,
+}
+
+impl BuildArgs {
+    /// Builds the binaries of `packages` (unless `--no-build`) and returns the directory they
+    /// are in.
+    pub fn binaries(&self, packages: &[&str]) -> Result<PathBuf> {
+        if !self.no_build {
+            let mut build = cargo();
+            build.arg("build");
+            for package in packages {
+                build.args(["-p", package]);
+            }
+            if self.release {
+                build.arg("--release");
+            }
+            let status = run(&mut build)?;
+            if !status.success() {
+                bail!("building {} failed", packages.join(", "));
+            }
+        }
+        let profile = if self.release { "release" } else { "debug" };
+        Ok(target_dir().join(profile))
+    }
 }
 
 /// Prints the command line, runs it with inherited stdio and returns its status.

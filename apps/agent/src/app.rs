@@ -50,8 +50,10 @@ impl Agent {
                     ..PublishConfig::default()
                 },
             );
-        let mut start =
-            ServiceStart::begin(plan, |db| smartflow_migrations::run(db).boxed()).await?;
+        let mut start = ServiceStart::begin(plan, |db| {
+            smartflow_migrations::run_migrator::<smartflow_migrations::agent::Migrator>(db).boxed()
+        })
+        .await?;
         if start.db().get_database_backend() == DbBackend::MySql
             && config.max_content_chars > MYSQL_TEXT_MAX_CHARS
         {

@@ -68,8 +68,11 @@ impl Notification {
             &config.topic,
         )
         .with_outbox(OUTBOX_TABLE, routes, PublishConfig::default());
-        let mut start =
-            ServiceStart::begin(plan, |db| smartflow_migrations::run(db).boxed()).await?;
+        let mut start = ServiceStart::begin(plan, |db| {
+            smartflow_migrations::run_migrator::<smartflow_migrations::notification::Migrator>(db)
+                .boxed()
+        })
+        .await?;
 
         let dispatcher = Dispatcher::new(start.db().clone(), providers, config.dispatch())
             .context("building the dispatcher")?;

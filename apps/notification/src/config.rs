@@ -82,9 +82,9 @@ pub struct NotificationConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
 
-    /// The database (shared with the services that request notifications: they write into
-    /// its notification outbox), the broker, start-up waits, the stop's grace and the bus's
-    /// reliability.
+    /// The database (this service's own: services that request notifications write into their
+    /// own outboxes, and the requests reach this one through the broker), the broker, start-up
+    /// waits, the stop's grace and the bus's reliability.
     #[command(flatten)]
     pub service: ServiceSettings,
 }

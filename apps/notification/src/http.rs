@@ -189,7 +189,7 @@ fn view(record: NotificationRecord) -> Result<NotificationView, HttpError> {
         id: record.id,
         channel: record.channel,
         dedupe_key: record.dedupe_key,
-        status: record.status.as_str().to_owned(),
+        status: record.status.to_string(),
         attempts: record.attempts,
         max_attempts: record.max_attempts,
         next_retry_at: optional_time(record.next_retry_at)?,

@@ -69,8 +69,11 @@ impl Userauth {
             config.http_addr,
             &config.agent_topic,
         );
-        let mut start =
-            ServiceStart::begin(plan, |db| smartflow_migrations::run(db).boxed()).await?;
+        let mut start = ServiceStart::begin(plan, |db| {
+            smartflow_migrations::run_migrator::<smartflow_migrations::userauth::Migrator>(db)
+                .boxed()
+        })
+        .await?;
         if let Some(broker) = start.embedded_broker() {
             tracing::warn!(
                 bootstrap = %broker.bootstrap_servers(),

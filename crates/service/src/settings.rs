@@ -30,7 +30,6 @@ pub const LOOPBACK_ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::L
 #[derive(Clone, Args, PartialEq, Eq)]
 pub struct ServiceSettings {
     /// Database URL: sqlite://FILE?mode=rwc, postgres://USER:PASS@HOST:PORT/DB or mysql://...
-    /// Services that publish to each other's outboxes share one database.
     // Hidden from `--help` because the value may hold a password.
     #[arg(long, env = "SMARTFLOW_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,

@@ -1,20 +1,34 @@
 //! Every table and every SQL statement of smartflow. The same code runs on PostgreSQL,
 //! MySQL/MariaDB and SQLite; other crates call these repository functions and never build queries.
+//!
+//! The bus's own tables, [`outbox`] and [`inbox`], work under any table name, so any service can
+//! keep them next to its own tables. The tables of this workspace's services sit behind cargo
+//! features named after them (`agent`: [`chat_history`]; `notification`: [`notification`];
+//! `userauth`: [`users`], [`refresh_tokens`], [`revoked_access_tokens`], [`token_usage`]), none on
+//! by default, so a dependent inherits none of them.
+//!
+//! Rows are sea-orm entities (`entity/`, and each service's `apps/<service>/entity/`): ordinary
+//! reads and writes go through the entity API, and the statements an entity cannot express
+//! (claims with `SKIP LOCKED`, batch settles, anything on a table named at run time) are
+//! sea-query written against the entity's columns, decoded into `FromQueryResult` types.
 
-pub mod chat_history;
+mod apps;
 pub mod conflict;
 pub mod connect;
+mod entity;
 pub mod error;
 mod error_text;
 pub mod inbox;
-pub mod notification;
 pub mod outbox;
-pub mod refresh_tokens;
-pub mod revoked_access_tokens;
-mod schema;
+mod table_name;
 mod time;
-pub mod token_usage;
-pub mod users;
+
+#[cfg(feature = "agent")]
+pub use apps::agent::chat_history;
+#[cfg(feature = "notification")]
+pub use apps::notification::records as notification;
+#[cfg(feature = "userauth")]
+pub use apps::userauth::{refresh_tokens, revoked_access_tokens, token_usage, users};
 
 pub use connect::{connect, ConnectConfig};
 pub use error::StorageError;

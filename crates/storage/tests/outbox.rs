@@ -69,6 +69,33 @@ async fn publish_all(t: &TestDb, republish_after: Option<Duration>) {
         .unwrap();
 }
 
+#[derive(Serialize, Deserialize)]
+struct Pong {}
+impl EventContract for Pong {
+    const EVENT_TYPE: &'static str = "test.pong";
+}
+
+async fn stats_of_one_event_type_leave_the_others_out(t: TestDb) {
+    insert_n(&t, 5).await;
+    let txn = t.db.begin().await.unwrap();
+    let env = Envelope::for_event("k", &Pong {}).unwrap();
+    table().insert(&txn, &env, "topic-b", 3).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(table().stats(&t.db).await.unwrap().pending, 6);
+    let pings = table()
+        .stats_of_type(&t.db, Ping::EVENT_TYPE)
+        .await
+        .unwrap();
+    assert_eq!((pings.pending, pings.published), (5, 0));
+    let pongs = table()
+        .stats_of_type(&t.db, Pong::EVENT_TYPE)
+        .await
+        .unwrap();
+    assert_eq!(pongs.pending, 1);
+    assert!(pongs.oldest_pending_created_at.is_some());
+    t.cleanup().await;
+}
+
 async fn rolled_back_insert_leaves_nothing(t: TestDb) {
     let txn = t.db.begin().await.unwrap();
     let env = Envelope::for_event("k", &Ping { n: 1 }).unwrap();
@@ -413,6 +440,7 @@ async fn migrations_are_idempotent_and_concurrent(t: TestDb) {
 }
 
 on_every_backend!(
+    stats_of_one_event_type_leave_the_others_out,
     rolled_back_insert_leaves_nothing,
     concurrent_claims_never_share_a_row,
     an_abandoned_claim_comes_back,

@@ -1,6 +1,7 @@
 //! Test support shared by every crate's tests: each test gets its own database (a schema on
 //! PostgreSQL, a database on MariaDB, a file on SQLite) with every migration applied, so tests
-//! run in parallel without seeing each other's rows.
+//! run in parallel without seeing each other's rows. [`TestDb::empty`] gives one with no table,
+//! for a test that runs a chosen migrator itself ([`TestDb::migrate`]).
 //!
 //! The server addresses come from `SMARTFLOW_TEST_POSTGRES_URL` and `SMARTFLOW_TEST_MYSQL_URL`
 //! (defaults: the local servers on 127.0.0.1). This is a test-only crate, so reading the
@@ -9,6 +10,7 @@
 use std::path::PathBuf;
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};
+use smartflow_migrations::MigratorTrait;
 use smartflow_storage::{connect, ConnectConfig};
 
 /// The three databases every repository and bus scenario runs on.
@@ -50,9 +52,16 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates the isolated database and applies every migration. Panics with the reason when the
-    /// server cannot be reached: the test command starts the servers first.
+    /// Creates the isolated database and applies every service's migrations. Panics with the
+    /// reason when the server cannot be reached: the test command starts the servers first.
     pub async fn new(backend: Backend) -> TestDb {
+        let t = TestDb::empty(backend).await;
+        smartflow_migrations::run(&t.db).await.expect("migrations");
+        t
+    }
+
+    /// Creates the isolated database with no table in it.
+    pub async fn empty(backend: Backend) -> TestDb {
         init_tracing();
         let name = format!("sf_{}", uuid::Uuid::new_v4().simple());
         let (config, sqlite_file) = match backend {
@@ -85,7 +94,6 @@ impl TestDb {
         let db = connect(&config)
             .await
             .unwrap_or_else(|e| panic!("{backend:?} test database: {e}"));
-        smartflow_migrations::run(&db).await.expect("migrations");
         TestDb {
             backend,
             db,
@@ -93,6 +101,30 @@ impl TestDb {
             name,
             sqlite_file,
         }
+    }
+
+    /// Applies the migrations of `M` as a service's start-up does
+    /// (`smartflow_migrations::run_migrator`).
+    pub async fn migrate<M: MigratorTrait>(&self) {
+        smartflow_migrations::run_migrator::<M>(&self.db)
+            .await
+            .expect("migrations");
+    }
+
+    /// Whether the database has a table of this name.
+    pub async fn has_table(&self, table: &str) -> bool {
+        sea_orm_migration::SchemaManager::new(&self.db)
+            .has_table(table)
+            .await
+            .expect("look up a table")
+    }
+
+    /// Whether `table` has an index of this name.
+    pub async fn has_index(&self, table: &str, index: &str) -> bool {
+        sea_orm_migration::SchemaManager::new(&self.db)
+            .has_index(table, index)
+            .await
+            .expect("look up an index")
     }
 
     /// A second, independent pool onto this test's database.
@@ -177,15 +209,23 @@ pub fn init_tracing() {
 }
 
 /// Writes one scenario `async fn name(db: TestDb)` once and runs it on SQLite, PostgreSQL and
-/// MariaDB as three tests: `sqlite::name`, `postgres::name`, `mariadb::name`.
+/// MariaDB as three tests: `sqlite::name`, `postgres::name`, `mariadb::name`. Each gets a
+/// database with every table ([`TestDb::new`]); `on_every_backend!(empty: name, ...)` gives each
+/// an empty one ([`TestDb::empty`]) instead.
 #[macro_export]
 macro_rules! on_every_backend {
+    (empty: $($name:ident),+ $(,)?) => {
+        $crate::on_every_backend!(@with empty: $($name),+);
+    };
     ($($name:ident),+ $(,)?) => {
+        $crate::on_every_backend!(@with new: $($name),+);
+    };
+    (@with $make:ident: $($name:ident),+) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::TestDb::new($crate::Backend::Sqlite).await).await
+                    super::$name($crate::TestDb::$make($crate::Backend::Sqlite).await).await
                 }
             )+
         }
@@ -193,7 +233,7 @@ macro_rules! on_every_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::TestDb::new($crate::Backend::Postgres).await).await
+                    super::$name($crate::TestDb::$make($crate::Backend::Postgres).await).await
                 }
             )+
         }
@@ -201,7 +241,7 @@ macro_rules! on_every_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::TestDb::new($crate::Backend::MariaDb).await).await
+                    super::$name($crate::TestDb::$make($crate::Backend::MariaDb).await).await
                 }
             )+
         }

@@ -17,8 +17,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use smartflow_testkit::Backend;
 
+use crate::backends::{BackendArg, BackendsArg};
 use crate::process::{cargo, exit_code, run};
 use report::Figures;
 
@@ -27,14 +27,8 @@ pub struct BenchArgs {
     /// Also write every figure as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Backends to measure, comma-separated.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "sqlite,postgres,mariadb"
-    )]
-    backends: Vec<BackendArg>,
+    #[command(flatten)]
+    backends: BackendsArg,
     /// Seconds of the steady-rate end-to-end latency run.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -98,41 +92,6 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum BackendArg {
-    Sqlite,
-    #[value(alias = "pg")]
-    Postgres,
-    #[value(alias = "mysql")]
-    Mariadb,
-}
-
-impl BackendArg {
-    fn backend(self) -> Backend {
-        match self {
-            BackendArg::Sqlite => Backend::Sqlite,
-            BackendArg::Postgres => Backend::Postgres,
-            BackendArg::Mariadb => Backend::MariaDb,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            BackendArg::Sqlite => "SQLite",
-            BackendArg::Postgres => "PostgreSQL",
-            BackendArg::Mariadb => "MariaDB",
-        }
-    }
-
-    fn key(self) -> &'static str {
-        match self {
-            BackendArg::Sqlite => "sqlite",
-            BackendArg::Postgres => "postgres",
-            BackendArg::Mariadb => "mariadb",
-        }
-    }
-}
-
 pub fn main(args: BenchArgs) -> Result<ExitCode> {
     if cfg!(debug_assertions) && !args.allow_debug {
         println!("bench: debug builds give misleading figures; re-running as a release build");
@@ -141,7 +100,7 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
             .args(std::env::args_os().skip(1)))?;
         return Ok(exit_code(status));
     }
-    if args.backends.iter().any(|b| *b != BackendArg::Sqlite) {
+    if args.backends.need_servers() {
         crate::services::ensure_databases()?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -167,7 +126,7 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
 async fn run_all(args: &BenchArgs) -> Vec<Figures> {
     let mut all = Vec::new();
     let mut seen = Vec::new();
-    for &backend in &args.backends {
+    for backend in args.backends.chosen() {
         if seen.contains(&backend) {
             continue;
         }

@@ -42,38 +42,12 @@ impl ChaosDb {
 
     /// `SMARTFLOW_DATABASE_URL` (and `SMARTFLOW_DATABASE_SCHEMA`) for the agents.
     pub fn agent_env(&self) -> Vec<(String, String)> {
-        let config = &self.testdb.config;
-        let mut env = Vec::new();
-        match self.backend {
-            Backend::Postgres => {
-                let separator = if config.url.contains('?') { '&' } else { '?' };
-                env.push((
-                    "SMARTFLOW_DATABASE_URL".to_owned(),
-                    format!(
-                        "{}{separator}application_name={}",
-                        config.url, self.application_name
-                    ),
-                ));
-                if let Some(schema) = &config.pg_schema {
-                    env.push(("SMARTFLOW_DATABASE_SCHEMA".to_owned(), schema.clone()));
-                }
-            }
-            Backend::MariaDb | Backend::Sqlite => {
-                env.push(("SMARTFLOW_DATABASE_URL".to_owned(), config.url.clone()));
-            }
-        }
-        env
+        crate::backends::database_env(&self.testdb, Some(&self.application_name))
     }
 
-    /// Where the data lives, for the report (no password: the local servers need none, and
-    /// `redact` hides one anyway).
+    /// Where the data lives, for the report.
     pub fn describe(&self) -> String {
-        let config = &self.testdb.config;
-        let url = smartflow_storage::connect::redact(&config.url);
-        match &config.pg_schema {
-            Some(schema) => format!("{url} schema {schema}"),
-            None => url,
-        }
+        crate::backends::describe(&self.testdb)
     }
 
     /// Cuts every database connection the agents hold; returns how many were cut. SQLite has no
@@ -131,22 +105,10 @@ impl ChaosDb {
         self.testdb.connect_again().await
     }
 
-    /// The outbox's counts per status.
-    ///
-    /// `published` counts the chat messages only: the agent's other events (notification
-    /// requests) are for other services, which mark nothing in this outbox, so those rows end
-    /// `published` by design and a drained outbox still holds them.
+    /// The chat messages' counts per status. The outbox's other rows (token usage, notification
+    /// requests) are for other services and end `published`, so they never drain.
     pub async fn stats(&self, conn: &DatabaseConnection) -> Result<OutboxStats> {
-        let mut stats = self.outbox.stats(conn).await?;
-        let published = self
-            .outbox
-            .list(conn, OutboxStatus::Published, ALL_ROWS)
-            .await?;
-        stats.published = published
-            .iter()
-            .filter(|row| row.event_type == CHAT_EVENT_TYPE)
-            .count() as u64;
-        Ok(stats)
+        Ok(self.outbox.stats_of_type(conn, CHAT_EVENT_TYPE).await?)
     }
 
     /// Everything the verdict needs, read after the agents have stopped.

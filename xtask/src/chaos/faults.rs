@@ -7,8 +7,8 @@ use clap::ValueEnum;
 use tokio::time::Instant;
 
 use super::database::ChaosDb;
-use super::processes::{AgentProcess, BrokerProcess};
 use super::rng::Rng;
+use crate::processes::{BrokerProcess, ServiceProcess};
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,7 +59,7 @@ pub struct FaultRecord {
 
 /// What a fault acts on.
 pub struct Targets<'a> {
-    pub agents: &'a mut [AgentProcess],
+    pub agents: &'a mut [ServiceProcess],
     pub broker: &'a mut BrokerProcess,
     pub db: &'a ChaosDb,
 }

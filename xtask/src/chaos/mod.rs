@@ -10,7 +10,6 @@
 mod database;
 mod faults;
 mod load;
-mod processes;
 mod rng;
 mod verdict;
 
@@ -19,14 +18,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::ValueEnum;
-use smartflow_testkit::Backend;
 use tokio::time::Instant;
 
-use crate::process::{cargo, run as run_command, workspace_root};
+use crate::backends::{BackendArg, BackendsArg};
+use crate::process::{target_dir, BuildArgs};
+use crate::processes::{self, BrokerProcess, ServiceProcess};
 use database::ChaosDb;
 use faults::{FaultKind, FaultRecord, FaultSettings, Targets};
-use processes::{AgentProcess, BrokerProcess};
 use rng::Rng;
 use verdict::Figures;
 
@@ -41,14 +39,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(250);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ChaosArgs {
-    /// Backends to run on, comma-separated.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "sqlite,postgres,mariadb"
-    )]
-    backends: Vec<ChaosBackend>,
+    #[command(flatten)]
+    backends: BackendsArg,
     /// A quick run: 30 s of load, 4 writers, 10 conversations, every fault once (explicit
     /// flags still win).
     #[arg(long)]
@@ -95,53 +87,14 @@ pub struct ChaosArgs {
     /// Keep each backend's database instead of dropping it.
     #[arg(long)]
     keep: bool,
-    /// Build and run release binaries (default: debug, as `cargo build` makes them).
-    #[arg(long)]
-    release: bool,
-    /// Do not build the binaries first; use the ones in the target directory.
-    #[arg(long)]
-    no_build: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ChaosBackend {
-    Sqlite,
-    #[value(alias = "pg")]
-    Postgres,
-    #[value(alias = "mysql")]
-    Mariadb,
-}
-
-impl ChaosBackend {
-    fn backend(self) -> Backend {
-        match self {
-            ChaosBackend::Sqlite => Backend::Sqlite,
-            ChaosBackend::Postgres => Backend::Postgres,
-            ChaosBackend::Mariadb => Backend::MariaDb,
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            ChaosBackend::Sqlite => "SQLite",
-            ChaosBackend::Postgres => "PostgreSQL",
-            ChaosBackend::Mariadb => "MariaDB",
-        }
-    }
-
-    fn key(self) -> &'static str {
-        match self {
-            ChaosBackend::Sqlite => "sqlite",
-            ChaosBackend::Postgres => "postgres",
-            ChaosBackend::Mariadb => "mariadb",
-        }
-    }
+    #[command(flatten)]
+    build: BuildArgs,
 }
 
 /// Everything a run needs, resolved from the arguments (or built by a test).
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub backends: Vec<ChaosBackend>,
+    pub backends: Vec<BackendArg>,
     pub duration: Duration,
     pub writers: usize,
     pub conversations: usize,
@@ -170,7 +123,7 @@ impl Settings {
             (180, 16, 50, 2, 100)
         };
         Self {
-            backends: dedup(&args.backends),
+            backends: args.backends.chosen(),
             duration: Duration::from_secs(args.duration_secs.unwrap_or(duration)),
             writers: args.writers.unwrap_or(writers).max(1),
             conversations: args.conversations.unwrap_or(conversations).max(1),
@@ -197,38 +150,11 @@ impl Settings {
     }
 }
 
-fn dedup(backends: &[ChaosBackend]) -> Vec<ChaosBackend> {
-    let mut seen = Vec::new();
-    for b in backends {
-        if !seen.contains(b) {
-            seen.push(*b);
-        }
-    }
-    seen
-}
-
-/// The target directory cargo builds into: `CARGO_TARGET_DIR`, or the workspace's `target`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-}
-
 pub fn main(args: ChaosArgs) -> Result<ExitCode> {
-    let profile = if args.release { "release" } else { "debug" };
-    if !args.no_build {
-        let mut build = cargo();
-        build.args(["build", "-p", "smartflow-agent", "-p", "smartflow-broker"]);
-        if args.release {
-            build.arg("--release");
-        }
-        let status = run_command(&mut build)?;
-        if !status.success() {
-            bail!("building the binaries failed");
-        }
-    }
-    let bin_dir = target_dir().join(profile);
-    if args.backends.iter().any(|b| *b != ChaosBackend::Sqlite) {
+    let bin_dir = args
+        .build
+        .binaries(&["smartflow-agent", "smartflow-broker"])?;
+    if args.backends.need_servers() {
         crate::services::ensure_databases()?;
     }
     let seed = args.seed.unwrap_or_else(|| {
@@ -337,7 +263,7 @@ fn agent_env(
 
 async fn run_backend(
     settings: &Settings,
-    backend: ChaosBackend,
+    backend: BackendArg,
     broker: &mut BrokerProcess,
     agent_bin: &Path,
     seed: u64,
@@ -357,7 +283,7 @@ async fn run_backend(
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     settings: &Settings,
-    backend: ChaosBackend,
+    backend: BackendArg,
     broker: &mut BrokerProcess,
     agent_bin: &Path,
     seed: u64,
@@ -372,8 +298,8 @@ async fn drive(
     let log_dir = settings.run_dir.join(backend.key());
     std::fs::create_dir_all(&log_dir)?;
     let mut agents = vec![
-        AgentProcess::new("agent-a", agent_bin, &log_dir, env.clone(), AGENT_GRACE)?,
-        AgentProcess::new("agent-b", agent_bin, &log_dir, env, AGENT_GRACE)?,
+        ServiceProcess::new("agent-a", agent_bin, &log_dir, env.clone(), AGENT_GRACE)?,
+        ServiceProcess::new("agent-b", agent_bin, &log_dir, env, AGENT_GRACE)?,
     ];
     for agent in &mut agents {
         agent.start().await?;
@@ -388,7 +314,7 @@ async fn drive(
     let mut rng = Rng::new(seed);
     let started = Instant::now();
     let load_end = started + settings.duration;
-    let urls: Vec<String> = agents.iter().map(AgentProcess::base_url).collect();
+    let urls: Vec<String> = agents.iter().map(ServiceProcess::base_url).collect();
     let writers: Vec<_> = (0..settings.writers)
         .map(|w| {
             tokio::spawn(load::writer(
@@ -547,22 +473,14 @@ async fn check_processes(targets: &mut Targets<'_>, figures: &mut Figures) {
 mod tests {
     use super::*;
 
-    /// `target/<profile>`: the test executable lives in its `deps` directory.
-    fn bin_dir_of_this_test() -> Option<PathBuf> {
-        let exe = std::env::current_exe().ok()?;
-        let dir = exe.parent()?.parent()?.to_owned();
-        ["smartflow-agent", "smartflow-broker"]
-            .iter()
-            .all(|b| dir.join(b).exists())
-            .then_some(dir)
-    }
-
     /// A short chaos on SQLite: a few writers for 15 s, one SIGKILL + restart and one broker
     /// outage. Whatever was committed must be applied exactly once. The kill comes first, so the
     /// consumer group's wait for the killed member's session to expire overlaps the load.
     #[test]
     fn a_short_chaos_on_sqlite_loses_nothing_and_applies_nothing_twice() {
-        let Some(bin_dir) = bin_dir_of_this_test() else {
+        let Some(bin_dir) =
+            processes::bin_dir_of_this_test(&["smartflow-agent", "smartflow-broker"])
+        else {
             println!(
                 "skipping the short chaos run: smartflow-agent and smartflow-broker are not built \
                  next to this test (`cargo build -p smartflow-agent -p smartflow-broker`, or run \
@@ -575,7 +493,7 @@ mod tests {
             uuid::Uuid::new_v4().simple()
         ));
         let settings = Settings {
-            backends: vec![ChaosBackend::Sqlite],
+            backends: vec![BackendArg::Sqlite],
             duration: Duration::from_secs(15),
             writers: 4,
             conversations: 8,

@@ -14,7 +14,7 @@ use smartflow_bus::{
     ConsumerConfig, ConsumerRunner, EventBus, Metrics, PublishConfig, Relay, RelayConfig,
 };
 use smartflow_kafka::{EmbeddedBroker, KafkaConfig, KafkaProducer};
-use smartflow_storage::inbox;
+use smartflow_storage::inbox::{InboxStatus, InboxTable};
 use smartflow_storage::outbox::OutboxTable;
 use smartflow_storage::token_usage::{self, Recorded, UsageEntry};
 use smartflow_storage::TransactionTrait as _;
@@ -205,14 +205,16 @@ async fn usage_events_are_counted_once_each(t: TestDb) {
         (key, "conv-1", 20)
     );
     for id in [&first, &second, &sentinel] {
-        let row = inbox::find(app.db(), INBOX_CONSUMER, id)
+        let row = InboxTable::default()
+            .find(app.db(), INBOX_CONSUMER, id)
             .await
             .unwrap()
             .expect("inbox row");
-        assert_eq!(row.status, inbox::InboxStatus::Handled.as_str());
+        assert_eq!(row.status, InboxStatus::Handled);
     }
     assert!(
-        inbox::find(app.db(), INBOX_CONSUMER, &chat)
+        InboxTable::default()
+            .find(app.db(), INBOX_CONSUMER, &chat)
             .await
             .unwrap()
             .is_none(),
@@ -350,11 +352,12 @@ async fn usage_of_an_unknown_user_is_dead_with_a_reason(t: TestDb) {
         .await
         .unwrap();
     assert_eq!((report.applied, report.dead), (0, 1));
-    let row = inbox::find(app.db(), INBOX_CONSUMER, &envelope.event_id.to_string())
+    let row = InboxTable::default()
+        .find(app.db(), INBOX_CONSUMER, &envelope.event_id.to_string())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.status, inbox::InboxStatus::Dead.as_str());
+    assert_eq!(row.status, InboxStatus::Dead);
     assert!(row.last_error.unwrap().contains(&ghost));
     assert!(token_usage::find(app.db(), &envelope.event_id.to_string())
         .await

@@ -1,9 +1,9 @@
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use smartflow_domain::{Envelope, IncomingMessage, EVENT_ID_HEADER, EVENT_TYPE_HEADER};
-use smartflow_storage::inbox::{self, InboxStatus};
+use smartflow_storage::inbox::InboxStatus;
 use smartflow_storage::outbox::FailureOutcome;
 
-use super::{ConsumerRunner, Dedupe, Mark};
+use super::{ConsumerRunner, Mark};
 use crate::{BusError, HandlerError, Metrics};
 
 /// What applying one batch did.
@@ -88,16 +88,17 @@ impl ConsumerRunner {
         let savepoint = txn.begin().await?;
         let fresh = match mark {
             Mark::Outbox(table) => table.mark_consumed(&savepoint, &event_id).await?,
-            Mark::Inbox { consumer } => {
-                inbox::record(
-                    &savepoint,
-                    consumer,
-                    &event_id,
-                    &envelope.event_type,
-                    InboxStatus::Handled,
-                    None,
-                )
-                .await?
+            Mark::Inbox { table, consumer } => {
+                table
+                    .record(
+                        &savepoint,
+                        consumer,
+                        &event_id,
+                        &envelope.event_type,
+                        InboxStatus::Handled,
+                        None,
+                    )
+                    .await?
             }
         };
         if !fresh {
@@ -196,16 +197,17 @@ impl ConsumerRunner {
                     }
                 }
             }
-            Mark::Inbox { consumer } => {
-                let recorded = inbox::record(
-                    txn,
-                    consumer,
-                    &event_id,
-                    &envelope.event_type,
-                    InboxStatus::Dead,
-                    Some(error.reason()),
-                )
-                .await?;
+            Mark::Inbox { table, consumer } => {
+                let recorded = table
+                    .record(
+                        txn,
+                        consumer,
+                        &event_id,
+                        &envelope.event_type,
+                        InboxStatus::Dead,
+                        Some(error.reason()),
+                    )
+                    .await?;
                 if recorded {
                     report.dead += 1;
                     tracing::error!(%error, "event is dead for this consumer");
@@ -250,20 +252,18 @@ impl ConsumerRunner {
             Mark::Inbox { .. } => false,
         };
         let dead = in_outbox || {
-            let consumer = match &self.dedupe {
-                Dedupe::Owner { service, .. } => service,
-                Dedupe::Inbox { consumer } => consumer,
-            };
+            let (table, consumer) = self.dedupe.inbox();
             let event_type = message.header(EVENT_TYPE_HEADER).unwrap_or("<unknown>");
-            inbox::record(
-                txn,
-                consumer,
-                event_id,
-                event_type,
-                InboxStatus::Dead,
-                Some(&reason),
-            )
-            .await?
+            table
+                .record(
+                    txn,
+                    consumer,
+                    event_id,
+                    event_type,
+                    InboxStatus::Dead,
+                    Some(&reason),
+                )
+                .await?
         };
         if dead {
             report.dead += 1;

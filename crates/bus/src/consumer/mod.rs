@@ -13,6 +13,7 @@ use sea_orm::DatabaseConnection;
 use smartflow_domain::{
     InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute, TransportError, EVENT_ID_HEADER,
 };
+use smartflow_storage::inbox::InboxTable;
 use smartflow_storage::outbox::OutboxTable;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -36,19 +37,23 @@ pub enum Dedupe {
     Owner {
         outbox: OutboxTable,
         service: String,
+        inbox: InboxTable,
     },
     /// A consumer of another service's events: an inbox row `(consumer, event_id)` is inserted in
     /// the handler's transaction. A retryable failure holds the partition at that event and tries
     /// it again with backoff (outside any transaction) until `retry` runs out; a permanent one,
     /// or running out, is recorded in the inbox as `dead` with its reason.
-    Inbox { consumer: String },
+    Inbox { consumer: String, inbox: InboxTable },
 }
 
 /// Where one event's dedupe mark goes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Mark<'a> {
     Outbox(&'a OutboxTable),
-    Inbox { consumer: &'a str },
+    Inbox {
+        table: &'a InboxTable,
+        consumer: &'a str,
+    },
 }
 
 impl Dedupe {
@@ -56,11 +61,27 @@ impl Dedupe {
     /// rows written before envelopes carried their source).
     pub(crate) fn mark_for(&self, source: Option<&str>) -> Mark<'_> {
         match self {
-            Dedupe::Owner { outbox, service } if source.is_none_or(|s| s == service) => {
-                Mark::Outbox(outbox)
+            Dedupe::Owner {
+                outbox, service, ..
+            } if source.is_none_or(|s| s == service) => Mark::Outbox(outbox),
+            _ => {
+                let (table, consumer) = self.inbox();
+                Mark::Inbox { table, consumer }
             }
-            Dedupe::Owner { service, .. } => Mark::Inbox { consumer: service },
-            Dedupe::Inbox { consumer } => Mark::Inbox { consumer },
+        }
+    }
+
+    /// The inbox table and the consumer name its rows are kept under.
+    pub(crate) fn inbox(&self) -> (&InboxTable, &str) {
+        match self {
+            Dedupe::Owner { service, inbox, .. } => (inbox, service),
+            Dedupe::Inbox { consumer, inbox } => (inbox, consumer),
+        }
+    }
+
+    fn set_inbox(&mut self, table: InboxTable) {
+        match self {
+            Dedupe::Owner { inbox, .. } | Dedupe::Inbox { inbox, .. } => *inbox = table,
         }
     }
 }
@@ -156,6 +177,7 @@ impl ConsumerRunner {
         let dedupe = Dedupe::Owner {
             outbox: OutboxTable::new(&route.outbox_table)?,
             service: route.service.clone(),
+            inbox: InboxTable::default(),
         };
         Self::new(
             db,
@@ -182,6 +204,7 @@ impl ConsumerRunner {
         }
         let dedupe = Dedupe::Inbox {
             consumer: consumer.to_owned(),
+            inbox: InboxTable::default(),
         };
         Self::new(
             db,
@@ -215,6 +238,13 @@ impl ConsumerRunner {
             attempts: Mutex::new(HashMap::new()),
             health_name,
         })
+    }
+
+    /// Deduplicates through the inbox table `table` instead of the default `inbox` (a service
+    /// that created its inbox under its own name with `create_inbox_table`).
+    pub fn with_inbox(mut self, table: InboxTable) -> Self {
+        self.dedupe.set_inbox(table);
+        self
     }
 
     /// Switches on the event-type filter: only messages of `event_types` (and any without an

@@ -11,7 +11,8 @@ use smartflow_kafka::KafkaConsumer;
 use smartflow_testkit::{on_every_backend, FaultProxy, TestDb};
 use tokio_util::sync::CancellationToken;
 
-use smartflow_storage::{chat_history, inbox};
+use smartflow_storage::chat_history;
+use smartflow_storage::inbox::{InboxStatus, InboxTable};
 
 use crate::delivery::as_delivered;
 use crate::fixture::*;
@@ -144,7 +145,8 @@ async fn an_inbox_consumer_holds_the_partition_at_a_retryable_failure(t: TestDb)
         let report = runner.process_batch(&batch).await.unwrap();
         assert_eq!(report.stopped_at, Some(0), "attempt {attempt}");
         assert_eq!(report.applied, 0);
-        assert!(inbox::find(&w.t.db, "userauth", &ids[0])
+        assert!(InboxTable::default()
+            .find(&w.t.db, "userauth", &ids[0])
             .await
             .unwrap()
             .is_none());
@@ -155,11 +157,12 @@ async fn an_inbox_consumer_holds_the_partition_at_a_retryable_failure(t: TestDb)
         (report.stopped_at, report.dead, report.applied),
         (None, 1, 1)
     );
-    let dead = inbox::find(&w.t.db, "userauth", &ids[0])
+    let dead = InboxTable::default()
+        .find(&w.t.db, "userauth", &ids[0])
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(dead.status, "dead");
+    assert_eq!(dead.status, InboxStatus::Dead);
     assert_eq!(dead.last_error.as_deref(), Some("downstream busy"));
     assert_eq!(chat_history::count(&w.t.db).await.unwrap(), 1);
     w.finish().await;

@@ -9,7 +9,7 @@ use smartflow_bus::domain::{
 };
 use smartflow_bus::{BusError, ConsumerConfig, ConsumerRunner, Metrics};
 use smartflow_storage::chat_history;
-use smartflow_storage::inbox;
+use smartflow_storage::inbox::{InboxStatus, InboxTable};
 use smartflow_testkit::{on_every_backend, TestDb};
 use tokio_util::sync::CancellationToken;
 
@@ -204,16 +204,18 @@ async fn another_services_consumer_dedupes_through_its_inbox(t: TestDb) {
         1,
         "effect applied once"
     );
-    let handled = inbox::find(&w.t.db, "userauth", &ids[0])
+    let handled = InboxTable::default()
+        .find(&w.t.db, "userauth", &ids[0])
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(handled.status, "handled");
-    let dead = inbox::find(&w.t.db, "userauth", &ids[1])
+    assert_eq!(handled.status, InboxStatus::Handled);
+    let dead = InboxTable::default()
+        .find(&w.t.db, "userauth", &ids[1])
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(dead.status, "dead");
+    assert_eq!(dead.status, InboxStatus::Dead);
     assert_eq!(dead.last_error.as_deref(), Some("content is poison"));
     // The producer's outbox is not this consumer's to mark.
     assert_eq!(w.stats().await.consumed, 0);

@@ -12,8 +12,9 @@ use smartflow_bus::domain::{
 };
 use smartflow_bus::{EventBus, PublishConfig, RelayConfig};
 use smartflow_kafka::KafkaConsumer;
+use smartflow_storage::inbox::{InboxStatus, InboxTable};
 use smartflow_storage::outbox::OutboxTable;
-use smartflow_storage::{chat_history, inbox, now_millis};
+use smartflow_storage::{chat_history, now_millis};
 use smartflow_testkit::{on_every_backend, TestDb};
 
 use crate::delivery::as_delivered;
@@ -122,12 +123,14 @@ async fn an_owners_consumer_dedupes_other_services_events_through_its_inbox(t: T
     assert_eq!((first.applied, first.duplicates), (2, 0));
     let mine = w.table().find(&w.t.db, &own[0]).await.unwrap().unwrap();
     assert_eq!(mine.status, OutboxStatus::Consumed, "its own row is marked");
-    let entry = inbox::find(&w.t.db, "agent", &foreign_id)
+    let entry = InboxTable::default()
+        .find(&w.t.db, "agent", &foreign_id)
         .await
         .unwrap()
         .expect("the foreign event is in the agent's inbox");
-    assert_eq!(entry.status, "handled");
-    assert!(inbox::find(&w.t.db, "agent", &own[0])
+    assert_eq!(entry.status, InboxStatus::Handled);
+    assert!(InboxTable::default()
+        .find(&w.t.db, "agent", &own[0])
         .await
         .unwrap()
         .is_none());

@@ -2,13 +2,13 @@ use std::time::Duration;
 
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, Order, Query, SelectStatement};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, IsolationLevel,
-    QueryResult, Statement, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, FromQueryResult,
+    IsolationLevel, Statement, TransactionTrait,
 };
 use smartflow_domain::OutboxStatus;
 
-use super::{get, status_is, OutboxTable};
-use crate::schema::Outbox;
+use super::{status_is, OutboxTable};
+use crate::entity::outbox::Column as Outbox;
 use crate::time::millis;
 use crate::StorageError;
 
@@ -45,8 +45,9 @@ pub struct ClaimRequest {
     pub now: i64,
 }
 
-/// A row handed to the relay for publishing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A row handed to the relay for publishing: the outbox columns the relay needs
+/// ([`CLAIM_COLUMNS`]).
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
 pub struct ClaimedRow {
     pub id: i64,
     pub event_id: String,
@@ -165,9 +166,11 @@ impl OutboxTable {
         let backend = txn.get_database_backend();
         let mut rows = Vec::new();
         for lane in self.lane_queries(req, false) {
-            for row in txn.query_all(backend.build(&lane)).await? {
-                rows.push(self.claimed_row(&row)?);
-            }
+            rows.extend(
+                ClaimedRow::find_by_statement(backend.build(&lane))
+                    .all(&txn)
+                    .await?,
+            );
         }
         if rows.is_empty() {
             txn.commit().await?;
@@ -199,9 +202,7 @@ impl OutboxTable {
                 .and_where(Expr::col(Outbox::Id).in_subquery(lane))
                 .returning(Query::returning().columns(CLAIM_COLUMNS));
             let stmt: Statement = backend.build(&update);
-            for row in db.query_all(stmt).await? {
-                rows.push(self.claimed_row(&row)?);
-            }
+            rows.extend(ClaimedRow::find_by_statement(stmt).all(db).await?);
         }
         rows.sort_by_key(|r| r.id);
         let hold = if rows.is_empty() {
@@ -212,21 +213,5 @@ impl OutboxTable {
             }
         };
         Ok(Claim { rows, hold })
-    }
-
-    fn claimed_row(&self, row: &QueryResult) -> Result<ClaimedRow, StorageError> {
-        let t = self.name();
-        Ok(ClaimedRow {
-            id: get(row, t, "id")?,
-            event_id: get(row, t, "event_id")?,
-            event_type: get(row, t, "event_type")?,
-            event_version: get(row, t, "event_version")?,
-            message_key: get(row, t, "message_key")?,
-            topic: get(row, t, "topic")?,
-            payload: get(row, t, "payload")?,
-            traceparent: get(row, t, "traceparent")?,
-            retry_count: get(row, t, "retry_count")?,
-            max_retry: get(row, t, "max_retry")?,
-        })
     }
 }

@@ -1,10 +1,10 @@
 use sea_orm::sea_query::{Expr, Query, Value};
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use smartflow_domain::{OutboxStatus, RetryPolicy};
 
-use super::{get, may_move_to, status_is, OutboxTable};
+use super::{may_move_to, status_is, stored, OutboxTable};
+use crate::entity::outbox::Column as Outbox;
 use crate::error_text::truncate;
-use crate::schema::Outbox;
 use crate::time::millis;
 use crate::{now_millis, StorageError};
 
@@ -23,6 +23,13 @@ pub enum FailureOutcome {
     Untouched,
 }
 
+/// What a failure is counted against.
+#[derive(FromQueryResult)]
+struct Attempts {
+    retry_count: i32,
+    max_retry: i32,
+}
+
 impl OutboxTable {
     /// Marks the row of `event_id` `consumed` unless it already is. Run it in the transaction
     /// that holds the handler's writes: `true` means this transaction owns the event's effect
@@ -36,7 +43,7 @@ impl OutboxTable {
         let now = now_millis();
         let stmt = Query::update()
             .table(self.alias())
-            .value(Outbox::Status, OutboxStatus::Consumed.as_str())
+            .value(Outbox::Status, stored(OutboxStatus::Consumed))
             .value(Outbox::ConsumedAt, now)
             .value(Outbox::NextRetryAt, Value::BigInt(None))
             .value(Outbox::LockedBy, Value::String(None))
@@ -70,11 +77,15 @@ impl OutboxTable {
             .and_where(Expr::col(Outbox::EventId).eq(event_id))
             .and_where(may_move_to(OutboxStatus::Dead))
             .to_owned();
-        let Some(row) = conn.query_one(backend.build(&select)).await? else {
+        let Some(Attempts {
+            retry_count,
+            max_retry,
+        }) = Attempts::find_by_statement(backend.build(&select))
+            .one(conn)
+            .await?
+        else {
             return self.settled_outcome(conn, event_id).await;
         };
-        let retry_count: i32 = get(&row, self.name(), "retry_count")?;
-        let max_retry: i32 = get(&row, self.name(), "max_retry")?;
         let failures = retry_count + 1;
         let now = now_millis();
         let (status, next, outcome) =
@@ -97,7 +108,7 @@ impl OutboxTable {
         // being overwritten.
         let update = Query::update()
             .table(self.alias())
-            .value(Outbox::Status, status.as_str())
+            .value(Outbox::Status, stored(status))
             .value(Outbox::RetryCount, failures)
             .value(Outbox::NextRetryAt, next)
             .value(Outbox::LastError, truncate(error))
@@ -185,7 +196,7 @@ impl OutboxTable {
     ) -> Result<u64, StorageError> {
         let again = Query::update()
             .table(self.alias())
-            .value(Outbox::Status, OutboxStatus::Pending.as_str())
+            .value(Outbox::Status, stored(OutboxStatus::Pending))
             .value(Outbox::NextRetryAt, now)
             .value(Outbox::LastError, note)
             .value(Outbox::UpdatedAt, now)

@@ -2,8 +2,8 @@ use sea_orm::sea_query::Query;
 use sea_orm::ConnectionTrait;
 use smartflow_domain::{Envelope, OutboxStatus};
 
-use super::OutboxTable;
-use crate::schema::Outbox;
+use super::{stored, OutboxTable};
+use crate::entity::outbox::Column as Outbox;
 use crate::{now_millis, StorageError};
 
 impl OutboxTable {
@@ -55,7 +55,7 @@ impl OutboxTable {
                 topic.into(),
                 encoded.into(),
                 envelope.traceparent().map(str::to_owned).into(),
-                OutboxStatus::Pending.as_str().into(),
+                stored(OutboxStatus::Pending).into(),
                 0i32.into(),
                 (max_retry.min(i32::MAX as u32) as i32).into(),
                 now.into(),

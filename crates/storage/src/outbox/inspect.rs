@@ -1,9 +1,9 @@
-use sea_orm::sea_query::{Expr, Func, Order, Query};
-use sea_orm::{ConnectionTrait, QueryResult};
+use sea_orm::sea_query::{Alias, Expr, Func, Order, Query, SelectStatement};
+use sea_orm::{ConnectionTrait, FromQueryResult, Iterable};
 use smartflow_domain::OutboxStatus;
 
-use super::{get, status_is, OutboxTable};
-use crate::schema::Outbox;
+use super::{status_is, OutboxTable};
+use crate::entity::outbox::{Column as Outbox, Model, Status};
 use crate::StorageError;
 
 /// One outbox row as an operator sees it.
@@ -35,22 +35,34 @@ pub struct OutboxStats {
     pub oldest_pending_created_at: Option<i64>,
 }
 
-const ROW_COLUMNS: [Outbox; 14] = [
-    Outbox::Id,
-    Outbox::EventId,
-    Outbox::EventType,
-    Outbox::MessageKey,
-    Outbox::Payload,
-    Outbox::Status,
-    Outbox::RetryCount,
-    Outbox::MaxRetry,
-    Outbox::NextRetryAt,
-    Outbox::LastError,
-    Outbox::LockedBy,
-    Outbox::CreatedAt,
-    Outbox::PublishedAt,
-    Outbox::ConsumedAt,
-];
+impl From<Model> for OutboxRow {
+    fn from(row: Model) -> Self {
+        OutboxRow {
+            id: row.id,
+            event_id: row.event_id,
+            event_type: row.event_type,
+            message_key: row.message_key,
+            payload: row.payload,
+            status: row.status.into(),
+            retry_count: row.retry_count,
+            max_retry: row.max_retry,
+            next_retry_at: row.next_retry_at,
+            last_error: row.last_error,
+            locked_by: row.locked_by,
+            created_at: row.created_at,
+            published_at: row.published_at,
+            consumed_at: row.consumed_at,
+        }
+    }
+}
+
+/// One line of the per-status count.
+#[derive(FromQueryResult)]
+struct StatusCount {
+    status: Status,
+    n: i64,
+    oldest: Option<i64>,
+}
 
 impl OutboxTable {
     /// The row of one event, if it exists.
@@ -59,15 +71,14 @@ impl OutboxTable {
         conn: &C,
         event_id: &str,
     ) -> Result<Option<OutboxRow>, StorageError> {
-        let stmt = Query::select()
-            .columns(ROW_COLUMNS)
-            .from(self.alias())
+        let stmt = self
+            .select_rows()
             .and_where(Expr::col(Outbox::EventId).eq(event_id))
             .to_owned();
-        let row = conn
-            .query_one(conn.get_database_backend().build(&stmt))
+        let row = Model::find_by_statement(conn.get_database_backend().build(&stmt))
+            .one(conn)
             .await?;
-        row.map(|r| self.row(&r)).transpose()
+        Ok(row.map(OutboxRow::from))
     }
 
     /// Rows in one status, oldest first, at most `limit`.
@@ -77,44 +88,69 @@ impl OutboxTable {
         status: OutboxStatus,
         limit: u64,
     ) -> Result<Vec<OutboxRow>, StorageError> {
-        let stmt = Query::select()
-            .columns(ROW_COLUMNS)
-            .from(self.alias())
+        let stmt = self
+            .select_rows()
             .and_where(status_is(status))
             .order_by(Outbox::Id, Order::Asc)
             .limit(limit)
             .to_owned();
-        let rows = conn
-            .query_all(conn.get_database_backend().build(&stmt))
+        let rows = Model::find_by_statement(conn.get_database_backend().build(&stmt))
+            .all(conn)
             .await?;
-        rows.iter().map(|r| self.row(r)).collect()
+        Ok(rows.into_iter().map(OutboxRow::from).collect())
+    }
+
+    fn select_rows(&self) -> SelectStatement {
+        Query::select()
+            .columns(Outbox::iter())
+            .from(self.alias())
+            .to_owned()
     }
 
     /// Counts per status and the oldest pending row's creation time.
     pub async fn stats<C: ConnectionTrait>(&self, conn: &C) -> Result<OutboxStats, StorageError> {
+        self.stats_where(conn, None).await
+    }
+
+    /// The same counts over the rows of one event type: a service's own events, apart from the
+    /// rows of its outbox that only other services consume (those end `published`).
+    pub async fn stats_of_type<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        event_type: &str,
+    ) -> Result<OutboxStats, StorageError> {
+        self.stats_where(conn, Some(event_type)).await
+    }
+
+    async fn stats_where<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        event_type: Option<&str>,
+    ) -> Result<OutboxStats, StorageError> {
         let backend = conn.get_database_backend();
-        let stmt = Query::select()
+        let mut stmt = Query::select()
             .column(Outbox::Status)
-            .expr_as(
-                Func::count(Expr::col(Outbox::Id)),
-                sea_orm::sea_query::Alias::new("n"),
-            )
+            .expr_as(Func::count(Expr::col(Outbox::Id)), Alias::new("n"))
             .expr_as(
                 Func::min(Expr::col(Outbox::CreatedAt)),
-                sea_orm::sea_query::Alias::new("oldest"),
+                Alias::new("oldest"),
             )
             .from(self.alias())
             .group_by_col(Outbox::Status)
             .to_owned();
+        if let Some(event_type) = event_type {
+            stmt.and_where(Expr::col(Outbox::EventType).eq(event_type));
+        }
         let mut stats = OutboxStats::default();
-        for row in conn.query_all(backend.build(&stmt)).await? {
-            let status: String = get(&row, self.name(), "status")?;
-            let n: i64 = get(&row, self.name(), "n")?;
-            let n = n.max(0) as u64;
-            match status.parse::<OutboxStatus>()? {
+        for count in StatusCount::find_by_statement(backend.build(&stmt))
+            .all(conn)
+            .await?
+        {
+            let n = count.n.max(0) as u64;
+            match OutboxStatus::from(count.status) {
                 OutboxStatus::Pending => {
                     stats.pending = n;
-                    stats.oldest_pending_created_at = get(&row, self.name(), "oldest")?;
+                    stats.oldest_pending_created_at = count.oldest;
                 }
                 OutboxStatus::Published => stats.published = n,
                 OutboxStatus::Consumed => stats.consumed = n,
@@ -122,26 +158,5 @@ impl OutboxTable {
             }
         }
         Ok(stats)
-    }
-
-    fn row(&self, r: &QueryResult) -> Result<OutboxRow, StorageError> {
-        let t = self.name();
-        let status: String = get(r, t, "status")?;
-        Ok(OutboxRow {
-            id: get(r, t, "id")?,
-            event_id: get(r, t, "event_id")?,
-            event_type: get(r, t, "event_type")?,
-            message_key: get(r, t, "message_key")?,
-            payload: get(r, t, "payload")?,
-            status: status.parse()?,
-            retry_count: get(r, t, "retry_count")?,
-            max_retry: get(r, t, "max_retry")?,
-            next_retry_at: get(r, t, "next_retry_at")?,
-            last_error: get(r, t, "last_error")?,
-            locked_by: get(r, t, "locked_by")?,
-            created_at: get(r, t, "created_at")?,
-            published_at: get(r, t, "published_at")?,
-            consumed_at: get(r, t, "consumed_at")?,
-        })
     }
 }

@@ -12,9 +12,7 @@ mod insert;
 mod inspect;
 mod settle;
 
-use sea_orm::sea_query::{Alias, Expr, SimpleExpr};
-use sea_orm::QueryResult;
-use smartflow_domain::route::check_sql_identifier;
+use sea_orm::sea_query::{Alias, Expr, SimpleExpr, Value};
 use smartflow_domain::OutboxStatus;
 
 pub use claim::{Claim, ClaimMode, ClaimRequest, ClaimedRow};
@@ -22,53 +20,42 @@ pub use consume::FailureOutcome;
 pub use inspect::{OutboxRow, OutboxStats};
 pub use settle::{PublishFailure, SettleReport, Settlement};
 
-use crate::schema::Outbox;
+use crate::entity::outbox::{Column, Status};
+use crate::table_name::TableName;
 use crate::StorageError;
 
-/// One service's outbox table. The name is checked once here because it is spliced into SQL.
+/// One service's outbox table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxTable {
-    name: String,
+    name: TableName,
 }
 
 impl OutboxTable {
     pub fn new(name: impl Into<String>) -> Result<Self, StorageError> {
-        let name = name.into();
-        check_sql_identifier("outbox table", &name)?;
+        let name = TableName::checked("outbox table", name.into())?;
         Ok(Self { name })
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.name.as_str()
     }
 
     fn alias(&self) -> Alias {
-        Alias::new(&self.name)
+        self.name.alias()
     }
+}
+
+/// A status as the statements bind it: the entity's spelling.
+fn stored(status: OutboxStatus) -> Value {
+    Status::from(status).into()
 }
 
 /// `status IN (every status from which a move to `to` is allowed)`: the guard that keeps late or
 /// concurrent writers off terminal rows.
 fn may_move_to(to: OutboxStatus) -> SimpleExpr {
-    Expr::col(Outbox::Status).is_in(
-        OutboxStatus::allowed_sources(to)
-            .into_iter()
-            .map(OutboxStatus::as_str),
-    )
+    Expr::col(Column::Status).is_in(OutboxStatus::allowed_sources(to).into_iter().map(stored))
 }
 
 fn status_is(status: OutboxStatus) -> SimpleExpr {
-    Expr::col(Outbox::Status).eq(status.as_str())
-}
-
-fn get<T: sea_orm::TryGetable>(
-    row: &QueryResult,
-    table: &str,
-    col: &str,
-) -> Result<T, StorageError> {
-    row.try_get::<T>("", col)
-        .map_err(|e| StorageError::Corrupt {
-            table: table.to_owned(),
-            reason: format!("column {col}: {e}"),
-        })
+    Expr::col(Column::Status).eq(stored(status))
 }

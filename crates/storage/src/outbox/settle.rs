@@ -6,9 +6,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use smartflow_domain::{OutboxStatus, RetryPolicy};
 
 use super::claim::Hold;
-use super::{status_is, Claim, OutboxTable};
+use super::{status_is, stored, Claim, OutboxTable};
+use crate::entity::outbox::Column as Outbox;
 use crate::error_text::truncate;
-use crate::schema::Outbox;
 use crate::time::millis;
 use crate::{now_millis, StorageError};
 
@@ -95,7 +95,7 @@ impl OutboxTable {
             }
             let stmt = Query::update()
                 .table(self.alias())
-                .value(Outbox::Status, OutboxStatus::Published.as_str())
+                .value(Outbox::Status, stored(OutboxStatus::Published))
                 .value(Outbox::PublishedAt, now)
                 .value(Outbox::NextRetryAt, deadline)
                 .value(Outbox::LockedBy, Value::String(None))
@@ -149,7 +149,7 @@ impl OutboxTable {
             };
             let stmt = Query::update()
                 .table(self.alias())
-                .value(Outbox::Status, status.as_str())
+                .value(Outbox::Status, stored(status))
                 .value(Outbox::RetryCount, failures)
                 .value(Outbox::NextRetryAt, next)
                 .value(Outbox::LastError, truncate(&error))
@@ -182,7 +182,7 @@ impl OutboxTable {
         let now = now_millis();
         let stmt = Query::update()
             .table(self.alias())
-            .value(Outbox::Status, OutboxStatus::Pending.as_str())
+            .value(Outbox::Status, stored(OutboxStatus::Pending))
             .value(Outbox::RetryCount, 0)
             .value(Outbox::NextRetryAt, now)
             .value(Outbox::LockedBy, Value::String(None))

@@ -1,5 +1,6 @@
-//! The real processes a chaos run drives: one `smartflow-broker` and the agents. Each child is
-//! killed when its handle drops, so a failed run leaves no process behind.
+//! The real processes the process-level runs drive (`cargo xtask chaos`, `cargo xtask
+//! separate-databases`): one `smartflow-broker` and service binaries. Each child is killed when
+//! its handle drops, so a failed run leaves no process behind.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -11,9 +12,9 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-/// How long a process may take to become ready (an agent waits for the database and broker).
+/// How long a process may take to become ready (a service waits for the database and broker).
 const START_PATIENCE: Duration = Duration::from_secs(90);
-/// Extra time a SIGTERMed agent gets beyond its configured grace before it is SIGKILLed.
+/// Extra time a SIGTERMed service gets beyond its configured grace before it is SIGKILLed.
 const STOP_SLACK: Duration = Duration::from_secs(5);
 
 /// A child process that is SIGKILLed (and reaped) on drop.
@@ -188,15 +189,16 @@ impl BrokerProcess {
     }
 }
 
-/// Picks a free loopback port (bind to 0, read it, release it), so an agent can be restarted
-/// on the same address and writers need not be told.
+/// Picks a free loopback port (bind to 0, read it, release it), so a service can be restarted
+/// on the same address and its clients need not be told.
 pub fn free_port() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     listener.local_addr().context("reading the free port")
 }
 
-/// One agent: its fixed address and environment, and the current process if it runs.
-pub struct AgentProcess {
+/// One service binary (agent, notification, userauth): its fixed address and environment, and
+/// the current process if it runs.
+pub struct ServiceProcess {
     pub name: String,
     pub addr: SocketAddr,
     binary: PathBuf,
@@ -208,7 +210,7 @@ pub struct AgentProcess {
     http: reqwest::Client,
 }
 
-impl AgentProcess {
+impl ServiceProcess {
     pub fn new(
         name: &str,
         binary: &Path,
@@ -246,7 +248,7 @@ impl AgentProcess {
             .create(true)
             .append(true)
             .open(&self.log)
-            .context("opening the agent log")?;
+            .with_context(|| format!("opening the log of {}", self.name))?;
         let child = Command::new(&self.binary)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SMARTFLOW_HTTP_ADDR", self.addr.to_string())
@@ -257,13 +259,8 @@ impl AgentProcess {
         self.process = Some(Owned { child });
         let deadline = Instant::now() + START_PATIENCE;
         loop {
-            if let Some(status) = self.process.as_mut().and_then(Owned::exited) {
-                self.process = None;
-                bail!(
-                    "{} exited with {status} while starting:\n{}",
-                    self.name,
-                    log_tail(&self.log, 20)
-                );
+            if let Some(exit) = self.take_exit("exited while starting") {
+                bail!(exit);
             }
             let health = self
                 .http
@@ -303,47 +300,51 @@ impl AgentProcess {
         send_signal(self.pid()?, "STOP")
     }
 
-    /// SIGCONT after [`AgentProcess::pause`].
+    /// SIGCONT after [`ServiceProcess::pause`].
     pub fn resume(&self) -> Result<()> {
         send_signal(self.pid()?, "CONT")
     }
 
     /// SIGTERM, then waits for the exit; past the grace period (plus slack) it is SIGKILLed.
-    /// Returns how it ended, for the report.
-    pub async fn terminate(&mut self) -> Result<String> {
+    /// Returns how it ended.
+    pub async fn terminate(&mut self) -> Result<Ended> {
         send_signal(self.pid()?, "TERM")?;
-        let deadline = Instant::now() + self.grace + STOP_SLACK;
+        let patience = self.grace + STOP_SLACK;
+        let deadline = Instant::now() + patience;
         let Some(process) = self.process.as_mut() else {
             bail!("{} is not running", self.name);
         };
         loop {
             if let Some(status) = process.exited() {
                 self.process = None;
-                return Ok(format!("exited with {status}"));
+                return Ok(Ended::Exited(status));
             }
             if Instant::now() > deadline {
                 self.kill();
-                return Ok(format!(
-                    "did not exit within {:?} of SIGTERM; SIGKILLed",
-                    self.grace + STOP_SLACK
-                ));
+                return Ok(Ended::Killed(patience));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Whether the process (if started) is still running; an agent that died on its own is a
+    /// Whether the process (if started) is still running; a service that died on its own is a
     /// finding, reported with its log tail.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.process.as_mut().and_then(Owned::exited) {
-            self.process = None;
-            bail!(
-                "{} died on its own with {status}:\n{}",
-                self.name,
-                log_tail(&self.log, 20)
-            );
+        if let Some(exit) = self.take_exit("died on its own") {
+            bail!(exit);
         }
         Ok(())
+    }
+
+    /// If the process has exited: forgets it and says so (`what`, the status, the log tail).
+    fn take_exit(&mut self, what: &str) -> Option<String> {
+        let status = self.process.as_mut().and_then(Owned::exited)?;
+        self.process = None;
+        Some(format!(
+            "{} {what} with {status}:\n{}",
+            self.name,
+            log_tail(&self.log, 20)
+        ))
     }
 
     pub fn is_running(&self) -> bool {
@@ -353,4 +354,40 @@ impl AgentProcess {
     pub fn starts(&self) -> usize {
         self.starts
     }
+}
+
+/// How a SIGTERMed service ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Ended {
+    /// It exited by itself with this status.
+    Exited(std::process::ExitStatus),
+    /// It was still running this long after SIGTERM and was SIGKILLed.
+    Killed(Duration),
+}
+
+impl Ended {
+    /// Exited by itself with status 0.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, Ended::Exited(status) if status.success())
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Exited(status) => write!(f, "exited with {status}"),
+            Ended::Killed(after) => {
+                write!(f, "did not exit within {after:?} of SIGTERM; SIGKILLed")
+            }
+        }
+    }
+}
+
+/// `target/<profile>` when every one of `binaries` is built there: the test executable lives
+/// in its `deps` directory, and `cargo test --workspace` builds the workspace's binaries.
+#[cfg(test)]
+pub fn bin_dir_of_this_test(binaries: &[&str]) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?.to_owned();
+    binaries.iter().all(|b| dir.join(b).exists()).then_some(dir)
 }

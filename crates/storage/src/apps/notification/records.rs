@@ -11,31 +11,20 @@
 //! which the retry scan finds the record again.
 
 use std::fmt;
-use std::str::FromStr;
 
-use sea_orm::sea_query::{Expr, Func, LockType, Order, Query, SelectStatement, SimpleExpr, Value};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, QueryResult, TransactionTrait};
+use sea_orm::sea_query::{Expr, SimpleExpr};
+use sea_orm::{
+    ActiveEnum, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Select, TransactionTrait,
+};
 
+pub use super::entity::notification_records::{Model as NotificationRecord, NotificationStatus};
+
+use super::entity::notification_records::{ActiveModel, Column as T, Entity};
 use crate::error_text::truncate;
-use crate::schema::NotificationRecords as T;
 use crate::StorageError;
 
 const TABLE: &str = "notification_records";
-
-/// The delivery state of one notification record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum NotificationStatus {
-    /// Recorded, not yet handed to a provider.
-    Pending,
-    /// Claimed by a sender holding a lease; the provider call may be under way.
-    Sending,
-    /// The provider accepted it. Terminal.
-    Sent,
-    /// The last attempt failed with a retryable error; due again at `next_retry_at`.
-    Failed,
-    /// Given up: a permanent error or attempts exhausted, with the error kept. Terminal.
-    Dead,
-}
 
 impl NotificationStatus {
     pub const ALL: [NotificationStatus; 5] = [
@@ -45,17 +34,6 @@ impl NotificationStatus {
         NotificationStatus::Failed,
         NotificationStatus::Dead,
     ];
-
-    /// The one spelling of each status, as stored.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            NotificationStatus::Pending => "pending",
-            NotificationStatus::Sending => "sending",
-            NotificationStatus::Sent => "sent",
-            NotificationStatus::Failed => "failed",
-            NotificationStatus::Dead => "dead",
-        }
-    }
 
     /// Whether no writer may change a record in this status any more.
     pub const fn is_terminal(self) -> bool {
@@ -90,21 +68,7 @@ impl NotificationStatus {
 
 impl fmt::Display for NotificationStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for NotificationStatus {
-    type Err = StorageError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| StorageError::Corrupt {
-                table: TABLE.to_owned(),
-                reason: format!("unknown notification status `{s}`"),
-            })
+        f.write_str(&self.to_value())
     }
 }
 
@@ -119,30 +83,6 @@ pub struct NewNotification {
     pub source_event_id: Option<String>,
     /// Attempts (provider calls) allowed before the record is `dead`; at least 1.
     pub max_attempts: u32,
-}
-
-/// One stored record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotificationRecord {
-    pub id: i64,
-    pub channel: String,
-    pub dedupe_key: String,
-    pub source_event_id: Option<String>,
-    pub payload: String,
-    pub status: NotificationStatus,
-    /// Provider calls started so far, counted when a sender claims the record.
-    pub attempts: i32,
-    pub max_attempts: i32,
-    /// When a `pending` or `failed` record is due.
-    pub next_retry_at: Option<i64>,
-    /// The claim token of the sender holding a `sending` record.
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<i64>,
-    pub last_error: Option<String>,
-    pub provider_response: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub sent_at: Option<i64>,
 }
 
 /// What recording a request did.
@@ -197,33 +137,28 @@ pub struct NotificationCounts {
     pub dead: u64,
 }
 
-const COLUMNS: [T; 16] = [
-    T::Id,
-    T::Channel,
-    T::DedupeKey,
-    T::SourceEventId,
-    T::Payload,
-    T::Status,
-    T::Attempts,
-    T::MaxAttempts,
-    T::NextRetryAt,
-    T::LeaseOwner,
-    T::LeaseUntil,
-    T::LastError,
-    T::ProviderResponse,
-    T::CreatedAt,
-    T::UpdatedAt,
-    T::SentAt,
-];
+/// One line of the per-status count.
+#[derive(FromQueryResult)]
+struct StatusCount {
+    status: NotificationStatus,
+    n: i64,
+}
+
+/// A status as an update sets it.
+fn stored(status: NotificationStatus) -> SimpleExpr {
+    Expr::val(status.to_value()).into()
+}
 
 fn status_is(status: NotificationStatus) -> SimpleExpr {
-    Expr::col(T::Status).eq(status.as_str())
+    T::Status.eq(status)
 }
 
 fn by_key(channel: &str, dedupe_key: &str) -> SimpleExpr {
-    Expr::col(T::Channel)
-        .eq(channel)
-        .and(Expr::col(T::DedupeKey).eq(dedupe_key))
+    T::Channel.eq(channel).and(T::DedupeKey.eq(dedupe_key))
+}
+
+fn has_attempts_left() -> SimpleExpr {
+    Expr::col(T::Attempts).lt(Expr::col(T::MaxAttempts))
 }
 
 /// Records a requested notification inside the caller's transaction (normally the consumer's,
@@ -238,38 +173,23 @@ pub async fn request(
     new: &NewNotification,
     now: i64,
 ) -> Result<RequestOutcome, StorageError> {
-    let backend = txn.get_database_backend();
     let max_attempts = new.max_attempts.clamp(1, i32::MAX as u32) as i32;
-    let insert = Query::insert()
-        .into_table(T::Table)
-        .columns([
-            T::Channel,
-            T::DedupeKey,
-            T::SourceEventId,
-            T::Payload,
-            T::Status,
-            T::Attempts,
-            T::MaxAttempts,
-            T::NextRetryAt,
-            T::CreatedAt,
-            T::UpdatedAt,
-        ])
-        .values_panic([
-            new.channel.clone().into(),
-            new.dedupe_key.clone().into(),
-            new.source_event_id.clone().into(),
-            new.payload.clone().into(),
-            NotificationStatus::Pending.as_str().into(),
-            0i32.into(),
-            max_attempts.into(),
-            now.into(),
-            now.into(),
-            now.into(),
-        ])
-        .to_owned();
+    let row = ActiveModel {
+        channel: Set(new.channel.clone()),
+        dedupe_key: Set(new.dedupe_key.clone()),
+        source_event_id: Set(new.source_event_id.clone()),
+        payload: Set(new.payload.clone()),
+        status: Set(NotificationStatus::Pending),
+        attempts: Set(0),
+        max_attempts: Set(max_attempts),
+        next_retry_at: Set(Some(now)),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
     let savepoint = txn.begin().await?;
-    let inserted = savepoint
-        .execute(backend.build(&insert))
+    let inserted = Entity::insert(row)
+        .exec_without_returning(&savepoint)
         .await
         .map_err(StorageError::from);
     match inserted {
@@ -285,14 +205,15 @@ pub async fn request(
         }
         Err(e) if e.is_unique_violation() => {
             savepoint.rollback().await?;
-            let reopen = Query::update()
-                .table(T::Table)
-                .value(T::NextRetryAt, now)
-                .value(T::UpdatedAt, now)
-                .and_where(by_key(&new.channel, &new.dedupe_key))
-                .and_where(status_is(NotificationStatus::Failed))
-                .to_owned();
-            let retry_now = txn.execute(backend.build(&reopen)).await?.rows_affected() == 1;
+            let retry_now = Entity::update_many()
+                .col_expr(T::NextRetryAt, Expr::val(now).into())
+                .col_expr(T::UpdatedAt, Expr::val(now).into())
+                .filter(by_key(&new.channel, &new.dedupe_key))
+                .filter(status_is(NotificationStatus::Failed))
+                .exec(txn)
+                .await?
+                .rows_affected
+                == 1;
             let record = find_locked(txn, &new.channel, &new.dedupe_key)
                 .await?
                 .ok_or_else(|| StorageError::Corrupt {
@@ -312,16 +233,11 @@ async fn find_locked(
     channel: &str,
     dedupe_key: &str,
 ) -> Result<Option<NotificationRecord>, StorageError> {
-    let stmt = Query::select()
-        .columns(COLUMNS)
-        .from(T::Table)
-        .and_where(by_key(channel, dedupe_key))
-        .lock(LockType::Update)
-        .to_owned();
-    let row = txn
-        .query_one(txn.get_database_backend().build(&stmt))
-        .await?;
-    row.map(|r| record(&r)).transpose()
+    Ok(Entity::find()
+        .filter(by_key(channel, dedupe_key))
+        .lock_exclusive()
+        .one(txn)
+        .await?)
 }
 
 /// The record of one `(channel, dedupe_key)`, if any.
@@ -330,15 +246,10 @@ pub async fn find<C: ConnectionTrait>(
     channel: &str,
     dedupe_key: &str,
 ) -> Result<Option<NotificationRecord>, StorageError> {
-    let stmt = Query::select()
-        .columns(COLUMNS)
-        .from(T::Table)
-        .and_where(by_key(channel, dedupe_key))
-        .to_owned();
-    let row = conn
-        .query_one(conn.get_database_backend().build(&stmt))
-        .await?;
-    row.map(|r| record(&r)).transpose()
+    Ok(Entity::find()
+        .filter(by_key(channel, dedupe_key))
+        .one(conn)
+        .await?)
 }
 
 /// One record by id, if any.
@@ -346,15 +257,7 @@ pub async fn get<C: ConnectionTrait>(
     conn: &C,
     id: i64,
 ) -> Result<Option<NotificationRecord>, StorageError> {
-    let stmt = Query::select()
-        .columns(COLUMNS)
-        .from(T::Table)
-        .and_where(Expr::col(T::Id).eq(id))
-        .to_owned();
-    let row = conn
-        .query_one(conn.get_database_backend().build(&stmt))
-        .await?;
-    row.map(|r| record(&r)).transpose()
+    Ok(Entity::find_by_id(id).one(conn).await?)
 }
 
 /// `pending` records, oldest first, at most `limit`; with `due_before`, only those recorded
@@ -364,18 +267,13 @@ pub async fn pending<C: ConnectionTrait>(
     due_before: Option<i64>,
     limit: u64,
 ) -> Result<Vec<NotificationRecord>, StorageError> {
-    let mut stmt = Query::select();
-    stmt.columns(COLUMNS)
-        .from(T::Table)
-        .and_where(status_is(NotificationStatus::Pending))
-        .order_by(T::NextRetryAt, Order::Asc)
-        .order_by(T::Id, Order::Asc)
-        .limit(limit);
+    let mut select = Entity::find().filter(status_is(NotificationStatus::Pending));
     // A pending record's `next_retry_at` is the time it was recorded (or reopened).
     if let Some(before) = due_before {
-        stmt.and_where(Expr::col(T::NextRetryAt).lt(before));
+        select = select.filter(T::NextRetryAt.lt(before));
     }
-    query_records(conn, &stmt).await
+    let oldest_first = oldest_first(select, T::NextRetryAt, limit);
+    Ok(oldest_first.all(conn).await?)
 }
 
 /// What the retry scanner works on: `failed` records due by `now` and `sending` records whose
@@ -386,31 +284,25 @@ pub async fn due_for_retry<C: ConnectionTrait>(
     now: i64,
     limit: u64,
 ) -> Result<Vec<NotificationRecord>, StorageError> {
-    let has_attempts_left = || Expr::col(T::Attempts).lt(Expr::col(T::MaxAttempts));
-    let failed = Query::select()
-        .columns(COLUMNS)
-        .from(T::Table)
-        .and_where(status_is(NotificationStatus::Failed))
-        .and_where(Expr::col(T::NextRetryAt).lte(now))
-        .and_where(has_attempts_left())
-        .order_by(T::NextRetryAt, Order::Asc)
-        .order_by(T::Id, Order::Asc)
-        .limit(limit)
-        .to_owned();
-    let stale = Query::select()
-        .columns(COLUMNS)
-        .from(T::Table)
-        .and_where(status_is(NotificationStatus::Sending))
-        .and_where(Expr::col(T::LeaseUntil).lt(now))
-        .and_where(has_attempts_left())
-        .order_by(T::LeaseUntil, Order::Asc)
-        .order_by(T::Id, Order::Asc)
-        .limit(limit)
-        .to_owned();
-    let mut records = query_records(conn, &failed).await?;
-    records.extend(query_records(conn, &stale).await?);
+    let failed = Entity::find()
+        .filter(status_is(NotificationStatus::Failed))
+        .filter(T::NextRetryAt.lte(now))
+        .filter(has_attempts_left());
+    let stale = Entity::find()
+        .filter(status_is(NotificationStatus::Sending))
+        .filter(T::LeaseUntil.lt(now))
+        .filter(has_attempts_left());
+    let mut records = oldest_first(failed, T::NextRetryAt, limit)
+        .all(conn)
+        .await?;
+    records.extend(oldest_first(stale, T::LeaseUntil, limit).all(conn).await?);
     records.sort_by_key(|r| r.id);
     Ok(records)
+}
+
+/// A lane in the order its index serves: by `due`, then id.
+fn oldest_first(select: Select<Entity>, due: T, limit: u64) -> Select<Entity> {
+    select.order_by_asc(due).order_by_asc(T::Id).limit(limit)
 }
 
 /// `sending` records whose lease ran out on their last allowed attempt go to `dead`: their
@@ -419,33 +311,31 @@ pub async fn bury_exhausted_leases<C: ConnectionTrait>(
     conn: &C,
     now: i64,
 ) -> Result<u64, StorageError> {
-    let stmt = Query::update()
-        .table(T::Table)
-        .value(T::Status, NotificationStatus::Dead.as_str())
-        .value(
+    Ok(Entity::update_many()
+        .col_expr(T::Status, stored(NotificationStatus::Dead))
+        .col_expr(
             T::LastError,
-            "the sender of the last allowed attempt stopped before recording its result",
+            Expr::val("the sender of the last allowed attempt stopped before recording its result")
+                .into(),
         )
-        .value(T::LeaseOwner, Value::String(None))
-        .value(T::LeaseUntil, Value::BigInt(None))
-        .value(T::NextRetryAt, Value::BigInt(None))
-        .value(T::UpdatedAt, now)
-        .and_where(status_is(NotificationStatus::Sending))
-        .and_where(Expr::col(T::LeaseUntil).lt(now))
-        .and_where(Expr::col(T::Attempts).gte(Expr::col(T::MaxAttempts)))
-        .to_owned();
-    Ok(conn
-        .execute(conn.get_database_backend().build(&stmt))
+        .col_expr(T::LeaseOwner, Expr::val(None::<String>).into())
+        .col_expr(T::LeaseUntil, Expr::val(None::<i64>).into())
+        .col_expr(T::NextRetryAt, Expr::val(None::<i64>).into())
+        .col_expr(T::UpdatedAt, Expr::val(now).into())
+        .filter(status_is(NotificationStatus::Sending))
+        .filter(T::LeaseUntil.lt(now))
+        .filter(Expr::col(T::Attempts).gte(Expr::col(T::MaxAttempts)))
+        .exec(conn)
         .await?
-        .rows_affected())
+        .rows_affected)
 }
 
 /// The condition under which a record in `from` may be claimed at `now`.
 fn claimable_from(from: NotificationStatus, now: i64) -> Option<SimpleExpr> {
     match from {
         NotificationStatus::Pending => Some(status_is(from)),
-        NotificationStatus::Failed => Some(status_is(from).and(Expr::col(T::NextRetryAt).lte(now))),
-        NotificationStatus::Sending => Some(status_is(from).and(Expr::col(T::LeaseUntil).lt(now))),
+        NotificationStatus::Failed => Some(status_is(from).and(T::NextRetryAt.lte(now))),
+        NotificationStatus::Sending => Some(status_is(from).and(T::LeaseUntil.lt(now))),
         NotificationStatus::Sent | NotificationStatus::Dead => None,
     }
 }
@@ -470,23 +360,20 @@ pub async fn claim<C: ConnectionTrait>(
             table: TABLE.to_owned(),
             reason: "the state machine allows no move to sending".to_owned(),
         })?;
-    let stmt = Query::update()
-        .table(T::Table)
-        .value(T::Status, NotificationStatus::Sending.as_str())
-        .value(T::Attempts, Expr::col(T::Attempts).add(1))
-        .value(T::LeaseOwner, token.clone())
-        .value(T::LeaseUntil, lease_until)
-        .value(T::NextRetryAt, Value::BigInt(None))
-        .value(T::UpdatedAt, now)
-        .and_where(Expr::col(T::Id).eq(seen.id))
-        .and_where(Expr::col(T::Attempts).eq(seen.attempts))
-        .and_where(Expr::col(T::Attempts).lt(Expr::col(T::MaxAttempts)))
-        .and_where(claimable)
-        .to_owned();
-    let moved = conn
-        .execute(conn.get_database_backend().build(&stmt))
+    let moved = Entity::update_many()
+        .col_expr(T::Status, stored(NotificationStatus::Sending))
+        .col_expr(T::Attempts, Expr::col(T::Attempts).add(1))
+        .col_expr(T::LeaseOwner, Expr::val(token.clone()).into())
+        .col_expr(T::LeaseUntil, Expr::val(lease_until).into())
+        .col_expr(T::NextRetryAt, Expr::val(None::<i64>).into())
+        .col_expr(T::UpdatedAt, Expr::val(now).into())
+        .filter(T::Id.eq(seen.id))
+        .filter(T::Attempts.eq(seen.attempts))
+        .filter(has_attempts_left())
+        .filter(claimable)
+        .exec(conn)
         .await?
-        .rows_affected();
+        .rows_affected;
     if moved != 1 {
         return Ok(None);
     }
@@ -520,63 +407,54 @@ pub async fn finish<C: ConnectionTrait>(
             reason: format!("a delivery cannot end in `{to}`"),
         });
     }
-    let mut stmt = Query::update();
-    stmt.table(T::Table)
-        .value(T::Status, to.as_str())
-        .value(T::LeaseOwner, Value::String(None))
-        .value(T::LeaseUntil, Value::BigInt(None))
-        .value(T::UpdatedAt, now);
-    match outcome {
-        DeliveryOutcome::Sent { response } => {
-            stmt.value(T::SentAt, now)
-                .value(T::NextRetryAt, Value::BigInt(None))
-                .value(T::ProviderResponse, response.as_deref().map(truncate));
-        }
+    let update = Entity::update_many()
+        .col_expr(T::Status, stored(to))
+        .col_expr(T::LeaseOwner, Expr::val(None::<String>).into())
+        .col_expr(T::LeaseUntil, Expr::val(None::<i64>).into())
+        .col_expr(T::UpdatedAt, Expr::val(now).into());
+    let kept = |text: &Option<String>| Expr::val(text.as_deref().map(truncate)).into();
+    let update = match outcome {
+        DeliveryOutcome::Sent { response } => update
+            .col_expr(T::SentAt, Expr::val(now).into())
+            .col_expr(T::NextRetryAt, Expr::val(None::<i64>).into())
+            .col_expr(T::ProviderResponse, kept(response)),
         DeliveryOutcome::Failed {
             error,
             response,
             next_retry_at,
-        } => {
-            stmt.value(T::NextRetryAt, *next_retry_at)
-                .value(T::LastError, truncate(error))
-                .value(T::ProviderResponse, response.as_deref().map(truncate));
-        }
-        DeliveryOutcome::Dead { error, response } => {
-            stmt.value(T::NextRetryAt, Value::BigInt(None))
-                .value(T::LastError, truncate(error))
-                .value(T::ProviderResponse, response.as_deref().map(truncate));
-        }
-    }
-    stmt.and_where(Expr::col(T::Id).eq(claimed.id))
-        .and_where(status_is(NotificationStatus::Sending))
-        .and_where(Expr::col(T::LeaseOwner).eq(token));
-    let moved = conn
-        .execute(conn.get_database_backend().build(&stmt))
+        } => update
+            .col_expr(T::NextRetryAt, Expr::val(*next_retry_at).into())
+            .col_expr(T::LastError, Expr::val(truncate(error)).into())
+            .col_expr(T::ProviderResponse, kept(response)),
+        DeliveryOutcome::Dead { error, response } => update
+            .col_expr(T::NextRetryAt, Expr::val(None::<i64>).into())
+            .col_expr(T::LastError, Expr::val(truncate(error)).into())
+            .col_expr(T::ProviderResponse, kept(response)),
+    };
+    let moved = update
+        .filter(T::Id.eq(claimed.id))
+        .filter(status_is(NotificationStatus::Sending))
+        .filter(T::LeaseOwner.eq(token))
+        .exec(conn)
         .await?
-        .rows_affected();
+        .rows_affected;
     Ok(moved == 1)
 }
 
 /// How many records are in each status.
 pub async fn counts<C: ConnectionTrait>(conn: &C) -> Result<NotificationCounts, StorageError> {
-    let stmt = Query::select()
+    let rows = Entity::find()
+        .select_only()
         .column(T::Status)
-        .expr_as(
-            Func::count(Expr::col(T::Id)),
-            sea_orm::sea_query::Alias::new("n"),
-        )
-        .from(T::Table)
-        .group_by_col(T::Status)
-        .to_owned();
+        .column_as(T::Id.count(), "n")
+        .group_by(T::Status)
+        .into_model::<StatusCount>()
+        .all(conn)
+        .await?;
     let mut counts = NotificationCounts::default();
-    for row in conn
-        .query_all(conn.get_database_backend().build(&stmt))
-        .await?
-    {
-        let status: String = column(&row, "status")?;
-        let n: i64 = column(&row, "n")?;
+    for StatusCount { status, n } in rows {
         let n = n.max(0) as u64;
-        match status.parse::<NotificationStatus>()? {
+        match status {
             NotificationStatus::Pending => counts.pending = n,
             NotificationStatus::Sending => counts.sending = n,
             NotificationStatus::Sent => counts.sent = n,
@@ -585,47 +463,6 @@ pub async fn counts<C: ConnectionTrait>(conn: &C) -> Result<NotificationCounts, 
         }
     }
     Ok(counts)
-}
-
-async fn query_records<C: ConnectionTrait>(
-    conn: &C,
-    stmt: &SelectStatement,
-) -> Result<Vec<NotificationRecord>, StorageError> {
-    conn.query_all(conn.get_database_backend().build(stmt))
-        .await?
-        .iter()
-        .map(record)
-        .collect()
-}
-
-fn column<V: sea_orm::TryGetable>(row: &QueryResult, col: &str) -> Result<V, StorageError> {
-    row.try_get::<V>("", col)
-        .map_err(|e| StorageError::Corrupt {
-            table: TABLE.to_owned(),
-            reason: format!("column {col}: {e}"),
-        })
-}
-
-fn record(r: &QueryResult) -> Result<NotificationRecord, StorageError> {
-    let status: String = column(r, "status")?;
-    Ok(NotificationRecord {
-        id: column(r, "id")?,
-        channel: column(r, "channel")?,
-        dedupe_key: column(r, "dedupe_key")?,
-        source_event_id: column(r, "source_event_id")?,
-        payload: column(r, "payload")?,
-        status: status.parse()?,
-        attempts: column(r, "attempts")?,
-        max_attempts: column(r, "max_attempts")?,
-        next_retry_at: column(r, "next_retry_at")?,
-        lease_owner: column(r, "lease_owner")?,
-        lease_until: column(r, "lease_until")?,
-        last_error: column(r, "last_error")?,
-        provider_response: column(r, "provider_response")?,
-        created_at: column(r, "created_at")?,
-        updated_at: column(r, "updated_at")?,
-        sent_at: column(r, "sent_at")?,
-    })
 }
 
 #[cfg(test)]
@@ -674,12 +511,14 @@ mod tests {
 
     #[test]
     fn spelling_round_trips_and_unknown_is_an_error() {
+        use sea_orm::ActiveEnum;
         for status in NotificationStatus::ALL {
             assert_eq!(
-                status.as_str().parse::<NotificationStatus>().unwrap(),
+                NotificationStatus::try_from_value(&status.to_value()).unwrap(),
                 status
             );
+            assert_eq!(status.to_string(), status.to_value());
         }
-        assert!("delivered".parse::<NotificationStatus>().is_err());
+        assert!(NotificationStatus::try_from_value(&"delivered".to_owned()).is_err());
     }
 }

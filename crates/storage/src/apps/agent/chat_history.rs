@@ -1,0 +1,60 @@
+//! The agent's chat history: the business table its consumer fills from outbox events.
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+
+pub use super::entity::chat_histories::Model as ChatMessage;
+
+use super::entity::chat_histories::{ActiveModel, Column, Entity};
+use crate::StorageError;
+
+/// A message to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChatMessage {
+    pub event_id: String,
+    pub conversation_id: String,
+    pub user_id: String,
+    pub role: String,
+    pub content: String,
+    pub created_at: i64,
+}
+
+/// Inserts one message. `event_id` is unique, so the same event can never store twice.
+pub async fn insert<C: ConnectionTrait>(
+    conn: &C,
+    msg: &NewChatMessage,
+) -> Result<(), StorageError> {
+    let row = ActiveModel {
+        event_id: Set(msg.event_id.clone()),
+        conversation_id: Set(msg.conversation_id.clone()),
+        user_id: Set(msg.user_id.clone()),
+        role: Set(msg.role.clone()),
+        content: Set(msg.content.clone()),
+        created_at: Set(msg.created_at),
+        ..Default::default()
+    };
+    Entity::insert(row).exec_without_returning(conn).await?;
+    Ok(())
+}
+
+/// A conversation's messages, oldest first, at most `limit`.
+pub async fn list<C: ConnectionTrait>(
+    conn: &C,
+    conversation_id: &str,
+    limit: u64,
+) -> Result<Vec<ChatMessage>, StorageError> {
+    Ok(Entity::find()
+        .filter(Column::ConversationId.eq(conversation_id))
+        .order_by_asc(Column::CreatedAt)
+        .order_by_asc(Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await?)
+}
+
+/// How many messages are stored in all.
+pub async fn count<C: ConnectionTrait>(conn: &C) -> Result<u64, StorageError> {
+    Ok(Entity::find().count(conn).await?)
+}

@@ -1,0 +1,4 @@
+//! The agent's business table.
+
+pub mod chat_history;
+mod entity;

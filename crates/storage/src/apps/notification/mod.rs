@@ -1,0 +1,4 @@
+//! The notification service's business table.
+
+mod entity;
+pub mod records;

@@ -1,0 +1,4 @@
+pub(crate) mod refresh_tokens;
+pub(crate) mod revoked_access_tokens;
+pub(crate) mod token_usage_ledger;
+pub(crate) mod users;

@@ -1,0 +1,31 @@
+//! The agent's tables: its outbox, the chat history its consumer fills, and the inbox its
+//! consumer dedupes other services' events on its topic with.
+
+mod m20261123_000001_create_agent_outbox;
+mod m20261123_000003_create_chat_histories;
+
+use sea_orm_migration::prelude::*;
+
+use crate::shared::m20261123_000002_create_inbox as inbox;
+use crate::shared::m20261123_000030_outbox_fresh_lane_index as fresh_lane;
+
+/// The agent's migrations, tracked in `seaql_migrations_agent`.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_create_agent_outbox::Migration),
+            Box::new(inbox::Migration),
+            Box::new(m20261123_000003_create_chat_histories::Migration),
+            Box::new(fresh_lane::Migration {
+                tables: &["agent_outbox"],
+            }),
+        ]
+    }
+
+    fn migration_table_name() -> DynIden {
+        Alias::new("seaql_migrations_agent").into_iden()
+    }
+}
