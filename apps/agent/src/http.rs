@@ -1,14 +1,10 @@
-//! The HTTP API: accepting chat messages into the outbox, reading the chat history, health and
-//! metrics. Request and response bodies are types of this module, never storage rows, so the
-//! API's shape does not follow the tables' by accident.
-
-use std::error::Error as StdError;
-use std::fmt::Write as _;
+//! The HTTP API: accepting chat messages into the outbox and reading the chat history (the
+//! skeleton adds `/healthz` and `/metrics`). Request and response bodies are types of this
+//! module, never storage rows, so the API's shape does not follow the tables' by accident.
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat};
@@ -16,9 +12,8 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::{BusError, EventBus};
 use smartflow_domain::DomainError;
-use smartflow_service::{error_response, health_check, ErrorChain, HealthBody};
+use smartflow_service::HttpError;
 use smartflow_storage::chat_history;
-use smartflow_storage::outbox::OutboxTable;
 use smartflow_userauth_contracts::{AuthorizeError, UserauthClient};
 
 use crate::events::{ChatMessageAppended, Role};
@@ -32,13 +27,13 @@ pub const MAX_ID_CHARS: usize = 128;
 pub struct ApiState {
     pub db: DatabaseConnection,
     pub bus: EventBus,
-    pub outbox: OutboxTable,
     pub max_content_chars: usize,
     /// Userauth's verifier; `None` runs without authentication (local development).
     pub auth: Option<UserauthClient>,
 }
 
-/// The API's routes over `state`.
+/// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON
+/// fallbacks).
 pub fn router(state: ApiState) -> Router {
     // Anything larger cannot hold a valid message: every character of the content takes at most
     // six bytes in JSON (`\u001f`), plus room for the other fields. Refusing it before buffering
@@ -52,105 +47,8 @@ pub fn router(state: ApiState) -> Router {
             "/v1/conversations/{id}/messages",
             get(list_messages).post(post_message),
         )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
-}
-
-/// A request's failure as the client sees it: a stable code and a message. Internal failures
-/// are logged where they happen and reach the client without details.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiError {
-    InvalidRequest(String),
-    PayloadTooLarge(String),
-    NotFound,
-    MethodNotAllowed,
-    Unavailable(String),
-    /// No `Authorization: Bearer` header where userauth requires one.
-    MissingToken,
-    /// Userauth's verdict (401 for a bad token, 429 at the quota), passed on unchanged.
-    Rejected {
-        status: StatusCode,
-        code: String,
-        message: String,
-    },
-    Internal,
-}
-
-impl ApiError {
-    /// Logs `error` with its whole source chain and returns the detail-free `internal` answer.
-    fn internal(what: &str, error: &(dyn StdError + 'static)) -> Self {
-        tracing::error!(error = %ErrorChain(error), "{what} failed");
-        ApiError::Internal
-    }
-
-    pub fn code(&self) -> &str {
-        match self {
-            ApiError::MissingToken => "missing_token",
-            ApiError::Rejected { code, .. } => code,
-            ApiError::InvalidRequest(_) => "invalid_request",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal => "internal",
-        }
-    }
-
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::MissingToken => StatusCode::UNAUTHORIZED,
-            ApiError::Rejected { status, .. } => *status,
-            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn message(&self) -> String {
-        match self {
-            ApiError::InvalidRequest(m)
-            | ApiError::PayloadTooLarge(m)
-            | ApiError::Unavailable(m) => m.clone(),
-            ApiError::NotFound => "no such resource".to_owned(),
-            ApiError::MethodNotAllowed => "method not allowed on this resource".to_owned(),
-            ApiError::Internal => "internal error".to_owned(),
-            ApiError::MissingToken => {
-                "an `Authorization: Bearer` access token is required".to_owned()
-            }
-            ApiError::Rejected { message, .. } => message.clone(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        error_response(self.status(), self.code(), self.message())
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge("the request body is too large".to_owned())
-        } else {
-            // Syntax errors, missing fields and a missing content type alike: all are the
-            // client's to fix, and one code keeps client error handling simple.
-            ApiError::InvalidRequest(rejection.body_text())
-        }
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(rejection: PathRejection) -> Self {
-        ApiError::InvalidRequest(rejection.body_text())
-    }
 }
 
 /// The body of `POST /v1/conversations/{id}/messages`. The role is a string here so that a
@@ -187,14 +85,14 @@ pub struct MessageView {
 
 /// Checks a conversation id taken from the path: it becomes the Kafka message key and a column
 /// value, so it is kept short and free of characters that need escaping anywhere.
-pub fn validate_conversation_id(id: &str) -> Result<(), ApiError> {
+pub fn validate_conversation_id(id: &str) -> Result<(), HttpError> {
     if id.is_empty() {
-        return Err(ApiError::InvalidRequest(
+        return Err(HttpError::invalid_request(
             "conversation id must not be empty".to_owned(),
         ));
     }
     if id.chars().count() > MAX_ID_CHARS {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(HttpError::invalid_request(format!(
             "conversation id must be at most {MAX_ID_CHARS} characters"
         )));
     }
@@ -202,7 +100,7 @@ pub fn validate_conversation_id(id: &str) -> Result<(), ApiError> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
     {
-        return Err(ApiError::InvalidRequest(
+        return Err(HttpError::invalid_request(
             "conversation id may hold only letters, digits, `_`, `.`, `:` and `-`".to_owned(),
         ));
     }
@@ -210,8 +108,8 @@ pub fn validate_conversation_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// Checks a posted message and returns its role.
-pub fn validate_message(body: &PostMessage, max_content_chars: usize) -> Result<Role, ApiError> {
-    let invalid = |m: String| Err(ApiError::InvalidRequest(m));
+pub fn validate_message(body: &PostMessage, max_content_chars: usize) -> Result<Role, HttpError> {
+    let invalid = |m: String| Err(HttpError::invalid_request(m));
     if let Some(user_id) = &body.user_id {
         if user_id.trim().is_empty() {
             return invalid("user_id must not be empty".to_owned());
@@ -248,7 +146,7 @@ async fn post_message(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     body: Result<Json<PostMessage>, JsonRejection>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, Json<Accepted>), HttpError> {
     let Path(conversation_id) = path?;
     validate_conversation_id(&conversation_id)?;
     tracing::Span::current().record("conversation_id", conversation_id.as_str());
@@ -257,13 +155,13 @@ async fn post_message(
     let role = validate_message(&body, state.max_content_chars)?;
     let user_id = match (authenticated, body.user_id) {
         (Some(token_user), Some(claimed)) if claimed != token_user => {
-            return Err(ApiError::InvalidRequest(
+            return Err(HttpError::invalid_request(
                 "user_id does not match the access token's user".to_owned(),
             ))
         }
         (Some(token_user), _) => token_user,
         (None, Some(claimed)) => claimed,
-        (None, None) => return Err(ApiError::InvalidRequest("user_id is required".to_owned())),
+        (None, None) => return Err(HttpError::invalid_request("user_id is required".to_owned())),
     };
     let event = ChatMessageAppended {
         conversation_id,
@@ -276,7 +174,7 @@ async fn post_message(
         .db
         .begin()
         .await
-        .map_err(|e| ApiError::internal("opening a transaction", &e))?;
+        .map_err(|e| HttpError::internal("opening a transaction", &e))?;
     // The conversation is the message key, so one conversation's messages keep their order
     // through Kafka. A failed publish drops `txn`, which rolls it back.
     let event_id = state
@@ -288,13 +186,22 @@ async fn post_message(
         .bus
         .commit(txn)
         .await
-        .map_err(|e| ApiError::internal("committing a message", &e))?;
+        .map_err(|e| HttpError::internal("committing a message", &e))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
             event_id: event_id.to_string(),
         }),
     ))
+}
+
+/// No `Authorization: Bearer` header where userauth requires one.
+fn missing_token() -> HttpError {
+    HttpError::new(
+        StatusCode::UNAUTHORIZED,
+        "missing_token",
+        "an `Authorization: Bearer` access token is required",
+    )
 }
 
 /// Whether a request spends the user's quota (posting) or not (reading).
@@ -310,7 +217,7 @@ async fn authenticate(
     state: &ApiState,
     headers: &HeaderMap,
     quota: Quota,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<String>, HttpError> {
     let Some(client) = &state.auth else {
         return Ok(None);
     };
@@ -318,7 +225,7 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(smartflow_userauth_contracts::bearer_token)
-        .ok_or(ApiError::MissingToken)?;
+        .ok_or_else(missing_token)?;
     match client.authorize(token).await {
         Ok(user) => Ok(Some(user.user_id)),
         Err(AuthorizeError::Rejected {
@@ -332,29 +239,25 @@ async fn authenticate(
             if status == StatusCode::TOO_MANY_REQUESTS && quota == Quota::Ignored {
                 return Ok(None);
             }
-            Err(ApiError::Rejected {
-                status,
-                code,
-                message,
-            })
+            Err(HttpError::new(status, code, message))
         }
         Err(AuthorizeError::Unavailable(reason)) => {
             tracing::error!(%reason, "userauth could not be asked");
-            Err(ApiError::Unavailable(
+            Err(HttpError::unavailable(
                 "authentication is unavailable; try again later".to_owned(),
             ))
         }
     }
 }
 
-fn publish_error(error: BusError) -> ApiError {
+fn publish_error(error: BusError) -> HttpError {
     match error {
         BusError::Domain(DomainError::PayloadTooLarge { size, limit, .. }) => {
-            ApiError::PayloadTooLarge(format!(
+            HttpError::payload_too_large(format!(
                 "the message encodes to {size} bytes, over the limit of {limit} bytes"
             ))
         }
-        other => ApiError::internal("publishing a message", &other),
+        other => HttpError::internal("publishing a message", &other),
     }
 }
 
@@ -363,14 +266,14 @@ async fn list_messages(
     State(state): State<ApiState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<MessageList>, ApiError> {
+) -> Result<Json<MessageList>, HttpError> {
     authenticate(&state, &headers, Quota::Ignored).await?;
     let Path(conversation_id) = path?;
     validate_conversation_id(&conversation_id)?;
     tracing::Span::current().record("conversation_id", conversation_id.as_str());
     let rows = chat_history::list(&state.db, &conversation_id, HISTORY_LIMIT)
         .await
-        .map_err(|e| ApiError::internal("reading the chat history", &e))?;
+        .map_err(|e| HttpError::internal("reading the chat history", &e))?;
     let messages = rows
         .into_iter()
         .map(|row| {
@@ -381,7 +284,7 @@ async fn list_messages(
                         created_at = row.created_at,
                         "chat history row has a time out of range"
                     );
-                    ApiError::Internal
+                    HttpError::internal_logged()
                 })?
                 .to_rfc3339_opts(SecondsFormat::Millis, true);
             Ok(MessageView {
@@ -392,70 +295,13 @@ async fn list_messages(
                 created_at,
             })
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect::<Result<Vec<_>, HttpError>>()?;
     Ok(Json(MessageList { messages }))
-}
-
-async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<HealthBody>) {
-    health_check(&state.db, state.bus.metrics()).await
-}
-
-async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let stats = state
-        .outbox
-        .stats(&state.db)
-        .await
-        .map_err(|e| ApiError::internal("reading outbox statistics", &e))?;
-    let now = smartflow_storage::now_millis();
-    let oldest_pending_age_ms = stats
-        .oldest_pending_created_at
-        .map_or(0, |created| (now - created).max(0));
-    let table = state.outbox.name();
-
-    let mut out = state.bus.metrics().prometheus_text();
-    let _ = writeln!(
-        out,
-        "# HELP smartflow_outbox_rows Outbox rows per status.\n# TYPE smartflow_outbox_rows gauge"
-    );
-    for (status, n) in [
-        ("pending", stats.pending),
-        ("published", stats.published),
-        ("consumed", stats.consumed),
-        ("dead", stats.dead),
-    ] {
-        let _ = writeln!(
-            out,
-            "smartflow_outbox_rows{{table=\"{table}\",status=\"{status}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP smartflow_outbox_oldest_pending_age_ms Age of the oldest pending outbox row, 0 when none.\n\
-         # TYPE smartflow_outbox_oldest_pending_age_ms gauge\n\
-         smartflow_outbox_oldest_pending_age_ms{{table=\"{table}\"}} {oldest_pending_age_ms}"
-    );
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response())
-}
-
-async fn not_found() -> ApiError {
-    ApiError::NotFound
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::MethodNotAllowed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fmt;
 
     fn body(user_id: &str, role: &str, content: &str) -> PostMessage {
         PostMessage {
@@ -510,23 +356,5 @@ mod tests {
             let err = validate_message(&bad, 5).unwrap_err();
             assert_eq!(err.code(), "invalid_request", "{bad:?}");
         }
-    }
-
-    #[test]
-    fn error_chains_show_every_cause() {
-        #[derive(Debug)]
-        struct Outer(std::io::Error);
-        impl fmt::Display for Outer {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("outer")
-            }
-        }
-        impl StdError for Outer {
-            fn source(&self) -> Option<&(dyn StdError + 'static)> {
-                Some(&self.0)
-            }
-        }
-        let e = Outer(std::io::Error::other("inner"));
-        assert_eq!(ErrorChain(&e).to_string(), "outer: inner");
     }
 }

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use smartflow_domain::RetryPolicy;
+use smartflow_service::{ServiceSettings, LOOPBACK_ANY_PORT};
 
 use crate::dispatch::DispatchConfig;
 use crate::events::DEFAULT_TOPIC;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8081);
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://smartflow.db?mode=rwc";
 pub const DEFAULT_ALLOWED_TARGETS: &str =
     "https://open.feishu.cn/open-apis/bot/v2/hook/,https://open.larksuite.com/open-apis/bot/v2/hook/";
 
@@ -30,38 +30,6 @@ pub struct NotificationConfig {
     /// Address the HTTP API listens on (port 0 picks a free one).
     #[arg(long, env = "SMARTFLOW_HTTP_ADDR", default_value_t = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
-
-    /// Database URL: sqlite://FILE?mode=rwc, postgres://USER:PASS@HOST:PORT/DB or mysql://...
-    /// This service's own: services that request notifications write into their own outboxes,
-    /// and the requests reach this one through the broker.
-    #[arg(long, env = "SMARTFLOW_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
-
-    /// PostgreSQL only: the schema to create and use the tables in.
-    #[arg(long, env = "SMARTFLOW_DATABASE_SCHEMA")]
-    pub database_schema: Option<String>,
-
-    /// How long start-up keeps retrying an unreachable PostgreSQL/MySQL server, in seconds.
-    #[arg(long, env = "SMARTFLOW_DATABASE_WAIT_SECS", default_value_t = 60)]
-    pub database_wait_secs: u64,
-
-    /// Kafka bootstrap servers (host:port,...). Absent: an embedded broker runs in this process.
-    #[arg(long, env = "SMARTFLOW_KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-
-    /// Partitions of the notification topic when start-up creates it.
-    #[arg(long, env = "SMARTFLOW_KAFKA_PARTITIONS", default_value_t = 3,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub kafka_partitions: i32,
-
-    /// Replication factor of the topic when start-up creates it on a real cluster.
-    #[arg(long, env = "SMARTFLOW_KAFKA_REPLICATION", default_value_t = 1,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub kafka_replication: i32,
-
-    /// How long start-up keeps retrying an unreachable Kafka cluster, in seconds.
-    #[arg(long, env = "SMARTFLOW_BROKER_WAIT_SECS", default_value_t = 60)]
-    pub broker_wait_secs: u64,
 
     /// The topic of notification requests; publishers must use the same one.
     #[arg(long, env = "SMARTFLOW_NOTIFICATION_TOPIC", default_value = DEFAULT_TOPIC)]
@@ -114,13 +82,11 @@ pub struct NotificationConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
 
-    /// How long a stop waits for in-flight work before abandoning it, in seconds.
-    #[arg(long, env = "SMARTFLOW_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
-    pub shutdown_grace_secs: u64,
-
-    /// Retry policy, deadlines, timeouts and batch sizes of the bus (see `--help`).
+    /// The database (this service's own: services that request notifications write into their
+    /// own outboxes, and the requests reach this one through the broker), the broker, start-up
+    /// waits, the stop's grace and the bus's reliability.
     #[command(flatten)]
-    pub reliability: smartflow_service::ReliabilitySettings,
+    pub service: ServiceSettings,
 }
 
 impl Default for NotificationConfig {
@@ -129,13 +95,6 @@ impl Default for NotificationConfig {
     fn default() -> Self {
         Self {
             http_addr: DEFAULT_HTTP_ADDR,
-            database_url: DEFAULT_DATABASE_URL.to_owned(),
-            database_schema: None,
-            database_wait_secs: 60,
-            kafka_brokers: None,
-            kafka_partitions: 3,
-            kafka_replication: 1,
-            broker_wait_secs: 60,
             topic: DEFAULT_TOPIC.to_owned(),
             feishu_webhook_url: None,
             feishu_secret: None,
@@ -147,8 +106,7 @@ impl Default for NotificationConfig {
             lease_ms: 60_000,
             scan_interval_ms: 1_000,
             concurrency: 8,
-            shutdown_grace_secs: 30,
-            reliability: smartflow_service::ReliabilitySettings::default(),
+            service: ServiceSettings::default(),
         }
     }
 }
@@ -157,18 +115,10 @@ impl NotificationConfig {
     /// The defaults with another database and an OS-chosen HTTP port: what a test wants.
     pub fn embedded(database_url: impl Into<String>) -> Self {
         Self {
-            http_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            database_url: database_url.into(),
+            http_addr: LOOPBACK_ANY_PORT,
+            service: ServiceSettings::on_database(database_url),
             ..Self::default()
         }
-    }
-
-    /// The brokers to connect to, or `None` for the embedded broker (blank counts as absent).
-    pub fn brokers(&self) -> Option<&str> {
-        self.kafka_brokers
-            .as_deref()
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
     }
 
     pub fn allowed_targets(&self) -> Vec<String> {
@@ -215,31 +165,12 @@ impl NotificationConfig {
         }
         Ok(())
     }
-
-    pub fn database_wait(&self) -> Duration {
-        Duration::from_secs(self.database_wait_secs)
-    }
-
-    pub fn broker_wait(&self) -> Duration {
-        Duration::from_secs(self.broker_wait_secs)
-    }
-
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
-    }
 }
 
 impl fmt::Debug for NotificationConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NotificationConfig")
             .field("http_addr", &self.http_addr)
-            .field(
-                "database_url",
-                &smartflow_storage::connect::redact(&self.database_url),
-            )
-            .field("database_schema", &self.database_schema)
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("kafka_partitions", &self.kafka_partitions)
             .field("topic", &self.topic)
             .field(
                 "feishu_webhook_url",
@@ -257,8 +188,7 @@ impl fmt::Debug for NotificationConfig {
             .field("lease_ms", &self.lease_ms)
             .field("scan_interval_ms", &self.scan_interval_ms)
             .field("concurrency", &self.concurrency)
-            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
-            .field("reliability", &self.reliability)
+            .field("service", &self.service)
             .finish()
     }
 }
@@ -282,7 +212,7 @@ mod tests {
                 let value: &String = matches.get_one(arg).unwrap();
                 let default = NotificationConfig::default();
                 let expected = match arg {
-                    "database_url" => default.database_url,
+                    "database_url" => default.service.database_url,
                     "topic" => default.topic,
                     _ => default.feishu_allowed_targets,
                 };

@@ -1,19 +1,19 @@
-//! The HTTP API: requesting a notification through the outbox, reading a record's status,
-//! health and metrics. Bodies are types of this module, never storage rows.
-
-use std::fmt::Write as _;
+//! The HTTP API: requesting a notification through the outbox, reading a record's status, and
+//! the records' gauges on `/metrics` (the skeleton adds `/healthz` and the bus's metrics).
+//! Bodies are types of this module, never storage rows.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat};
+use futures::future::BoxFuture;
+use futures::FutureExt as _;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::EventBus;
-use smartflow_service::{error_response, health_check, HealthBody};
+use smartflow_service::{write_gauge, Gauges, HttpError};
 use smartflow_storage::notification::{self, NotificationRecord};
 
 use crate::events::{Channel, NotificationRequested, Validate, MAX_TEXT_CHARS};
@@ -31,7 +31,8 @@ pub struct ApiState {
     pub targets: TargetPolicy,
 }
 
-/// The API's routes over `state`.
+/// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON
+/// fallbacks).
 pub fn router(state: ApiState) -> Router {
     // A valid body is at most the text (6 bytes per character when escaped) plus the rest.
     let body_limit = MAX_TEXT_CHARS * 6 + 64 * 1024;
@@ -40,85 +41,8 @@ pub fn router(state: ApiState) -> Router {
             "/v1/notifications",
             get(find_notification).post(request_notification),
         )
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::NotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
-}
-
-/// A request's failure as the client sees it: a stable code and a message. Internal failures
-/// are logged where they happen and reach the client without details.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiError {
-    InvalidRequest(String),
-    PayloadTooLarge,
-    NotFound,
-    MethodNotAllowed,
-    Unavailable(String),
-    Internal,
-}
-
-impl ApiError {
-    fn internal(what: &str, error: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %error, "{what} failed");
-        ApiError::Internal
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::InvalidRequest(_) => "invalid_request",
-            ApiError::PayloadTooLarge => "payload_too_large",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Internal => "internal",
-        }
-    }
-
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn message(&self) -> String {
-        match self {
-            ApiError::InvalidRequest(m) | ApiError::Unavailable(m) => m.clone(),
-            ApiError::PayloadTooLarge => "the request body is too large".to_owned(),
-            ApiError::NotFound => "no such resource".to_owned(),
-            ApiError::MethodNotAllowed => "method not allowed on this resource".to_owned(),
-            ApiError::Internal => "internal error".to_owned(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        error_response(self.status(), self.code(), self.message())
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::InvalidRequest(rejection.body_text())
-        }
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::InvalidRequest(rejection.body_text())
-    }
 }
 
 /// The body of `POST /v1/notifications`.
@@ -184,7 +108,7 @@ pub struct Found {
 async fn request_notification(
     State(state): State<ApiState>,
     body: Result<Json<PostNotification>, JsonRejection>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, Json<Accepted>), HttpError> {
     let Json(body) = body?;
     tracing::Span::current().record("dedupe_key", body.dedupe_key.as_str());
     let event = NotificationRequested {
@@ -200,22 +124,22 @@ async fn request_notification(
     };
     event
         .validate(&state.targets)
-        .map_err(|e| ApiError::InvalidRequest(e.0))?;
+        .map_err(|e| HttpError::invalid_request(e.0))?;
     let txn = state
         .db
         .begin()
         .await
-        .map_err(|e| ApiError::internal("opening a transaction", &e))?;
+        .map_err(|e| HttpError::internal("opening a transaction", &e))?;
     let event_id = state
         .bus
         .publish(&txn, &event.message_key(), &event)
         .await
-        .map_err(|e| ApiError::internal("publishing a notification request", &e))?;
+        .map_err(|e| HttpError::internal("publishing a notification request", &e))?;
     state
         .bus
         .commit(txn)
         .await
-        .map_err(|e| ApiError::internal("committing a notification request", &e))?;
+        .map_err(|e| HttpError::internal("committing a notification request", &e))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
@@ -227,35 +151,38 @@ async fn request_notification(
 async fn find_notification(
     State(state): State<ApiState>,
     query: Result<Query<FindQuery>, QueryRejection>,
-) -> Result<Json<Found>, ApiError> {
+) -> Result<Json<Found>, HttpError> {
     let Query(query) = query?;
     if Channel::parse(&query.channel).is_none() {
-        return Err(ApiError::InvalidRequest(format!(
+        return Err(HttpError::invalid_request(format!(
             "unknown notification channel `{}`; known: feishu",
             query.channel
         )));
     }
     if query.dedupe_key.trim().is_empty() {
-        return Err(ApiError::InvalidRequest(
+        return Err(HttpError::invalid_request(
             "dedupe_key must not be empty".to_owned(),
         ));
     }
     let record = notification::find(&state.db, &query.channel, &query.dedupe_key)
         .await
-        .map_err(|e| ApiError::internal("reading a notification", &e))?
-        .ok_or(ApiError::NotFound)?;
+        .map_err(|e| HttpError::internal("reading a notification", &e))?
+        .ok_or_else(HttpError::not_found)?;
     Ok(Json(Found {
         notification: view(record)?,
     }))
 }
 
-fn view(record: NotificationRecord) -> Result<NotificationView, ApiError> {
+fn view(record: NotificationRecord) -> Result<NotificationView, HttpError> {
     let stored: StoredNotification = serde_json::from_str(&record.payload)
-        .map_err(|e| ApiError::internal("decoding a notification record", &e))?;
-    let time = |ms: i64| -> Result<String, ApiError> {
+        .map_err(|e| HttpError::internal("decoding a notification record", &e))?;
+    let time = |ms: i64| -> Result<String, HttpError> {
         DateTime::from_timestamp_millis(ms)
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
-            .ok_or_else(|| ApiError::internal("formatting a time", &ms))
+            .ok_or_else(|| {
+                tracing::error!(ms, "formatting a time failed: out of range");
+                HttpError::internal_logged()
+            })
     };
     let optional_time = |ms: Option<i64>| ms.map(time).transpose();
     Ok(NotificationView {
@@ -279,39 +206,34 @@ fn view(record: NotificationRecord) -> Result<NotificationView, ApiError> {
     })
 }
 
-async fn healthz(State(state): State<ApiState>) -> (StatusCode, Json<HealthBody>) {
-    health_check(&state.db, state.bus.metrics()).await
-}
+/// Notification records per status, on `/metrics`.
+pub struct RecordGauges;
 
-async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let counts = notification::counts(&state.db)
-        .await
-        .map_err(|e| ApiError::internal("counting notifications", &e))?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP smartflow_notification_records Notification records per status.\n\
-         # TYPE smartflow_notification_records gauge"
-    );
-    for (status, n) in [
-        ("pending", counts.pending),
-        ("sending", counts.sending),
-        ("sent", counts.sent),
-        ("failed", counts.failed),
-        ("dead", counts.dead),
-    ] {
-        let _ = writeln!(
-            out,
-            "smartflow_notification_records{{status=\"{status}\"}} {n}"
-        );
+impl Gauges for RecordGauges {
+    fn render<'a>(
+        &'a self,
+        db: &'a DatabaseConnection,
+        out: &'a mut String,
+    ) -> BoxFuture<'a, Result<(), HttpError>> {
+        async move {
+            let counts = notification::counts(db)
+                .await
+                .map_err(|e| HttpError::internal("counting notifications", &e))?;
+            let status = |status| [("status", status)];
+            write_gauge(
+                out,
+                "smartflow_notification_records",
+                "Notification records per status.",
+                &[
+                    (&status("pending"), counts.pending),
+                    (&status("sending"), counts.sending),
+                    (&status("sent"), counts.sent),
+                    (&status("failed"), counts.failed),
+                    (&status("dead"), counts.dead),
+                ],
+            );
+            Ok(())
+        }
+        .boxed()
     }
-    out.push_str(&state.bus.metrics().prometheus_text());
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response())
 }

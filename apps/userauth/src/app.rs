@@ -1,25 +1,16 @@
-//! Start-up and shutdown: connects and migrates the database, reaches (or starts) the broker,
-//! and runs the token-usage consumer, the pruning sweep and the HTTP API under one cancellation
-//! token.
+//! Start-up: what is userauth's own on top of the service skeleton (its signing secret and
+//! password hasher, the token-usage subscriber, the pruning sweep and its HTTP API). The
+//! skeleton connects and migrates the database, reaches (or starts) the broker, and runs the
+//! consumer, the sweep and the HTTP API.
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use futures::FutureExt as _;
 use rand::RngCore as _;
-use sea_orm::DatabaseConnection;
-use smartflow_bus::{ConsumerRunner, Metrics};
 use smartflow_domain::ServiceRoute;
-use smartflow_kafka::{EmbeddedBroker, KafkaConsumer};
-use smartflow_service::{
-    connect_with_retries, prepare_broker, release_clients, stop_tasks, supervise, BrokerSettings,
-    DatabaseSettings, RunningService, Task,
-};
-use smartflow_storage::connect::redact;
-use tokio::net::TcpListener;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use smartflow_service::{ConsumerPlan, Running, ServicePlan, ServiceStart};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{UserauthConfig, MIN_JWT_SECRET_BYTES};
 use crate::events::{CONSUMER_GROUP, INBOX_CONSUMER, SUBSCRIBED_EVENT_TYPES};
@@ -29,8 +20,6 @@ use crate::passwords::PasswordHasher;
 use crate::service::{AuthService, AuthSettings};
 use crate::usage;
 
-/// How the supervised tasks name userauth when one of them stops it.
-const USERAUTH: &str = "userauth";
 /// How often expired blacklist entries and refresh tokens are deleted.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
@@ -38,17 +27,27 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// wrapper around it, and tests call it directly.
 pub struct Userauth;
 
+/// A started userauth (see [`Running`]); it derefs to [`UserauthParts`].
+pub type RunningUserauth = Running<UserauthParts>;
+
+/// What a running userauth keeps for its callers beside the skeleton's handle.
+pub struct UserauthParts {
+    service: AuthService,
+}
+
+impl UserauthParts {
+    /// The use cases, as the HTTP API calls them.
+    pub fn service(&self) -> &AuthService {
+        &self.service
+    }
+}
+
 impl Userauth {
-    /// Starts everything, each step failing with a clear message before anything runs in the
-    /// background: configuration, database (connected, migrated), broker (reached or started,
-    /// the agent topic present), HTTP listener. Then the consumer, the sweep and the HTTP server
-    /// are spawned.
+    /// Starts userauth in the skeleton's order, after checking its own configuration; each step
+    /// fails with a clear message before anything runs in the background. The agent topic is
+    /// made sure of too, so start order does not matter.
     pub async fn start(config: UserauthConfig) -> anyhow::Result<RunningUserauth> {
         tracing::info!(?config, "starting userauth");
-        config
-            .reliability
-            .validate()
-            .context("the reliability settings do not fit together")?;
         // Checked up front: a bad topic must fail start-up, not the consumer later.
         ServiceRoute::new("agent", "agent_outbox", &config.agent_topic, CONSUMER_GROUP)
             .with_context(|| {
@@ -64,53 +63,36 @@ impl Userauth {
         )
         .map_err(|e| anyhow::anyhow!("{e}: check SMARTFLOW_PASSWORD_HASH_*"))?;
 
-        let db = connect_with_retries(DatabaseSettings {
-            url: &config.database_url,
-            schema: config.database_schema.as_deref(),
-            wait_secs: config.database_wait_secs,
-            limits: config.reliability.session_limits(),
+        let plan = ServicePlan::new(
+            "userauth",
+            &config.service,
+            config.http_addr,
+            &config.agent_topic,
+        );
+        let mut start = ServiceStart::begin(plan, |db| {
+            smartflow_migrations::run_migrator::<smartflow_migrations::userauth::Migrator>(db)
+                .boxed()
         })
         .await?;
-        smartflow_migrations::run_migrator::<smartflow_migrations::userauth::Migrator>(&db)
-            .await
-            .context("running the database migrations")?;
-
-        // The agent topic is made sure of here too, so start order does not matter.
-        let (mut kafka, broker) = prepare_broker(BrokerSettings {
-            brokers: config.brokers(),
-            topic: &config.agent_topic,
-            partitions: config.kafka_partitions,
-            replication: config.kafka_replication,
-            wait_secs: config.broker_wait_secs,
-            client_id: "smartflow-userauth",
-        })
-        .await?;
-        config.reliability.apply_to_kafka(&mut kafka, "userauth");
-        if let Some(broker) = &broker {
+        if let Some(broker) = start.embedded_broker() {
             tracing::warn!(
                 bootstrap = %broker.bootstrap_servers(),
                 "SMARTFLOW_KAFKA_BROKERS is not set: an embedded broker runs in this process, and \
                  only an agent pointed at it delivers token usage here"
             );
         }
-        let consumer = Arc::new(
-            KafkaConsumer::new(&kafka, CONSUMER_GROUP, &[config.agent_topic.as_str()])
-                .context("creating the Kafka consumer")?,
-        );
-        let metrics = Arc::new(Metrics::default());
-        let runner = ConsumerRunner::for_subscriber(
-            db.clone(),
-            INBOX_CONSUMER,
-            usage::registry().context("registering the event handlers")?,
-            consumer.clone(),
-            config.reliability.consumer(),
-            metrics.clone(),
-        )
-        .context("building the consumer")?
-        .only_event_types(SUBSCRIBED_EVENT_TYPES);
+        start.consume(
+            ConsumerPlan::inbox(
+                INBOX_CONSUMER,
+                CONSUMER_GROUP,
+                &config.agent_topic,
+                usage::registry().context("registering the event handlers")?,
+            )
+            .only_event_types(SUBSCRIBED_EVENT_TYPES),
+        )?;
 
         let service = AuthService::new(
-            db.clone(),
+            start.db().clone(),
             AuthSettings {
                 access_tokens: AccessTokens::new(&secret, config.access_token_ttl()),
                 passwords,
@@ -118,133 +100,10 @@ impl Userauth {
                 default_token_quota: config.default_token_quota,
             },
         );
-
-        let listener = TcpListener::bind(config.http_addr).await.with_context(|| {
-            format!("cannot listen on SMARTFLOW_HTTP_ADDR {}", config.http_addr)
-        })?;
-        let local_addr = listener
-            .local_addr()
-            .context("reading the HTTP listener's address")?;
-
-        let shutdown = CancellationToken::new();
-        let server = axum::serve(listener, http::router(service.clone(), metrics.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let tasks = vec![
-            supervise(
-                "consumer",
-                USERAUTH,
-                &shutdown,
-                runner.run(shutdown.clone()),
-            ),
-            supervise(
-                "prune",
-                USERAUTH,
-                &shutdown,
-                prune(service.clone(), shutdown.clone()),
-            ),
-            supervise("http", USERAUTH, &shutdown, async move {
-                if let Err(e) = server.await {
-                    tracing::error!(error = %e, "the HTTP server failed");
-                }
-            }),
-        ];
-        tracing::info!(
-            http = %local_addr,
-            database = %redact(&config.database_url),
-            brokers = %kafka.brokers,
-            embedded_broker = broker.is_some(),
-            agent_topic = %config.agent_topic,
-            "userauth started"
-        );
-        Ok(RunningUserauth {
-            local_addr,
-            db,
-            service,
-            kafka_brokers: kafka.brokers.clone(),
-            metrics,
-            cancel_on_drop: shutdown.clone().drop_guard(),
-            shutdown,
-            tasks,
-            grace: config.shutdown_grace(),
-            consumer,
-            broker,
-        })
-    }
-}
-
-/// A started userauth. Stop it with [`RunningUserauth::shutdown`]; dropping it cancels the
-/// background work without waiting for it.
-pub struct RunningUserauth {
-    local_addr: SocketAddr,
-    db: DatabaseConnection,
-    service: AuthService,
-    kafka_brokers: String,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-    cancel_on_drop: DropGuard,
-    tasks: Vec<Task>,
-    grace: Duration,
-    consumer: Arc<KafkaConsumer>,
-    // Last, so that on a plain drop the client above goes before the broker it talks to.
-    broker: Option<EmbeddedBroker>,
-}
-
-impl RunningUserauth {
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// `http://ADDR`, the prefix of every API URL.
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.local_addr)
-    }
-
-    pub fn db(&self) -> &DatabaseConnection {
-        &self.db
-    }
-
-    /// The use cases, as the HTTP API calls them.
-    pub fn service(&self) -> &AuthService {
-        &self.service
-    }
-
-    /// The bootstrap servers in use: the configured ones, or the embedded broker's.
-    pub fn kafka_brokers(&self) -> &str {
-        &self.kafka_brokers
-    }
-
-    /// The consumer's counters (applied, duplicates, dead, ...).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Resolves once userauth is stopping: after `shutdown`, or when a background task ended on
-    /// its own (a failure, already logged), which stops the rest too.
-    pub async fn stopped(&self) {
-        self.shutdown.cancelled().await
-    }
-
-    /// Stops gracefully: the HTTP server finishes its requests, the consumer commits what it
-    /// applied; work still running after the grace period is abandoned (uncommitted events are
-    /// delivered again after a restart). Then the Kafka client, the pool and the embedded broker
-    /// are closed.
-    pub async fn shutdown(self) {
-        let RunningUserauth {
-            db,
-            shutdown,
-            cancel_on_drop,
-            tasks,
-            grace,
-            consumer,
-            broker,
-            ..
-        } = self;
-        tracing::info!("stopping userauth");
-        drop(cancel_on_drop);
-        shutdown.cancel();
-        stop_tasks(tasks, grace).await;
-        release_clients(None, consumer, db, broker).await;
-        tracing::info!("userauth stopped");
+        let pruning = service.clone();
+        start.run_alongside("prune", |shutdown| prune(pruning, shutdown));
+        let routes = http::router(service.clone());
+        start.serve(routes, UserauthParts { service }).await
     }
 }
 
@@ -277,15 +136,5 @@ async fn prune(service: AuthService, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
         }
-    }
-}
-
-impl RunningService for RunningUserauth {
-    fn stopped(&self) -> impl Future<Output = ()> {
-        RunningUserauth::stopped(self)
-    }
-
-    fn shutdown(self) -> impl Future<Output = ()> {
-        RunningUserauth::shutdown(self)
     }
 }

@@ -5,16 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::Parser;
+use smartflow_service::{ServiceSettings, LOOPBACK_ANY_PORT};
 
 use crate::events::DEFAULT_AGENT_TOPIC;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
-pub const DEFAULT_DATABASE_URL: &str = "sqlite://smartflow.db?mode=rwc";
-pub const DEFAULT_DATABASE_WAIT_SECS: u64 = 60;
-pub const DEFAULT_KAFKA_PARTITIONS: i32 = 3;
-pub const DEFAULT_KAFKA_REPLICATION: i32 = 1;
-pub const DEFAULT_BROKER_WAIT_SECS: u64 = 60;
-pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 pub const DEFAULT_ACCESS_TOKEN_TTL_SECS: u64 = 15 * 60;
 pub const DEFAULT_REFRESH_TOKEN_TTL_SECS: u64 = 30 * 24 * 60 * 60;
 pub const DEFAULT_TOKEN_QUOTA: i64 = 100_000;
@@ -39,40 +34,9 @@ pub struct UserauthConfig {
     #[arg(long, env = "SMARTFLOW_HTTP_ADDR", default_value_t = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
 
-    /// Database URL: sqlite://FILE?mode=rwc, postgres://USER:PASS@HOST:PORT/DB or mysql://...
-    #[arg(long, env = "SMARTFLOW_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
-
-    /// PostgreSQL only: the schema to create and use the tables in (default: the search path's).
-    #[arg(long, env = "SMARTFLOW_DATABASE_SCHEMA")]
-    pub database_schema: Option<String>,
-
-    /// How long start-up keeps retrying an unreachable PostgreSQL/MySQL server, in seconds.
-    #[arg(long, env = "SMARTFLOW_DATABASE_WAIT_SECS", default_value_t = DEFAULT_DATABASE_WAIT_SECS)]
-    pub database_wait_secs: u64,
-
-    /// Kafka bootstrap servers (host:port,...), the agent's. Absent: an embedded broker runs in
-    /// this process, which only an agent in this same process can reach.
-    #[arg(long, env = "SMARTFLOW_KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-
-    /// Partitions of the agent topic if start-up has to create it.
-    #[arg(long, env = "SMARTFLOW_KAFKA_PARTITIONS", default_value_t = DEFAULT_KAFKA_PARTITIONS,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub kafka_partitions: i32,
-
-    /// Replication factor of the agent topic if start-up has to create it on a real cluster.
-    #[arg(long, env = "SMARTFLOW_KAFKA_REPLICATION", default_value_t = DEFAULT_KAFKA_REPLICATION,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub kafka_replication: i32,
-
     /// The agent's topic, where its `agent.token.usage.recorded` events arrive.
     #[arg(long, env = "SMARTFLOW_AGENT_TOPIC", default_value = DEFAULT_AGENT_TOPIC)]
     pub agent_topic: String,
-
-    /// How long start-up keeps retrying an unreachable Kafka cluster, in seconds.
-    #[arg(long, env = "SMARTFLOW_BROKER_WAIT_SECS", default_value_t = DEFAULT_BROKER_WAIT_SECS)]
-    pub broker_wait_secs: u64,
 
     /// The HS256 secret that signs access tokens, at least 32 bytes. Absent: a random one is made
     /// at start-up, so tokens do not survive a restart and other instances cannot verify them.
@@ -104,13 +68,11 @@ pub struct UserauthConfig {
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub password_hash_iterations: u32,
 
-    /// How long a stop waits for in-flight work before abandoning it, in seconds.
-    #[arg(long, env = "SMARTFLOW_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
-    pub shutdown_grace_secs: u64,
-
-    /// Retry policy, deadlines, timeouts and batch sizes of the bus (see `--help`).
+    /// The database, the broker (the agent's: without one, an embedded broker runs that only
+    /// an agent in this same process can reach), start-up waits, the stop's grace and the bus's
+    /// reliability.
     #[command(flatten)]
-    pub reliability: smartflow_service::ReliabilitySettings,
+    pub service: ServiceSettings,
 }
 
 impl Default for UserauthConfig {
@@ -118,22 +80,14 @@ impl Default for UserauthConfig {
     fn default() -> Self {
         Self {
             http_addr: DEFAULT_HTTP_ADDR,
-            database_url: DEFAULT_DATABASE_URL.to_owned(),
-            database_schema: None,
-            database_wait_secs: DEFAULT_DATABASE_WAIT_SECS,
-            kafka_brokers: None,
-            kafka_partitions: DEFAULT_KAFKA_PARTITIONS,
-            kafka_replication: DEFAULT_KAFKA_REPLICATION,
             agent_topic: DEFAULT_AGENT_TOPIC.to_owned(),
-            broker_wait_secs: DEFAULT_BROKER_WAIT_SECS,
             jwt_secret: None,
             access_token_ttl_secs: DEFAULT_ACCESS_TOKEN_TTL_SECS,
             refresh_token_ttl_secs: DEFAULT_REFRESH_TOKEN_TTL_SECS,
             default_token_quota: DEFAULT_TOKEN_QUOTA,
             password_hash_memory_kib: DEFAULT_PASSWORD_HASH_MEMORY_KIB,
             password_hash_iterations: DEFAULT_PASSWORD_HASH_ITERATIONS,
-            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
-            reliability: smartflow_service::ReliabilitySettings::default(),
+            service: ServiceSettings::default(),
         }
     }
 }
@@ -142,30 +96,10 @@ impl UserauthConfig {
     /// The defaults with another database, an OS-chosen HTTP port and the embedded broker.
     pub fn embedded(database_url: impl Into<String>) -> Self {
         Self {
-            http_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            database_url: database_url.into(),
+            http_addr: LOOPBACK_ANY_PORT,
+            service: ServiceSettings::on_database(database_url),
             ..Self::default()
         }
-    }
-
-    /// The brokers to connect to, or `None` for the embedded broker; blank counts as absent.
-    pub fn brokers(&self) -> Option<&str> {
-        self.kafka_brokers
-            .as_deref()
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-    }
-
-    pub fn database_wait(&self) -> Duration {
-        Duration::from_secs(self.database_wait_secs)
-    }
-
-    pub fn broker_wait(&self) -> Duration {
-        Duration::from_secs(self.broker_wait_secs)
-    }
-
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs(self.shutdown_grace_secs)
     }
 
     pub fn access_token_ttl(&self) -> Duration {
@@ -181,17 +115,7 @@ impl fmt::Debug for UserauthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserauthConfig")
             .field("http_addr", &self.http_addr)
-            .field(
-                "database_url",
-                &smartflow_storage::connect::redact(&self.database_url),
-            )
-            .field("database_schema", &self.database_schema)
-            .field("database_wait_secs", &self.database_wait_secs)
-            .field("kafka_brokers", &self.kafka_brokers)
-            .field("kafka_partitions", &self.kafka_partitions)
-            .field("kafka_replication", &self.kafka_replication)
             .field("agent_topic", &self.agent_topic)
-            .field("broker_wait_secs", &self.broker_wait_secs)
             .field(
                 "jwt_secret",
                 &self.jwt_secret.as_ref().map(|_| "<redacted>"),
@@ -201,8 +125,7 @@ impl fmt::Debug for UserauthConfig {
             .field("default_token_quota", &self.default_token_quota)
             .field("password_hash_memory_kib", &self.password_hash_memory_kib)
             .field("password_hash_iterations", &self.password_hash_iterations)
-            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
-            .field("reliability", &self.reliability)
+            .field("service", &self.service)
             .finish()
     }
 }

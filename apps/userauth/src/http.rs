@@ -8,9 +8,8 @@
 //! | `POST /v1/auth/logout` | `Authorization: Bearer` | 204 |
 //! | `GET /v1/auth/me` | `Authorization: Bearer` | 200 [`MeResponse`] |
 //! | `GET /v1/auth/authorize` | `Authorization: Bearer` | 200 [`AuthorizeResponse`], or 429 `quota_exceeded` |
-//! | `GET /healthz` | | 200 `{"status": "ok"}` |
 //!
-//! Every failure is `{"error": {"code", "message"}}` with the status of [`AuthError::status`].
+//! The skeleton adds `GET /healthz` and `GET /metrics`, as in every service. Every failure is `{"error": {"code", "message"}}` with the status of [`AuthError::status`].
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
@@ -20,11 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-
-use sea_orm::DatabaseConnection;
-use smartflow_bus::Metrics;
-use smartflow_service::{error_response, health_check, HealthBody};
+use smartflow_service::HttpError;
 use smartflow_storage::users::User;
 
 use crate::error::{AuthError, ErrorChain};
@@ -34,11 +29,9 @@ pub use smartflow_userauth_contracts::{bearer_token, AuthorizeResponse};
 /// Request bodies are a few hundred bytes; anything over this is refused before it is read whole.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
-/// The API's routes over `service`; `/healthz` also reports the consumer in `metrics`.
-pub fn router(service: AuthService, metrics: Arc<Metrics>) -> Router {
-    let health = Router::new()
-        .route("/healthz", get(healthz))
-        .with_state((service.db().clone(), metrics));
+/// The API's own routes over `service` (the skeleton adds `/healthz`, `/metrics` and the JSON
+/// fallbacks).
+pub fn router(service: AuthService) -> Router {
     Router::new()
         .route("/v1/auth/register", post(register))
         .route("/v1/auth/login", post(login))
@@ -46,9 +39,6 @@ pub fn router(service: AuthService, metrics: Arc<Metrics>) -> Router {
         .route("/v1/auth/logout", post(logout))
         .route("/v1/auth/me", get(me))
         .route("/v1/auth/authorize", get(authorize))
-        .merge(health)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(service)
 }
@@ -61,7 +51,8 @@ impl IntoResponse for AuthError {
         if let AuthError::Internal(cause) = &self {
             tracing::error!(error = %ErrorChain(cause.as_ref()), "request failed");
         }
-        let mut response = error_response(self.status(), self.code(), self.to_string());
+        let mut response =
+            HttpError::new(self.status(), self.code(), self.to_string()).into_response();
         if self.is_bearer_failure() {
             // RFC 6750: a refused bearer token is answered with a challenge naming the problem.
             let error = if matches!(self, AuthError::MissingToken) {
@@ -226,18 +217,4 @@ async fn authorize(
 ) -> Result<Json<AuthorizeResponse>, AuthError> {
     let user = service.authorize(presented_token(&headers)?).await?;
     Ok(Json(authorized(user)))
-}
-
-async fn healthz(
-    State((db, metrics)): State<(DatabaseConnection, Arc<Metrics>)>,
-) -> (StatusCode, Json<HealthBody>) {
-    health_check(&db, &metrics).await
-}
-
-async fn not_found() -> AuthError {
-    AuthError::NotFound
-}
-
-async fn method_not_allowed() -> AuthError {
-    AuthError::MethodNotAllowed
 }

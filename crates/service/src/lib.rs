@@ -1,7 +1,12 @@
 //! What the smartflow service binaries (agent, notification, userauth) share at start-up and at
-//! run time: connecting to the database, preparing the broker, supervising background tasks and
-//! releasing clients at shutdown, the `main()` skeleton, the JSON error body of the HTTP APIs,
-//! the health check, and the reliability settings every binary takes.
+//! run time: the settings every binary takes ([`ServiceSettings`]), the one start-up and
+//! shutdown ([`ServiceStart`] -> [`Running`]), the HTTP error type, health check and metrics
+//! endpoint of every API, the `main()` skeleton, and a [`ServiceGroup`] for a process that runs
+//! several services.
+//!
+//! Where reading starts: [`ServiceStart::begin`]. The pieces below it (connecting to the
+//! database, preparing the broker, supervising tasks, releasing clients) stay public for the
+//! tests and tools that need one of them alone.
 //!
 //! This crate is for the service crates only: like them it speaks `anyhow` at start-up, because
 //! a start-up failure is reported to an operator, never decided on. It reads no environment
@@ -9,16 +14,26 @@
 
 pub mod broker;
 pub mod database;
+pub mod endpoints;
 pub mod error_body;
+pub mod group;
 pub mod health;
+pub mod http_error;
 pub mod reliability;
 pub mod run;
+pub mod settings;
+pub mod skeleton;
 pub mod tasks;
 
 pub use broker::{prepare_broker, BrokerSettings};
 pub use database::{connect_config, connect_with_retries, DatabaseSettings};
+pub use endpoints::{write_gauge, Gauges, PROMETHEUS_CONTENT_TYPE};
 pub use error_body::{database_answers, error_response, ErrorBody, ErrorChain, ErrorDetail};
+pub use group::{HostedService, ServiceGroup, ServiceLaunch};
 pub use health::{health_check, HealthBody};
+pub use http_error::HttpError;
 pub use reliability::ReliabilitySettings;
 pub use run::{run_service, RunningService};
+pub use settings::{ServiceSettings, LOOPBACK_ANY_PORT};
+pub use skeleton::{ConsumerPlan, Migrations, OutboxPlan, Running, ServicePlan, ServiceStart};
 pub use tasks::{blocking_drop, release_clients, stop_tasks, supervise, Task};

@@ -80,11 +80,11 @@ pub async fn blocking_drop<T: Send + 'static>(value: T) {
 }
 
 /// Releases what a stopped service held, in the order that loses nothing: the producer is
-/// flushed (for up to [`PRODUCER_FLUSH_TIMEOUT`]) and dropped, the consumer closed, the pool
+/// flushed (for up to [`PRODUCER_FLUSH_TIMEOUT`]) and dropped, the consumers closed, the pool
 /// closed, and the embedded broker dropped last, after the clients that talk to it.
 pub async fn release_clients(
     producer: Option<KafkaProducer>,
-    consumer: Arc<KafkaConsumer>,
+    consumers: Vec<Arc<KafkaConsumer>>,
     db: DatabaseConnection,
     broker: Option<EmbeddedBroker>,
 ) {
@@ -94,9 +94,11 @@ pub async fn release_clients(
         }
         blocking_drop(producer).await;
     }
-    match Arc::try_unwrap(consumer) {
-        Ok(consumer) => consumer.close().await,
-        Err(still_shared) => blocking_drop(still_shared).await,
+    for consumer in consumers {
+        match Arc::try_unwrap(consumer) {
+            Ok(consumer) => consumer.close().await,
+            Err(still_shared) => blocking_drop(still_shared).await,
+        }
     }
     if let Err(e) = db.close().await {
         tracing::warn!(error = %e, "closing the database pool failed");

@@ -6,7 +6,7 @@ use sea_orm::DatabaseConnection;
 use smartflow_agent_contracts::{ChatMessageAppended, TokenUsageRecorded};
 use smartflow_domain::{Envelope, EventContract, OutboxStatus};
 use smartflow_notification_contracts::NotificationRequested;
-use smartflow_storage::inbox::{self, InboxStatus};
+use smartflow_storage::inbox::{InboxStatus, InboxTable};
 use smartflow_storage::outbox::{OutboxRow, OutboxTable};
 use smartflow_storage::{chat_history, notification, token_usage};
 use smartflow_testkit::TestDb;
@@ -248,8 +248,8 @@ async fn handled_in_inbox(
     problems: &mut Problems,
 ) -> Result<()> {
     for event_id in event_ids {
-        let entry = inbox::find(db, consumer, event_id).await?;
-        if entry.as_ref().map(|e| e.status.as_str()) != Some(InboxStatus::Handled.as_str()) {
+        let entry = InboxTable::default().find(db, consumer, event_id).await?;
+        if entry.as_ref().map(|e| e.status) != Some(InboxStatus::Handled) {
             problems.push((
                 service,
                 format!(

@@ -67,8 +67,8 @@ async fn requests_need_a_userauth_token_and_respect_the_quota(t: TestDb) {
     broker.create_topic(&topic, 3).unwrap();
 
     let mut userauth_config = UserauthConfig::embedded(t.config.url.clone());
-    userauth_config.database_schema = t.config.pg_schema.clone();
-    userauth_config.kafka_brokers = Some(broker.bootstrap_servers());
+    userauth_config.service.database_schema = t.config.pg_schema.clone();
+    userauth_config.service.kafka_brokers = Some(broker.bootstrap_servers());
     userauth_config.agent_topic = topic.clone();
     userauth_config.jwt_secret = Some("agent-test-secret-agent-test-secret-0123".into());
     let userauth = Userauth::start(userauth_config)
@@ -76,8 +76,8 @@ async fn requests_need_a_userauth_token_and_respect_the_quota(t: TestDb) {
         .unwrap_or_else(|e| panic!("userauth: {e:#}"));
 
     let mut agent_config = AgentConfig::embedded(t.config.url.clone());
-    agent_config.database_schema = t.config.pg_schema.clone();
-    agent_config.kafka_brokers = Some(broker.bootstrap_servers());
+    agent_config.service.database_schema = t.config.pg_schema.clone();
+    agent_config.service.kafka_brokers = Some(broker.bootstrap_servers());
     agent_config.topic = topic;
     agent_config.userauth_url = Some(userauth.base_url());
     let agent = start(agent_config).await;

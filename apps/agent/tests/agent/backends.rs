@@ -7,7 +7,7 @@ use crate::support::*;
 /// The agent's configuration for a test database: the URL, plus the schema on PostgreSQL.
 fn config_for(test_db: &TestDb) -> AgentConfig {
     let mut config = AgentConfig::embedded(test_db.config.url.clone());
-    config.database_schema = test_db.config.pg_schema.clone();
+    config.service.database_schema = test_db.config.pg_schema.clone();
     config
 }
 

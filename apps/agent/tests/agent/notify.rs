@@ -90,8 +90,8 @@ async fn first_messages_notify_once_per_conversation(t: TestDb) {
     broker.create_topic(&agent_topic, 2).unwrap();
     broker.create_topic(&topic, 2).unwrap();
     let mut notification_config = NotificationConfig::embedded(t.config.url.clone());
-    notification_config.database_schema = t.config.pg_schema.clone();
-    notification_config.kafka_brokers = Some(broker.bootstrap_servers());
+    notification_config.service.database_schema = t.config.pg_schema.clone();
+    notification_config.service.kafka_brokers = Some(broker.bootstrap_servers());
     notification_config.topic = topic.clone();
     notification_config.feishu_allowed_targets = webhook.prefix.clone();
     notification_config.feishu_webhook_url = Some(webhook.url.clone());
@@ -100,8 +100,8 @@ async fn first_messages_notify_once_per_conversation(t: TestDb) {
         .await
         .unwrap_or_else(|e| panic!("notification service: {e:#}"));
     let mut agent_config = AgentConfig::embedded(t.config.url.clone());
-    agent_config.database_schema = t.config.pg_schema.clone();
-    agent_config.kafka_brokers = Some(broker.bootstrap_servers());
+    agent_config.service.database_schema = t.config.pg_schema.clone();
+    agent_config.service.kafka_brokers = Some(broker.bootstrap_servers());
     agent_config.topic = agent_topic;
     agent_config.notification_topic = topic;
     let agent = start(agent_config).await;

@@ -29,7 +29,7 @@ async fn a_malformed_database_url_fails_start_naming_the_problem() {
 async fn an_unreachable_database_fails_start_after_the_wait() {
     smartflow_testkit::init_tracing();
     let mut config = AgentConfig::embedded("postgres://nobody:s3cret@127.0.0.1:1/none");
-    config.database_wait_secs = 2;
+    config.service.database_wait_secs = 2;
     let err = start_error(config).await;
     assert!(err.contains("cannot connect to the database"), "{err}");
     assert!(err.contains("SMARTFLOW_DATABASE_WAIT_SECS"), "{err}");
@@ -40,7 +40,7 @@ async fn an_unreachable_database_fails_start_after_the_wait() {
 async fn a_schema_for_a_database_without_schemas_is_refused() {
     let dir = TempDir::new();
     let mut config = sqlite_config(&dir);
-    config.database_schema = Some("tenant_1".into());
+    config.service.database_schema = Some("tenant_1".into());
     let err = start_error(config).await;
     assert!(err.contains("SMARTFLOW_DATABASE_SCHEMA"), "{err}");
 }
@@ -49,8 +49,8 @@ async fn a_schema_for_a_database_without_schemas_is_refused() {
 async fn an_unreachable_broker_fails_start_clearly() {
     let dir = TempDir::new();
     let mut config = sqlite_config(&dir);
-    config.kafka_brokers = Some("127.0.0.1:1".into());
-    config.broker_wait_secs = 2;
+    config.service.kafka_brokers = Some("127.0.0.1:1".into());
+    config.service.broker_wait_secs = 2;
     let err = start_error(config).await;
     assert!(err.contains("cannot reach Kafka"), "{err}");
     assert!(err.contains("127.0.0.1:1"), "{err}");
@@ -60,8 +60,8 @@ async fn an_unreachable_broker_fails_start_clearly() {
 async fn reliability_settings_that_do_not_fit_together_fail_start_by_name() {
     let dir = TempDir::new();
     let mut config = sqlite_config(&dir);
-    config.reliability.kafka_message_timeout_ms = 50_000;
-    config.reliability.claim_timeout_ms = 60_000;
+    config.service.reliability.kafka_message_timeout_ms = 50_000;
+    config.service.reliability.claim_timeout_ms = 60_000;
     let err = start_error(config).await;
     assert!(
         err.contains("SMARTFLOW_KAFKA_MESSAGE_TIMEOUT_MS=50000")
@@ -70,7 +70,7 @@ async fn reliability_settings_that_do_not_fit_together_fail_start_by_name() {
     );
 
     let mut config = sqlite_config(&dir);
-    config.reliability.retry_max_attempts = 0;
+    config.service.reliability.retry_max_attempts = 0;
     let err = start_error(config).await;
     assert!(err.contains("SMARTFLOW_RETRY_MAX_ATTEMPTS"), "{err}");
 }

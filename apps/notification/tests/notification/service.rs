@@ -15,7 +15,7 @@ const SECRET: &str = "SEC-service-test";
 
 fn config_for(t: &TestDb, fake: &FakeFeishu) -> NotificationConfig {
     let mut config = NotificationConfig::embedded(t.config.url.clone());
-    config.database_schema = t.config.pg_schema.clone();
+    config.service.database_schema = t.config.pg_schema.clone();
     config.topic = t.unique("notifications");
     config.feishu_allowed_targets = fake.prefix();
     config.feishu_webhook_url = Some(fake.url());
@@ -150,10 +150,19 @@ async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
         .text()
         .await
         .unwrap();
-    assert!(
-        metrics.contains("smartflow_notification_records{status=\"sent\"} 1"),
-        "{metrics}"
-    );
+    for expected in [
+        "smartflow_notification_records{status=\"sent\"} 1",
+        // The backlog of its outbox and the bus's counters, as every service reports them.
+        "smartflow_outbox_rows{table=\"notification_outbox\",status=\"pending\"} ",
+        "smartflow_outbox_oldest_pending_age_ms{table=\"notification_outbox\"} ",
+        "# TYPE smartflow_bus_published_total counter",
+        "smartflow_component_healthy{component=\"relay notification_outbox\"} 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing `{expected}` in:\n{metrics}"
+        );
+    }
 
     tokio::time::timeout(PATIENCE, service.shutdown())
         .await

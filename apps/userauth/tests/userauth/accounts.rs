@@ -44,6 +44,55 @@ async fn register_login_and_me(t: TestDb) {
     finish(app, t).await;
 }
 
+/// The skeleton's endpoints, as every service answers them: `/healthz` naming the consumer,
+/// `/metrics` with the consumer's counters and health, JSON for unknown paths and methods.
+async fn health_and_metrics_are_the_skeletons(t: TestDb) {
+    let app = start(config_for(&t)).await;
+    let health = client().get(url(&app, "/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(
+        (body["status"].as_str(), body["database"].as_str()),
+        (Some("ok"), Some("ok")),
+        "{body}"
+    );
+    let components = body["components"].as_array().unwrap();
+    assert!(
+        components
+            .iter()
+            .any(|c| c["name"] == "consumer userauth" && c["healthy"] == true),
+        "{body}"
+    );
+
+    let metrics = client().get(url(&app, "/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = metrics.text().await.unwrap();
+    for expected in [
+        "# TYPE smartflow_bus_consumed_total counter",
+        "smartflow_component_healthy{component=\"consumer userauth\"} 1",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+    assert!(
+        !text.contains("smartflow_outbox_rows"),
+        "userauth owns no outbox: {text}"
+    );
+
+    let unknown = client().get(url(&app, "/v1/nowhere")).send().await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    let wrong_method = client().delete(url(&app, "/metrics")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = wrong_method.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    finish(app, t).await;
+}
+
 async fn wrong_password_and_unknown_user_answer_alike(t: TestDb) {
     let app = start(config_for(&t)).await;
     let address = email(&t, "bob");
@@ -322,4 +371,5 @@ on_every_backend!(
     an_email_registers_once_in_any_case_even_when_racing,
     bad_input_gets_a_clear_4xx,
     internal_errors_are_logged_not_shown,
+    health_and_metrics_are_the_skeletons,
 );

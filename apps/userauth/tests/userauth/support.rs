@@ -25,12 +25,12 @@ pub const QUOTA: i64 = 1000;
 /// Argon2 parameters so tests do not spend their time hashing.
 pub fn config_for(t: &TestDb) -> UserauthConfig {
     let mut config = UserauthConfig::embedded(t.config.url.clone());
-    config.database_schema = t.config.pg_schema.clone();
+    config.service.database_schema = t.config.pg_schema.clone();
     config.jwt_secret = Some(SECRET.to_owned());
     config.password_hash_memory_kib = 256;
     config.password_hash_iterations = 1;
     config.default_token_quota = QUOTA;
-    config.shutdown_grace_secs = 10;
+    config.service.shutdown_grace_secs = 10;
     config
 }
 

@@ -78,7 +78,7 @@ impl Agent {
         )
         .unwrap();
         let mut config = config_for(t);
-        config.kafka_brokers = Some(broker.bootstrap_servers());
+        config.service.kafka_brokers = Some(broker.bootstrap_servers());
         config.agent_topic = topic.clone();
         let app = start(config).await;
         let agent = Agent {

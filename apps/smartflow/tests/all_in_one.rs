@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use smartflow_cli::{start_all, AllConfig, RunningAll};
+use smartflow_service::HostedService;
 use tokio::time::Instant;
 
 /// Bound on waiting for background work (consumer groups alone take seconds to form on the
@@ -96,6 +97,11 @@ where
     }
 }
 
+fn service<'a>(all: &'a RunningAll, name: &str) -> &'a dyn HostedService {
+    all.service(name)
+        .unwrap_or_else(|| panic!("{name} is not running"))
+}
+
 async fn json_of(response: reqwest::Response) -> (StatusCode, Value) {
     let status = response.status();
     let body = response.json::<Value>().await.unwrap_or(Value::Null);
@@ -114,17 +120,49 @@ async fn the_walkthrough_runs_end_to_end_in_one_process() {
         Ok(all) => all,
         Err(e) => panic!("smartflow did not start: {e:#}"),
     };
+    every_service_answers_health_and_metrics(&all).await;
     walkthrough(&all, &webhook).await;
     tokio::time::timeout(PATIENCE, all.shutdown())
         .await
         .expect("shutdown returns");
 }
 
+/// Every service of the list answers the skeleton's `/healthz` and `/metrics`.
+async fn every_service_answers_health_and_metrics(all: &RunningAll) {
+    let names: Vec<&str> = all.services().iter().map(|s| s.name()).collect();
+    assert_eq!(names, ["userauth", "agent", "notification"]);
+    let http = reqwest::Client::new();
+    for started in all.services().iter() {
+        let what = format!("{} to be healthy", started.name());
+        eventually(&what, || async {
+            let response = http
+                .get(format!("{}/healthz", started.base_url()))
+                .send()
+                .await
+                .unwrap();
+            (response.status() == StatusCode::OK).then_some(())
+        })
+        .await;
+        let metrics = http
+            .get(format!("{}/metrics", started.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(metrics.status(), StatusCode::OK, "{}", started.name());
+        let text = metrics.text().await.unwrap();
+        assert!(
+            text.contains("# TYPE smartflow_bus_consumed_total counter"),
+            "{}: {text}",
+            started.name()
+        );
+    }
+}
+
 async fn walkthrough(all: &RunningAll, webhook: &FakeWebhook) {
     let http = reqwest::Client::new();
-    let userauth = all.userauth().base_url();
-    let agent = all.agent().base_url();
-    let notification = all.notification().base_url();
+    let userauth = service(all, "userauth").base_url();
+    let agent = service(all, "agent").base_url();
+    let notification = service(all, "notification").base_url();
     let credentials = json!({"email": "alice@example.com", "password": "correct-horse-42"});
 
     // Register and log in.
@@ -233,7 +271,7 @@ async fn walkthrough(all: &RunningAll, webhook: &FakeWebhook) {
 
     // With a low quota, posting goes on until the counted usage reaches it; then the agent
     // refuses with userauth's answer. Reading stays allowed.
-    let quota_set = smartflow_storage::users::set_quota(all.userauth().db(), &user_id, 1)
+    let quota_set = smartflow_storage::users::set_quota(service(all, "userauth").db(), &user_id, 1)
         .await
         .unwrap();
     assert!(quota_set);

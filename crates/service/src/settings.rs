@@ -1,0 +1,238 @@
+//! What every service binary takes on its command line besides its own settings: where its
+//! database and its Kafka cluster are, how long start-up waits for them, how long a stop waits,
+//! and the reliability settings. Each service flattens [`ServiceSettings`] into its
+//! configuration, so the flags and their `SMARTFLOW_*` variables are the same in every binary.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::Args;
+use smartflow_storage::connect::redact;
+
+use crate::broker::BrokerSettings;
+use crate::database::DatabaseSettings;
+use crate::reliability::ReliabilitySettings;
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://smartflow.db?mode=rwc";
+pub const DEFAULT_DATABASE_WAIT_SECS: u64 = 60;
+pub const DEFAULT_KAFKA_PARTITIONS: i32 = 3;
+pub const DEFAULT_KAFKA_REPLICATION: i32 = 1;
+pub const DEFAULT_BROKER_WAIT_SECS: u64 = 60;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// A loopback address on a port the OS picks: what a test or an in-process embedder listens on.
+pub const LOOPBACK_ANY_PORT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+/// The database, the broker, the start-up waits, the stop's grace period and the reliability
+/// settings of one service.
+///
+/// `Debug` redacts the database password, so the struct can be logged whole.
+#[derive(Clone, Args, PartialEq, Eq)]
+pub struct ServiceSettings {
+    /// Database URL: sqlite://FILE?mode=rwc, postgres://USER:PASS@HOST:PORT/DB or mysql://...
+    // Hidden from `--help` because the value may hold a password.
+    #[arg(long, env = "SMARTFLOW_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+
+    /// PostgreSQL only: the schema to create and use the tables in (default: the search path's).
+    #[arg(long, env = "SMARTFLOW_DATABASE_SCHEMA")]
+    pub database_schema: Option<String>,
+
+    /// How long start-up keeps retrying an unreachable PostgreSQL/MySQL server, in seconds.
+    #[arg(long, env = "SMARTFLOW_DATABASE_WAIT_SECS", default_value_t = DEFAULT_DATABASE_WAIT_SECS)]
+    pub database_wait_secs: u64,
+
+    /// Kafka bootstrap servers (host:port,...). Absent: an embedded broker runs in this process,
+    /// which only services in this same process can reach.
+    #[arg(long, env = "SMARTFLOW_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Partitions of the service's topic when start-up creates it.
+    #[arg(long, env = "SMARTFLOW_KAFKA_PARTITIONS", default_value_t = DEFAULT_KAFKA_PARTITIONS,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub kafka_partitions: i32,
+
+    /// Replication factor of the service's topic when start-up creates it on a real cluster.
+    #[arg(long, env = "SMARTFLOW_KAFKA_REPLICATION", default_value_t = DEFAULT_KAFKA_REPLICATION,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub kafka_replication: i32,
+
+    /// How long start-up keeps retrying an unreachable Kafka cluster, in seconds.
+    #[arg(long, env = "SMARTFLOW_BROKER_WAIT_SECS", default_value_t = DEFAULT_BROKER_WAIT_SECS)]
+    pub broker_wait_secs: u64,
+
+    /// How long a stop waits for in-flight work before abandoning it, in seconds.
+    #[arg(long, env = "SMARTFLOW_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace_secs: u64,
+
+    /// Set by a process that started the brokers empty for its services (the all-in-one
+    /// binary's embedded broker), so each service sends again what its outbox says was
+    /// published to an earlier one. A service that starts its own embedded broker does so
+    /// anyway. Not a flag: an operator's cluster keeps its messages.
+    #[arg(skip)]
+    pub new_broker: bool,
+
+    /// Retry policy, deadlines, timeouts and batch sizes of the bus (see `--help`).
+    #[command(flatten)]
+    pub reliability: ReliabilitySettings,
+}
+
+impl Default for ServiceSettings {
+    /// The command line's defaults, without reading the environment, so tests and in-process
+    /// embedders get a hermetic starting point.
+    fn default() -> Self {
+        Self {
+            database_url: DEFAULT_DATABASE_URL.to_owned(),
+            database_schema: None,
+            database_wait_secs: DEFAULT_DATABASE_WAIT_SECS,
+            kafka_brokers: None,
+            kafka_partitions: DEFAULT_KAFKA_PARTITIONS,
+            kafka_replication: DEFAULT_KAFKA_REPLICATION,
+            broker_wait_secs: DEFAULT_BROKER_WAIT_SECS,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            new_broker: false,
+            reliability: ReliabilitySettings::default(),
+        }
+    }
+}
+
+impl ServiceSettings {
+    /// The defaults on another database: with the embedded broker, what a test wants.
+    pub fn on_database(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The brokers to connect to, or `None` for the embedded broker. A blank value counts as
+    /// absent, since `SMARTFLOW_KAFKA_BROKERS=` in a compose file usually means "not set".
+    pub fn brokers(&self) -> Option<&str> {
+        self.kafka_brokers
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+    }
+
+    /// What start-up connects to the database with.
+    pub fn database(&self) -> DatabaseSettings<'_> {
+        DatabaseSettings {
+            url: &self.database_url,
+            schema: self.database_schema.as_deref(),
+            wait_secs: self.database_wait_secs,
+            limits: self.reliability.session_limits(),
+        }
+    }
+
+    /// What start-up prepares the broker with, making sure of `topic`.
+    pub fn broker<'a>(&'a self, topic: &'a str, client_id: &'a str) -> BrokerSettings<'a> {
+        BrokerSettings {
+            brokers: self.brokers(),
+            topic,
+            partitions: self.kafka_partitions,
+            replication: self.kafka_replication,
+            wait_secs: self.broker_wait_secs,
+            client_id,
+        }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+impl fmt::Debug for ServiceSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceSettings")
+            .field("database_url", &redact(&self.database_url))
+            .field("database_schema", &self.database_schema)
+            .field("database_wait_secs", &self.database_wait_secs)
+            .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_partitions", &self.kafka_partitions)
+            .field("kafka_replication", &self.kafka_replication)
+            .field("broker_wait_secs", &self.broker_wait_secs)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("new_broker", &self.new_broker)
+            .field("reliability", &self.reliability)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: ServiceSettings,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServiceSettings, clap::Error> {
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|c| c.settings)
+    }
+
+    #[test]
+    fn the_defaults_are_the_command_lines() {
+        Cli::command().debug_assert();
+        assert_eq!(parse(&[]).unwrap(), ServiceSettings::default());
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let settings = parse(&[
+            "--database-url",
+            "postgres://u:pw@db:5432/app",
+            "--database-schema",
+            "flow",
+            "--kafka-brokers",
+            "k1:9092,k2:9092",
+            "--kafka-partitions",
+            "6",
+            "--shutdown-grace-secs",
+            "5",
+            "--claim-timeout-ms",
+            "90000",
+        ])
+        .unwrap();
+        assert_eq!(settings.brokers(), Some("k1:9092,k2:9092"));
+        assert_eq!(settings.kafka_partitions, 6);
+        assert_eq!(settings.shutdown_grace(), Duration::from_secs(5));
+        assert_eq!(settings.reliability.claim_timeout_ms, 90_000);
+        let database = settings.database();
+        assert_eq!(
+            (database.url, database.schema),
+            ("postgres://u:pw@db:5432/app", Some("flow"))
+        );
+        let broker = settings.broker("t", "smartflow-x");
+        assert_eq!((broker.topic, broker.partitions), ("t", 6));
+    }
+
+    #[test]
+    fn zero_partitions_are_refused() {
+        assert!(parse(&["--kafka-partitions", "0"]).is_err());
+        assert!(parse(&["--kafka-replication", "0"]).is_err());
+    }
+
+    #[test]
+    fn blank_brokers_mean_embedded() {
+        let settings = ServiceSettings {
+            kafka_brokers: Some("  ".into()),
+            ..ServiceSettings::default()
+        };
+        assert_eq!(settings.brokers(), None);
+        assert_eq!(settings.broker("t", "c").brokers, None);
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let shown = format!(
+            "{:?}",
+            ServiceSettings::on_database("postgres://app:s3cret@db:5432/app")
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("app:***@db"), "{shown}");
+    }
+}
