@@ -5,13 +5,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use smartflow_kafka::{ensure_topics, wait_for_broker, EmbeddedBroker, KafkaConfig};
 
-/// The broker part of a service's configuration, and the one topic start-up must make sure of.
+/// The broker part of a service's configuration, and the topics start-up must make sure of.
 #[derive(Clone, Copy)]
 pub struct BrokerSettings<'a> {
     /// `SMARTFLOW_KAFKA_BROKERS` with a blank value already counted as absent; `None` starts the
     /// embedded broker.
     pub brokers: Option<&'a str>,
-    pub topic: &'a str,
+    pub topics: &'a [&'a str],
     pub partitions: i32,
     pub replication: i32,
     /// `SMARTFLOW_BROKER_WAIT_SECS`.
@@ -26,7 +26,7 @@ pub struct BrokerSettings<'a> {
 pub async fn prepare_broker(
     settings: BrokerSettings<'_>,
 ) -> anyhow::Result<(KafkaConfig, Option<EmbeddedBroker>)> {
-    let topic = settings.topic;
+    let topics = settings.topics;
     let (mut kafka, broker) = match settings.brokers {
         None => {
             // Starting it waits for its thread to come up; that wait stays off the runtime.
@@ -35,9 +35,11 @@ pub async fn prepare_broker(
                 .context("starting the embedded Kafka broker")?
                 .context("starting the embedded Kafka broker")?;
             // The mock cluster cannot serve CreateTopics, so the topic is made directly.
-            broker
-                .create_topic(topic, settings.partitions)
-                .with_context(|| format!("creating topic `{topic}` on the embedded broker"))?;
+            for topic in topics {
+                broker
+                    .create_topic(topic, settings.partitions)
+                    .with_context(|| format!("creating topic `{topic}` on the embedded broker"))?;
+            }
             (broker.client_config(), Some(broker))
         }
         Some(brokers) => {
@@ -51,13 +53,11 @@ pub async fn prepare_broker(
                         settings.wait_secs
                     )
                 })?;
-            ensure_topics(
-                &kafka,
-                &[(topic, settings.partitions)],
-                settings.replication,
-            )
-            .await
-            .with_context(|| format!("creating Kafka topic `{topic}`"))?;
+            let wanted: Vec<(&str, i32)> =
+                topics.iter().map(|t| (*t, settings.partitions)).collect();
+            ensure_topics(&kafka, &wanted, settings.replication)
+                .await
+                .with_context(|| format!("creating Kafka topics {}", topics.join(", ")))?;
             (kafka, None)
         }
     };

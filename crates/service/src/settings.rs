@@ -125,10 +125,10 @@ impl ServiceSettings {
     }
 
     /// What start-up prepares the broker with, making sure of `topic`.
-    pub fn broker<'a>(&'a self, topic: &'a str, client_id: &'a str) -> BrokerSettings<'a> {
+    pub fn broker<'a>(&'a self, topics: &'a [&'a str], client_id: &'a str) -> BrokerSettings<'a> {
         BrokerSettings {
             brokers: self.brokers(),
-            topic,
+            topics,
             partitions: self.kafka_partitions,
             replication: self.kafka_replication,
             wait_secs: self.broker_wait_secs,
@@ -206,8 +206,8 @@ mod tests {
             (database.url, database.schema),
             ("postgres://u:pw@db:5432/app", Some("flow"))
         );
-        let broker = settings.broker("t", "smartflow-x");
-        assert_eq!((broker.topic, broker.partitions), ("t", 6));
+        let broker = settings.broker(&["t"], "smartflow-x");
+        assert_eq!((broker.topics, broker.partitions), (&["t"][..], 6));
     }
 
     #[test]
@@ -223,7 +223,7 @@ mod tests {
             ..ServiceSettings::default()
         };
         assert_eq!(settings.brokers(), None);
-        assert_eq!(settings.broker("t", "c").brokers, None);
+        assert_eq!(settings.broker(&["t"], "c").brokers, None);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use smartflow_bus::{
 use smartflow_domain::{RouteRegistry, ServiceRoute};
 use smartflow_kafka::{EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer};
 use smartflow_storage::connect::redact;
+use smartflow_storage::inbox::InboxTable;
 use smartflow_storage::outbox::OutboxTable;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -54,6 +55,9 @@ pub struct ServicePlan<'a> {
     pub http_addr: SocketAddr,
     /// The topic start-up makes sure of: the service's own, or the one it reads.
     pub topic: &'a str,
+    /// More topics start-up makes sure of (a service that reads one topic and publishes onto
+    /// another).
+    pub also_topics: Vec<&'a str>,
     /// The service's outbox, when it publishes: the bus and a relay are built for it.
     pub outbox: Option<OutboxPlan>,
 }
@@ -71,8 +75,15 @@ impl<'a> ServicePlan<'a> {
             settings,
             http_addr,
             topic,
+            also_topics: Vec::new(),
             outbox: None,
         }
+    }
+
+    /// Start-up makes sure of `topic` too.
+    pub fn also_topic(mut self, topic: &'a str) -> Self {
+        self.also_topics.push(topic);
+        self
     }
 
     /// The service publishes through the outbox `table`, by `routes`.
@@ -117,6 +128,7 @@ pub struct ConsumerPlan {
     only_event_types: Option<Vec<String>>,
     only_handled: bool,
     wake_on_commit: Option<Arc<Notify>>,
+    inbox_table: Option<String>,
 }
 
 impl ConsumerPlan {
@@ -143,7 +155,15 @@ impl ConsumerPlan {
             only_event_types: None,
             only_handled: false,
             wake_on_commit: None,
+            inbox_table: None,
         }
+    }
+
+    /// Deduplicates through the inbox table `table` (created by the service's own migration
+    /// with `create_inbox_table`) instead of the default `inbox`.
+    pub fn with_inbox(mut self, table: &str) -> Self {
+        self.inbox_table = Some(table.to_owned());
+        self
     }
 
     /// Only these event types reach the handlers; the topic's others are skipped.
@@ -211,6 +231,7 @@ impl ServiceStart {
             settings,
             http_addr,
             topic,
+            also_topics,
             outbox,
         } = plan;
         let reliability = &settings.reliability;
@@ -227,7 +248,8 @@ impl ServiceStart {
             tracing::info!(%brokers, wait_secs = settings.broker_wait_secs, "connecting to Kafka");
         }
         let client_id = format!("smartflow-{name}");
-        let (mut kafka, broker) = prepare_broker(settings.broker(topic, &client_id)).await?;
+        let topics: Vec<&str> = std::iter::once(topic).chain(also_topics).collect();
+        let (mut kafka, broker) = prepare_broker(settings.broker(&topics, &client_id)).await?;
         reliability.apply_to_kafka(&mut kafka, name);
         if let Some(broker) = &broker {
             tracing::info!(bootstrap = %broker.bootstrap_servers(), "embedded Kafka broker started");
@@ -242,7 +264,12 @@ impl ServiceStart {
             db,
             kafka,
             consumer_config: reliability.consumer(),
-            relay_config: reliability.relay(),
+            // Until its own consumer says what it marks: nothing, so a service that only
+            // publishes for others gives its rows up at Kafka's ack instead of re-sending them.
+            relay_config: RelayConfig {
+                consumed_here: Some(BTreeSet::new()),
+                ..reliability.relay()
+            },
             new_broker: settings.new_broker || broker.is_some(),
             bus: None,
             metrics: Arc::new(Metrics::default()),
@@ -339,6 +366,7 @@ impl ServiceStart {
             .into_iter()
             .map(str::to_owned)
             .collect();
+        let own_route = matches!(plan.dedupe, Dedupe::OwnRoute(_));
         let runner = match plan.dedupe {
             Dedupe::OwnRoute(route) => ConsumerRunner::for_route(
                 self.db.clone(),
@@ -358,12 +386,22 @@ impl ServiceStart {
             ),
         }
         .context("building the consumer")?;
-        let only_event_types = if plan.only_handled {
-            let handled: BTreeSet<String> = handled.into_iter().collect();
+        let handled: BTreeSet<String> = handled.into_iter().collect();
+        if own_route {
+            // Its own consumer marks exactly the types it handles; the relay gives the rows of
+            // every other type up at Kafka's ack.
             self.relay_config.consumed_here = Some(handled.clone());
+        }
+        let only_event_types = if plan.only_handled {
             Some(handled.into_iter().collect())
         } else {
             plan.only_event_types
+        };
+        let runner = match plan.inbox_table {
+            Some(table) => runner.with_inbox(
+                InboxTable::new(&table).with_context(|| format!("inbox table `{table}`"))?,
+            ),
+            None => runner,
         };
         let runner = match only_event_types {
             Some(types) => runner.only_event_types(types.iter().map(String::as_str)),
