@@ -361,3 +361,24 @@ impl Drop for FaultProxy {
         self.cuts.send_modify(|n| *n += 1);
     }
 }
+
+/// How long [`wait_until`] waits for a condition before it fails the test.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after [`PATIENCE`]. For the
+/// asynchronous effects tests wait on (a relay's round, a consumer's commit); never a timing
+/// assertion.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}

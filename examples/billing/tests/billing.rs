@@ -19,25 +19,9 @@ use smartflow_example_billing::{Billing, BillingConfig, InvoicePaid, INBOX_TABLE
 use smartflow_kafka::{EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer};
 use smartflow_storage::inbox::{InboxStatus, InboxTable};
 use smartflow_storage::outbox::OutboxTable;
-use smartflow_testkit::{on_every_backend, TestDb};
+use smartflow_testkit::{on_every_backend, wait_until, TestDb};
 
 const USAGE_EVENTS: usize = 5;
-
-/// Polls `check` every 50 ms for up to 60 s; panics naming `what` if it never holds.
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
 
 /// The agent's side of the test: a database of its own with the agent's outbox, its bus and
 /// its relay, as the agent runs them.

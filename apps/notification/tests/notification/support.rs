@@ -29,13 +29,11 @@ use smartflow_notification::{Channel, DispatchConfig, Dispatcher};
 use smartflow_storage::notification::{self, NotificationRecord};
 use smartflow_storage::outbox::OutboxTable;
 use smartflow_testkit::TestDb;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Bound on waiting for background work; reached only when a test fails. No test asserts how
 /// long anything took.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(50);
+pub use smartflow_testkit::PATIENCE;
 
 /// How the fake webhook answers one request.
 #[derive(Debug, Clone, Copy)]
@@ -361,18 +359,4 @@ pub fn request(key: &str, text: &str) -> NotificationRequested {
     }
 }
 
-/// Polls `check` until it holds; panics naming `what` after [`PATIENCE`].
-pub async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("timed out waiting until {what}");
-}
+pub use smartflow_testkit::wait_until;

@@ -9,12 +9,10 @@ use smartflow_testkit::TestDb;
 use smartflow_userauth::http::{MeResponse, RegisterResponse, TokenResponse};
 use smartflow_userauth::jwt::AccessTokens;
 use smartflow_userauth::{RunningUserauth, Userauth, UserauthConfig};
-use tokio::time::Instant;
 
 /// Bound on waiting for background work (the embedded broker's group join alone takes about
 /// 3 s). Reached only when a test fails; no test asserts how long anything took.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(50);
+pub use smartflow_testkit::PATIENCE;
 
 /// The signing secret every test service uses, so tests can sign tokens of their own with it.
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
@@ -171,21 +169,7 @@ pub fn email(t: &TestDb, name: &str) -> String {
     format!("{}@example.com", t.unique(name))
 }
 
-/// Polls `check` until it holds, for up to `PATIENCE`; panics naming `what` otherwise.
-pub async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("timed out waiting until {what}");
-}
+pub use smartflow_testkit::wait_until;
 
 /// Runs `n` copies of `make()` at once, released together by a barrier so they really overlap,
 /// and returns their outputs.

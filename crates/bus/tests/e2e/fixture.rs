@@ -262,18 +262,4 @@ pub fn count_by_event_id(messages: &[IncomingMessage]) -> HashMap<String, usize>
     counts
 }
 
-/// Polls `check` every 50 ms for up to 60 s; panics naming `what` if it never holds.
-pub async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
+pub use smartflow_testkit::wait_until;
