@@ -74,6 +74,18 @@ impl EventContract for TokenUsageRecorded {
     const EVENT_TYPE: &'static str = "agent.token.usage.recorded";
 }
 
+/// The tokens a message costs, the `tokens` of its [`TokenUsageRecorded`]: about four characters
+/// a token, at least one.
+pub fn tokens_of(content: &str) -> u64 {
+    (content.chars().count() as u64).div_ceil(4).max(1)
+}
+
+/// The notification dedupe key the agent requests a conversation's first-message notification
+/// under: one notification per conversation.
+pub fn first_message_dedupe_key(conversation_id: &str) -> String {
+    format!("agent.conversation.first_message:{conversation_id}")
+}
+
 /// The agent's route: its outbox table, `topic` and consumer group.
 pub fn route(topic: &str) -> Result<ServiceRoute, DomainError> {
     ServiceRoute::new(SERVICE, OUTBOX_TABLE, topic, CONSUMER_GROUP)

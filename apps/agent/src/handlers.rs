@@ -7,6 +7,7 @@ use smartflow_domain::Envelope;
 use smartflow_notification_contracts::NotificationRequested;
 use smartflow_storage::chat_history::{self, NewChatMessage};
 
+pub use crate::events::{first_message_dedupe_key, tokens_of};
 use crate::events::{ChatMessageAppended, TokenUsageRecorded};
 
 /// Stores an appended message in the chat history, in the bus's transaction, so the row and the
@@ -21,11 +22,6 @@ impl PersistChatMessage {
     pub fn new(bus: EventBus) -> Self {
         Self { bus }
     }
-}
-
-/// The notification dedupe key of a conversation's first message.
-pub fn first_message_dedupe_key(conversation_id: &str) -> String {
-    format!("agent.conversation.first_message:{conversation_id}")
 }
 
 #[async_trait]
@@ -81,11 +77,6 @@ impl TypedHandler<ChatMessageAppended> for PersistChatMessage {
         }
         Ok(())
     }
-}
-
-/// The tokens a message costs: about four characters a token, at least one.
-pub fn tokens_of(content: &str) -> u64 {
-    (content.chars().count() as u64).div_ceil(4).max(1)
 }
 
 fn handler_error(e: BusError) -> HandlerError {

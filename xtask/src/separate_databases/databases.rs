@@ -11,7 +11,7 @@ use smartflow_storage::outbox::{OutboxRow, OutboxTable};
 use smartflow_storage::{chat_history, notification, token_usage};
 use smartflow_testkit::TestDb;
 
-use super::scenario::{Expected, Problems, Service};
+use super::expected::{Expected, Problems, Service};
 use crate::backends::{self, BackendArg};
 
 /// Userauth's inbox consumer (`smartflow_userauth::events::INBOX_CONSUMER`; userauth's

@@ -11,6 +11,7 @@
 
 mod api;
 mod databases;
+mod expected;
 mod scenario;
 mod webhook;
 

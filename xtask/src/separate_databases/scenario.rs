@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use super::api::Api;
 use super::databases::ServiceDatabases;
+use super::expected::{Expected, Problems, Service};
 use super::webhook::FakeWebhook;
 use super::Settings;
 use crate::backends::BackendArg;
@@ -40,97 +41,6 @@ const PARTITIONS: i32 = 3;
 /// Log lines shown with a failure, per process.
 const TAIL_LINES: usize = 30;
 const PASSWORD: &str = "correct-horse-42";
-
-/// The three services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    Userauth,
-    Agent,
-    Notification,
-}
-
-impl Service {
-    /// In start order; they stop in the reverse.
-    pub const ALL: [Service; 3] = [Service::Userauth, Service::Agent, Service::Notification];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Service::Userauth => "userauth",
-            Service::Agent => "agent",
-            Service::Notification => "notification",
-        }
-    }
-
-    fn binary(self) -> &'static str {
-        match self {
-            Service::Userauth => "smartflow-userauth",
-            Service::Agent => "smartflow-agent",
-            Service::Notification => "smartflow-notification",
-        }
-    }
-}
-
-/// What is wrong, each with the service whose database or API shows it.
-pub type Problems = Vec<(Service, String)>;
-
-/// One conversation and the messages posted to it, in order.
-#[derive(Debug, Clone)]
-pub struct Conversation {
-    pub id: String,
-    pub contents: Vec<String>,
-}
-
-/// What the services must have done with what the run posted.
-#[derive(Debug, Clone)]
-pub struct Expected {
-    pub user_id: String,
-    pub conversations: Vec<Conversation>,
-}
-
-impl Expected {
-    fn add(&mut self, conversation: &str, content: &str) {
-        match self.conversations.iter_mut().find(|c| c.id == conversation) {
-            Some(c) => c.contents.push(content.to_owned()),
-            None => self.conversations.push(Conversation {
-                id: conversation.to_owned(),
-                contents: vec![content.to_owned()],
-            }),
-        }
-    }
-
-    pub fn messages(&self) -> usize {
-        self.conversations.iter().map(|c| c.contents.len()).sum()
-    }
-
-    /// What the agent charges for every message posted.
-    pub fn tokens(&self) -> i64 {
-        self.conversations
-            .iter()
-            .flat_map(|c| &c.contents)
-            .map(|content| tokens_of(content))
-            .sum()
-    }
-
-    /// The notification dedupe key of each conversation's first message.
-    pub fn dedupe_keys(&self) -> Vec<String> {
-        self.conversations
-            .iter()
-            .map(|c| first_message_dedupe_key(&c.id))
-            .collect()
-    }
-}
-
-/// What the agent charges for a message: `smartflow_agent::handlers::tokens_of` (about four
-/// characters a token, at least one). Written again here because xtask depends on no app's
-/// implementation; a change there shows up as a usage mismatch.
-fn tokens_of(content: &str) -> i64 {
-    (content.chars().count() as u64).div_ceil(4).max(1) as i64
-}
-
-/// `smartflow_agent::handlers::first_message_dedupe_key`, for the same reason.
-fn first_message_dedupe_key(conversation: &str) -> String {
-    format!("agent.conversation.first_message:{conversation}")
-}
 
 /// The text of a conversation's notification names it so (`Conversation ID: first message
 /// from USER`); the colon keeps `-1` from matching `-10`.

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use reqwest::Url;
 use thiserror::Error;
 
-use crate::events::Channel;
+use smartflow_notification_contracts::Channel;
 
 pub use feishu::{FeishuConfig, FeishuWebhook};
 
