@@ -154,6 +154,8 @@ impl EventBus {
                 self.inner.config.max_retry,
             )
             .await?;
+        // Relays in other processes hear of it when (and only if) `txn` commits.
+        self.inner.table.announce(txn).await?;
         Ok(envelope.event_id)
     }
 

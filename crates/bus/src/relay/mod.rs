@@ -32,8 +32,13 @@ pub struct RelayConfig {
     pub retry_batch_size: u64,
     /// Rounds run at once; with row locks they never overlap.
     pub workers: usize,
-    /// The fallback poll when no wake-up arrives.
+    /// The longest wait between polls while the outbox stays empty and no wake-up arrives.
+    /// Rows committed in this process wake the relay at once, and on PostgreSQL so do rows
+    /// committed by other processes (`LISTEN`/`NOTIFY`); elsewhere those are found by polling.
     pub poll_interval: Duration,
+    /// The first wait after a round that found rows; each empty round doubles it up to
+    /// `poll_interval`, so a relay polls often while rows keep coming and seldom while idle.
+    pub min_poll_interval: Duration,
     /// How long a claim may be held before another relay may take its rows.
     pub claim_timeout: Duration,
     /// A published row not consumed within this time is published again; `None` never checks
@@ -68,6 +73,7 @@ impl Default for RelayConfig {
             retry_batch_size: 200,
             workers: 2,
             poll_interval: Duration::from_millis(250),
+            min_poll_interval: Duration::from_millis(10),
             claim_timeout: Duration::from_secs(60),
             republish_after: Some(Duration::from_secs(15 * 60)),
             republish_check_interval: Duration::from_secs(30),
@@ -88,6 +94,11 @@ impl RelayConfig {
     pub fn validate(&self, delivery_timeout: Duration) -> Result<(), BusError> {
         self.retry.validated()?;
         self.pause.validated()?;
+        if self.min_poll_interval.is_zero() || self.min_poll_interval > self.poll_interval {
+            return Err(BusError::Config(
+                "the relay's min_poll_interval must be above zero and at most poll_interval".into(),
+            ));
+        }
         if self.batch_size == 0 || self.workers == 0 {
             return Err(BusError::Config(
                 "relay batch_size and workers must be above zero".into(),
@@ -122,6 +133,15 @@ impl RelayConfig {
     fn publish_window(&self) -> Duration {
         self.claim_timeout.mul_f64(PUBLISH_SHARE)
     }
+}
+
+/// The pause before listening again after the commit listener failed.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
+
+/// The wait after one more empty round: doubled, up to `poll_interval`. A round that finds rows
+/// starts it again at `min_poll_interval`.
+fn longer_idle_poll(current: Duration, config: &RelayConfig) -> Duration {
+    (current * 2).min(config.poll_interval)
 }
 
 /// What one round did.
@@ -367,11 +387,48 @@ impl Relay {
             let shutdown = shutdown.clone();
             tasks.spawn(async move { relay.republish_loop(shutdown).await });
         }
+        {
+            let relay = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { relay.listen_loop(shutdown).await });
+        }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Wakes the workers whenever another process commits a row (PostgreSQL); ends at once on
+    /// other backends. A lost connection is listened again after a pause; meanwhile polling
+    /// finds the rows.
+    async fn listen_loop(&self, shutdown: CancellationToken) {
+        let i = &*self.inner;
+        loop {
+            match i.table.listen(&i.db).await {
+                Ok(None) => return,
+                Ok(Some(mut listener)) => loop {
+                    tokio::select! {
+                        heard = listener.next() => match heard {
+                            Ok(()) => i.wake.notify_waiters(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "lost the commit listener; polling until it is back");
+                                break;
+                            }
+                        },
+                        _ = shutdown.cancelled() => return,
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for commits; polling until it can");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LISTEN_RETRY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     async fn worker_loop(&self, worker: usize, shutdown: CancellationToken) {
         let i = &*self.inner;
+        let mut idle_poll = i.config.min_poll_interval;
         while !shutdown.is_cancelled() {
             // While paused only worker 0 probes; the others wait for the pause to end.
             if let Some(pause) = self.pause_state() {
@@ -399,18 +456,20 @@ impl Relay {
                 }
                 Ok(round) => {
                     self.resumed();
-                    if round.claimed as u64 >= i.config.batch_size {
-                        continue;
-                    }
                     if round.claimed > 0 {
+                        idle_poll = i.config.min_poll_interval;
+                        if round.claimed as u64 >= i.config.batch_size {
+                            continue;
+                        }
                         tokio::task::yield_now().await;
                         continue;
                     }
                     tokio::select! {
                         _ = notified => {}
-                        _ = tokio::time::sleep(i.config.poll_interval) => {}
+                        _ = tokio::time::sleep(idle_poll) => {}
                         _ = shutdown.cancelled() => {}
                     }
+                    idle_poll = longer_idle_poll(idle_poll, &i.config);
                 }
                 Err(e) => {
                     self.paused_by("database", &e.to_string());
@@ -431,5 +490,36 @@ impl Relay {
                 tracing::error!(error = %e, "checking for unconsumed published rows failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_is_short_while_rows_come_and_long_while_idle() {
+        let config = RelayConfig {
+            min_poll_interval: Duration::from_millis(10),
+            poll_interval: Duration::from_millis(250),
+            ..RelayConfig::default()
+        };
+        let mut wait = config.min_poll_interval;
+        let mut idle = vec![wait.as_millis()];
+        for _ in 0..6 {
+            wait = longer_idle_poll(wait, &config);
+            idle.push(wait.as_millis());
+        }
+        assert_eq!(idle, [10, 20, 40, 80, 160, 250, 250]);
+    }
+
+    #[test]
+    fn a_min_poll_above_the_poll_interval_is_refused() {
+        let config = RelayConfig {
+            min_poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(250),
+            ..RelayConfig::default()
+        };
+        assert!(config.validate(Duration::from_secs(5)).is_err());
     }
 }

@@ -8,3 +8,4 @@ mod fixture;
 mod outages;
 mod ownership;
 mod relays;
+mod wake;

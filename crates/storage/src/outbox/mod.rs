@@ -11,6 +11,7 @@ mod consume;
 mod insert;
 mod inspect;
 mod settle;
+mod wake;
 
 use sea_orm::sea_query::{Alias, Expr, SimpleExpr, Value};
 use smartflow_domain::OutboxStatus;
@@ -19,6 +20,7 @@ pub use claim::{Claim, ClaimMode, ClaimRequest, ClaimedRow};
 pub use consume::FailureOutcome;
 pub use inspect::{OutboxRow, OutboxStats};
 pub use settle::{PublishFailure, SettleReport, Settlement};
+pub use wake::CommitListener;
 
 use crate::entity::outbox::{Column, Status};
 use crate::table_name::TableName;

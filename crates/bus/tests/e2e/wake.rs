@@ -1,0 +1,78 @@
+//! A commit in another process wakes the relay: on PostgreSQL through `LISTEN`/`NOTIFY`, so the
+//! relay need not poll. (Elsewhere relays poll, more often while rows keep coming: the relay's
+//! unit tests.)
+
+use std::time::Duration;
+
+use smartflow_bus::domain::{EventContract, OutboxStatus, RouteRegistry};
+use smartflow_bus::{EventBus, PublishConfig, RelayConfig};
+use smartflow_testkit::{wait_until, Backend, TestDb};
+use tokio_util::sync::CancellationToken;
+
+use crate::fixture::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_in_another_process_wakes_a_relay_that_does_not_poll() {
+    let w = World::new(TestDb::new(Backend::Postgres).await).await;
+    // Polls once an hour: within the test's patience only a wake-up can make it send a row.
+    let relay = w.relay_on(
+        w.t.db.clone(),
+        RelayConfig {
+            poll_interval: Duration::from_secs(3600),
+            min_poll_interval: Duration::from_secs(3600),
+            republish_after: None,
+            ..relay_config()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+
+    // A row of this process (its bus wakes the relay directly): once it is sent, the relay has
+    // had its first round and waits.
+    let warm_up = w.publish(&["warm-up"]).await;
+    wait_until("the relay sends this process's row", || async {
+        let row = w.table().find(&w.t.db, &warm_up[0]).await.unwrap().unwrap();
+        row.status == OutboxStatus::Published
+    })
+    .await;
+
+    // Another process: its own pool and its own bus, whose wake signal the relay never sees.
+    let other_db = w.t.connect_again().await;
+    let routes = RouteRegistry::builder()
+        .service(w.route.clone())
+        .event(Said::EVENT_TYPE, "agent")
+        .build()
+        .unwrap();
+    let other = EventBus::new("agent", routes, PublishConfig::default()).unwrap();
+    let mut sent = Vec::new();
+    let mut published = 0;
+    // Published again until one is sent: a commit made before the relay's listener was up is
+    // only heard with the next one. Bounded by the test's patience (the relay's poll is 1 h).
+    for _ in 0..300 {
+        let txn = other.begin(&other_db).await.unwrap();
+        let said = Said {
+            conversation: "c".into(),
+            content: "from elsewhere".into(),
+        };
+        let id = other.publish(&txn, "k", &said).await.unwrap();
+        // Committed without the bus's in-process wake-up, as in a process without a relay.
+        txn.commit().await.unwrap();
+        sent.push(id.to_string());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for id in &sent {
+            let row = w.table().find(&w.t.db, id).await.unwrap().unwrap();
+            published += usize::from(row.status == OutboxStatus::Published);
+        }
+        if published > 0 {
+            break;
+        }
+    }
+    assert!(
+        published > 0,
+        "no row committed by another process was sent: the relay was not woken"
+    );
+
+    shutdown.cancel();
+    running.await.unwrap();
+    w.finish().await;
+}
