@@ -1,7 +1,7 @@
 //! The conversations migration gives every conversation that already has messages an owner:
 //! the user of its earliest message.
 
-use sea_orm_migration::sea_orm::{ConnectionTrait, FromQueryResult, Statement};
+use sea_orm_migration::sea_orm::{self, ConnectionTrait, FromQueryResult, Statement};
 use smartflow_migrations::{agent, MigratorTrait};
 use smartflow_testkit::{on_every_backend, TestDb};
 
