@@ -71,6 +71,34 @@ impl Stack {
         (body["access_token"].as_str().unwrap().to_owned(), user_id)
     }
 
+    /// Posts `body` into `conversation` with `token`: the status and the JSON body.
+    pub async fn post(&self, conversation: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let url = messages_url(&self.agent, conversation);
+        send(client().post(url).bearer_auth(token).json(&body)).await
+    }
+
+    /// Reads `conversation`'s newest page with `token`: the status and the JSON body.
+    pub async fn read(&self, conversation: &str, token: &str) -> (StatusCode, Value) {
+        let url = messages_url(&self.agent, conversation);
+        send(client().get(url).bearer_auth(token)).await
+    }
+
+    /// `token`'s view of `conversation`'s newest page, once it holds `count` messages.
+    pub async fn wait_for_history(
+        &self,
+        conversation: &str,
+        token: &str,
+        count: usize,
+    ) -> Vec<Value> {
+        eventually(&format!("{count} messages in {conversation}"), || async {
+            let (status, body) = self.read(conversation, token).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let messages = body["messages"].as_array().unwrap().clone();
+            (messages.len() >= count).then_some(messages)
+        })
+        .await
+    }
+
     pub async fn stop(self) {
         stop(self.agent).await;
         self.userauth.shutdown().await;

@@ -9,7 +9,7 @@ use smartflow_agent::RunningAgent;
 use smartflow_storage::outbox::{OutboxStats, OutboxTable};
 use smartflow_testkit::{on_every_backend, TestDb};
 
-use crate::behind_userauth::{call, send, Stack};
+use crate::behind_userauth::{send, Stack};
 use crate::support::*;
 
 fn say(content: &str) -> Value {
@@ -31,73 +31,33 @@ async fn outbox_rows(agent: &RunningAgent) -> u64 {
     pending + published + consumed + dead
 }
 
-/// `token`'s view of a conversation's newest page, once it holds `count` messages.
-async fn wait_for_history(
-    agent: &RunningAgent,
-    conversation: &str,
-    token: &str,
-    count: usize,
-) -> Vec<Value> {
-    eventually(&format!("{count} messages in {conversation}"), || async {
-        let (status, body) = call(
-            reqwest::Method::GET,
-            messages_url(agent, conversation),
-            Some(token),
-            None,
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let messages = body["messages"].as_array().unwrap().clone();
-        (messages.len() >= count).then_some(messages)
-    })
-    .await
-}
-
 async fn a_conversation_is_read_and_written_only_by_its_owner(t: TestDb) {
     let stack = Stack::start(&t, with_service_token).await;
     let agent = &stack.agent;
     let (alice, alice_id) = stack.login("alice@example.com").await;
     let (bob, _) = stack.login("bob@example.com").await;
-    let conversation = messages_url(agent, "alices-1");
-
-    let (status, body) = call(
-        reqwest::Method::POST,
-        conversation.clone(),
-        Some(&alice),
-        Some(say("Hello, it is Alice")),
-    )
-    .await;
+    let (status, body) = stack
+        .post("alices-1", &alice, say("Hello, it is Alice"))
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     // The consumer stores the message and publishes its usage and notification request in one
     // transaction: once the message is visible, the outbox holds all it will hold.
-    let history = wait_for_history(agent, "alices-1", &alice, 1).await;
+    let history = stack.wait_for_history("alices-1", &alice, 1).await;
     assert_eq!(history[0]["user_id"], alice_id.as_str());
     let rows_before = outbox_rows(agent).await;
 
     // Bob gets the answer a conversation that was never started gets, reading and writing.
-    let (status, never_started) = call(
-        reqwest::Method::GET,
-        messages_url(agent, "never-started"),
-        Some(&bob),
-        None,
-    )
-    .await;
+    let (status, never_started) = stack.read("never-started", &bob).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{never_started}");
     assert_eq!(never_started["error"]["code"], "not_found");
-    let (status, body) = call(reqwest::Method::GET, conversation.clone(), Some(&bob), None).await;
+    let (status, body) = stack.read("alices-1", &bob).await;
     assert_eq!((status, &body), (StatusCode::NOT_FOUND, &never_started));
-    let (status, body) = call(
-        reqwest::Method::POST,
-        conversation.clone(),
-        Some(&bob),
-        Some(say("Bob was here")),
-    )
-    .await;
+    let (status, body) = stack.post("alices-1", &bob, say("Bob was here")).await;
     assert_eq!((status, &body), (StatusCode::NOT_FOUND, &never_started));
     // A service's credential lets Bob's request post another role, not into Alice's conversation.
     let (status, body) = send(
         client()
-            .post(&conversation)
+            .post(messages_url(agent, "alices-1"))
             .bearer_auth(&bob)
             .header(SERVICE_TOKEN_HEADER, SERVICE_TOKEN)
             .json(&json!({"role": "system", "content": "Bob was here"})),
@@ -111,15 +71,9 @@ async fn a_conversation_is_read_and_written_only_by_its_owner(t: TestDb) {
     );
 
     // Alice goes on; her conversation holds her messages only.
-    let (status, body) = call(
-        reqwest::Method::POST,
-        conversation.clone(),
-        Some(&alice),
-        Some(say("Still Alice")),
-    )
-    .await;
+    let (status, body) = stack.post("alices-1", &alice, say("Still Alice")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let history = wait_for_history(agent, "alices-1", &alice, 2).await;
+    let history = stack.wait_for_history("alices-1", &alice, 2).await;
     let contents: Vec<&str> = history
         .iter()
         .map(|m| m["content"].as_str().unwrap())
@@ -146,20 +100,9 @@ async fn racing_first_posts_leave_exactly_one_owner(t: TestDb) {
     let mut winners = Vec::new();
     for race in 0..RACES {
         let conversation = format!("contested-{race}");
-        let url = messages_url(agent, &conversation);
         let ((a, a_body), (b, b_body)) = tokio::join!(
-            call(
-                reqwest::Method::POST,
-                url.clone(),
-                Some(&alice),
-                Some(say("mine"))
-            ),
-            call(
-                reqwest::Method::POST,
-                url.clone(),
-                Some(&bob),
-                Some(say("no, mine"))
-            ),
+            stack.post(&conversation, &alice, say("mine")),
+            stack.post(&conversation, &bob, say("no, mine")),
         );
         let (winner, loser) = match (a, b) {
             (StatusCode::ACCEPTED, StatusCode::NOT_FOUND) => (&alice, &bob),
@@ -169,15 +112,9 @@ async fn racing_first_posts_leave_exactly_one_owner(t: TestDb) {
         winners.push((conversation, winner.clone(), loser.clone()));
     }
     for (conversation, winner, loser) in &winners {
-        let history = wait_for_history(agent, conversation, winner, 1).await;
+        let history = stack.wait_for_history(conversation, winner, 1).await;
         assert_eq!(history.len(), 1, "{conversation}: {history:?}");
-        let (status, body) = call(
-            reqwest::Method::GET,
-            messages_url(agent, conversation),
-            Some(loser),
-            None,
-        )
-        .await;
+        let (status, body) = stack.read(conversation, loser).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{conversation}: {body}");
     }
     assert_eq!(

@@ -52,13 +52,7 @@ async fn only_a_service_posts_assistant_and_system_messages() {
         assert_eq!(status, StatusCode::ACCEPTED, "{role}: {body}");
     }
 
-    let history = eventually("three messages", || async {
-        let (status, body) = send(client().get(&url).bearer_auth(&alice)).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let messages = body["messages"].as_array().unwrap().clone();
-        (messages.len() >= 3).then_some(messages)
-    })
-    .await;
+    let history = stack.wait_for_history("roles-1", &alice, 3).await;
     let roles: Vec<&str> = history
         .iter()
         .map(|m| m["role"].as_str().unwrap())
