@@ -90,6 +90,7 @@ impl Agent {
             bus,
             max_content_chars: config.max_content_chars,
             auth,
+            service_token: config.service_token.clone(),
         });
         start.serve(routes, ()).await
     }

@@ -6,6 +6,7 @@ use clap::Parser;
 use smartflow_service::{ServiceSettings, LOOPBACK_ANY_PORT};
 
 use crate::events::DEFAULT_TOPIC;
+use crate::service_token::ServiceToken;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 900 * 1024;
@@ -38,6 +39,12 @@ pub struct AgentConfig {
     #[arg(long, env = "SMARTFLOW_USERAUTH_URL")]
     pub userauth_url: Option<String>,
 
+    /// The service credential (at least 32 bytes): a request that carries it in
+    /// `X-Smartflow-Service-Token` may post `assistant` and `system` messages into the
+    /// conversation of the user it acts for. Unset: only `user` messages are accepted.
+    #[arg(long, env = "SMARTFLOW_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<ServiceToken>,
+
     /// The notification service's topic, where first-message notification requests go.
     #[arg(long, env = "SMARTFLOW_NOTIFICATION_TOPIC", default_value = smartflow_notification_contracts::DEFAULT_TOPIC)]
     pub notification_topic: String,
@@ -64,6 +71,7 @@ impl Default for AgentConfig {
             topic: DEFAULT_TOPIC.to_owned(),
             notification_topic: smartflow_notification_contracts::DEFAULT_TOPIC.to_owned(),
             userauth_url: None,
+            service_token: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_content_chars: DEFAULT_MAX_CONTENT_CHARS,
             service: ServiceSettings::default(),
@@ -117,10 +125,13 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_hides_the_password() {
-        let config = AgentConfig::embedded("postgres://app:s3cret@db:5432/app");
+    fn debug_output_hides_the_password_and_the_service_token() {
+        let mut config = AgentConfig::embedded("postgres://app:s3cret@db:5432/app");
+        let secret = "the-service-token-that-must-not-leak";
+        config.service_token = Some(secret.parse().unwrap());
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(!shown.contains(secret), "{shown}");
         assert!(shown.contains("app:***@db"), "{shown}");
     }
 }

@@ -6,6 +6,7 @@ use smartflow_bus::{BusError, EventBus, HandlerError, HandlerRegistry, TypedHand
 use smartflow_domain::Envelope;
 use smartflow_notification_contracts::NotificationRequested;
 use smartflow_storage::chat_history::{self, NewChatMessage};
+use smartflow_storage::conversations;
 
 pub use crate::events::{first_message_dedupe_key, tokens_of};
 use crate::events::{ChatMessageAppended, TokenUsageRecorded};
@@ -42,6 +43,21 @@ impl TypedHandler<ChatMessageAppended> for PersistChatMessage {
             content: event.content,
             created_at: event.occurred_at_ms,
         };
+        // The post that published this event claimed the conversation already. An event
+        // published before conversations had owners (in flight across the upgrade) has none
+        // yet: its user started it, unless a newer post claimed it meanwhile.
+        if conversations::owner(txn, &event.conversation_id)
+            .await?
+            .is_none()
+        {
+            conversations::insert_if_absent(
+                txn,
+                &event.conversation_id,
+                &event.user_id,
+                event.occurred_at_ms,
+            )
+            .await?;
+        }
         chat_history::insert(txn, &message).await?;
         // Charged in the transaction that stores the message: exactly once, and only if stored.
         let usage = TokenUsageRecorded {

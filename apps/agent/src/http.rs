@@ -1,27 +1,54 @@
 //! The HTTP API: accepting chat messages into the outbox and reading the chat history (the
 //! skeleton adds `/healthz` and `/metrics`). Request and response bodies are types of this
 //! module, never storage rows, so the API's shape does not follow the tables' by accident.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /v1/conversations/{id}/messages` [`PostMessage`] | 202 [`Accepted`]; 403 `service_credential_required` for a role other than `user` without the service credential; 404 `not_found` if another user started the conversation |
+//! | `GET /v1/conversations/{id}/messages?limit=&before=` | 200 [`MessageList`]: the newest page first, each page oldest message first; 404 `not_found` if the conversation is not the user's or does not exist |
+//!
+//! Ownership: a conversation belongs to the user whose post started it (the `conversations`
+//! row, written in the transaction that publishes that post's event, so it is settled before
+//! the message is stored asynchronously). Every other user gets the 404 of a conversation that
+//! does not exist, so ids cannot be probed. With userauth the user is the token's; without it
+//! (local development) the user is the one the request names (`user_id` in the body or query).
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::{BusError, EventBus};
 use smartflow_domain::DomainError;
 use smartflow_service::HttpError;
-use smartflow_storage::chat_history;
+use smartflow_storage::chat_history::{self, ChatMessage, HistoryPosition};
+use smartflow_storage::conflict::is_transient_conflict;
+use smartflow_storage::conversations::{self, Ownership};
+use smartflow_storage::StorageError;
 use smartflow_userauth_contracts::{AuthorizeError, UserauthClient};
+use uuid::Uuid;
 
 use crate::events::{ChatMessageAppended, Role};
+use crate::service_token::ServiceToken;
 
-/// The most messages one history request returns.
-pub const HISTORY_LIMIT: u64 = 1000;
+/// Messages per history page when the request names no `limit`.
+pub const DEFAULT_PAGE_SIZE: u64 = 50;
+/// The largest `limit` a history request may ask for.
+pub const MAX_PAGE_SIZE: u64 = 200;
 /// The longest conversation or user id, matching the columns that store them.
 pub const MAX_ID_CHARS: usize = 128;
+/// The header a trusted service sends its credential in, next to the user's token, to post
+/// `assistant` and `system` messages.
+pub const SERVICE_TOKEN_HEADER: &str = "x-smartflow-service-token";
+/// How often a post is tried when its transaction loses to a concurrent one (a deadlock between
+/// two first posts of one conversation on MySQL, a busy SQLite database).
+const POST_ATTEMPTS: usize = 3;
+
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct ApiState {
@@ -30,6 +57,8 @@ pub struct ApiState {
     pub max_content_chars: usize,
     /// Userauth's verifier; `None` runs without authentication (local development).
     pub auth: Option<UserauthClient>,
+    /// The credential that allows roles other than `user`; `None` allows none.
+    pub service_token: Option<ServiceToken>,
 }
 
 /// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON
@@ -68,9 +97,26 @@ pub struct Accepted {
     pub event_id: String,
 }
 
+/// A page of a conversation's history: `messages` in chronological order, and `next`, the
+/// cursor of the page before this one (older messages), `null` on the oldest page. Pass it as
+/// `before`; it is opaque and valid for the conversation it came from.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MessageList {
     pub messages: Vec<MessageView>,
+    pub next: Option<String>,
+}
+
+/// The query of `GET /v1/conversations/{id}/messages`. Strings here, so that a bad value gets
+/// our message rather than serde's.
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryQuery {
+    /// Required without authentication (the user whose conversation it is); with it, one that
+    /// names someone other than the token's user is refused.
+    pub user_id: Option<String>,
+    /// Messages per page, 1 to [`MAX_PAGE_SIZE`], [`DEFAULT_PAGE_SIZE`] if absent.
+    pub limit: Option<String>,
+    /// A `next` cursor from an earlier page: the page of the messages before it.
+    pub before: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,19 +153,26 @@ pub fn validate_conversation_id(id: &str) -> Result<(), HttpError> {
     Ok(())
 }
 
+/// Checks a user id a request names (in the body or the query).
+pub fn validate_user_id(user_id: &str) -> Result<(), HttpError> {
+    let invalid = |m: String| Err(HttpError::invalid_request(m));
+    if user_id.trim().is_empty() {
+        return invalid("user_id must not be empty".to_owned());
+    }
+    if user_id.chars().count() > MAX_ID_CHARS {
+        return invalid(format!("user_id must be at most {MAX_ID_CHARS} characters"));
+    }
+    if user_id.chars().any(char::is_control) {
+        return invalid("user_id must not contain control characters".to_owned());
+    }
+    Ok(())
+}
+
 /// Checks a posted message and returns its role.
 pub fn validate_message(body: &PostMessage, max_content_chars: usize) -> Result<Role, HttpError> {
     let invalid = |m: String| Err(HttpError::invalid_request(m));
     if let Some(user_id) = &body.user_id {
-        if user_id.trim().is_empty() {
-            return invalid("user_id must not be empty".to_owned());
-        }
-        if user_id.chars().count() > MAX_ID_CHARS {
-            return invalid(format!("user_id must be at most {MAX_ID_CHARS} characters"));
-        }
-        if user_id.chars().any(char::is_control) {
-            return invalid("user_id must not contain control characters".to_owned());
-        }
+        validate_user_id(user_id)?;
     }
     let Some(role) = Role::parse(&body.role) else {
         return invalid("role must be one of user, assistant, system".to_owned());
@@ -140,6 +193,84 @@ pub fn validate_message(body: &PostMessage, max_content_chars: usize) -> Result<
     Ok(role)
 }
 
+/// The page size a `limit` asks for.
+pub fn parse_limit(limit: Option<&str>) -> Result<u64, HttpError> {
+    let Some(limit) = limit else {
+        return Ok(DEFAULT_PAGE_SIZE);
+    };
+    match limit.parse::<u64>() {
+        Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+        _ => Err(HttpError::invalid_request(format!(
+            "limit must be a number from 1 to {MAX_PAGE_SIZE}"
+        ))),
+    }
+}
+
+/// The cursor of the page before the one that starts at `position`: base64url of
+/// `created_at:id`. Clients treat it as opaque.
+pub fn encode_cursor(position: HistoryPosition) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", position.created_at, position.id))
+}
+
+/// The position a `before` cursor stands for; anything [`encode_cursor`] did not make is a 400.
+pub fn decode_cursor(cursor: &str) -> Result<HistoryPosition, HttpError> {
+    let decoded = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok());
+    let position = decoded.as_deref().and_then(|text| {
+        let (created_at, id) = text.split_once(':')?;
+        Some(HistoryPosition {
+            created_at: created_at.parse().ok()?,
+            id: id.parse().ok()?,
+        })
+    });
+    position.ok_or_else(|| {
+        HttpError::invalid_request("before must be a `next` cursor of this conversation's history")
+    })
+}
+
+/// The answer for a conversation the user may not see: the same whether another user owns it
+/// or nobody started it, so that ids cannot be probed.
+fn conversation_not_found() -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such conversation")
+}
+
+/// A role other than `user` without the service credential.
+fn service_credential_required() -> HttpError {
+    HttpError::new(
+        StatusCode::FORBIDDEN,
+        "service_credential_required",
+        "only `user` messages may be posted without the service credential",
+    )
+}
+
+/// Clients post `user` messages; the other roles need the configured service credential in
+/// [`SERVICE_TOKEN_HEADER`]. With none configured they are always refused.
+fn check_role(state: &ApiState, headers: &HeaderMap, role: Role) -> Result<(), HttpError> {
+    if role == Role::User {
+        return Ok(());
+    }
+    let presented = headers.get(SERVICE_TOKEN_HEADER).map(|v| v.as_bytes());
+    match (&state.service_token, presented) {
+        (Some(token), Some(presented)) if token.is_presented_by(presented) => Ok(()),
+        _ => Err(service_credential_required()),
+    }
+}
+
+/// The user a request acts for: the token's (a `claimed` one must match it), or, without
+/// authentication, the one it names.
+fn acting_user(token_user: Option<String>, claimed: Option<String>) -> Result<String, HttpError> {
+    match (token_user, claimed) {
+        (Some(token_user), Some(claimed)) if claimed != token_user => Err(
+            HttpError::invalid_request("user_id does not match the access token's user"),
+        ),
+        (Some(token_user), _) => Ok(token_user),
+        (None, Some(claimed)) => Ok(claimed),
+        (None, None) => Err(HttpError::invalid_request("user_id is required")),
+    }
+}
+
 #[tracing::instrument(skip_all, fields(conversation_id))]
 async fn post_message(
     State(state): State<ApiState>,
@@ -150,19 +281,11 @@ async fn post_message(
     let Path(conversation_id) = path?;
     validate_conversation_id(&conversation_id)?;
     tracing::Span::current().record("conversation_id", conversation_id.as_str());
-    let authenticated = authenticate(&state, &headers, Quota::Enforced).await?;
+    let authenticated = authenticate(&state, &headers, Access::Post).await?;
     let Json(body) = body?;
     let role = validate_message(&body, state.max_content_chars)?;
-    let user_id = match (authenticated, body.user_id) {
-        (Some(token_user), Some(claimed)) if claimed != token_user => {
-            return Err(HttpError::invalid_request(
-                "user_id does not match the access token's user".to_owned(),
-            ))
-        }
-        (Some(token_user), _) => token_user,
-        (None, Some(claimed)) => claimed,
-        (None, None) => return Err(HttpError::invalid_request("user_id is required".to_owned())),
-    };
+    check_role(&state, &headers, role)?;
+    let user_id = acting_user(authenticated, body.user_id)?;
     let event = ChatMessageAppended {
         conversation_id,
         user_id,
@@ -170,29 +293,74 @@ async fn post_message(
         content: body.content,
         occurred_at_ms: smartflow_storage::now_millis(),
     };
-    let txn = state
-        .db
-        .begin()
-        .await
-        .map_err(|e| HttpError::internal("opening a transaction", &e))?;
-    // The conversation is the message key, so one conversation's messages keep their order
-    // through Kafka. A failed publish drops `txn`, which rolls it back.
-    let event_id = state
-        .bus
-        .publish(&txn, &event.conversation_id, &event)
-        .await
-        .map_err(publish_error)?;
-    state
-        .bus
-        .commit(txn)
-        .await
-        .map_err(|e| HttpError::internal("committing a message", &e))?;
+    let mut attempt = 1;
+    let event_id = loop {
+        match accept(&state, &event).await {
+            Err(Refused::Conflict(e)) if attempt < POST_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt, "a post lost to a concurrent one; again");
+                attempt += 1;
+            }
+            Err(Refused::Conflict(e)) => {
+                return Err(HttpError::internal("claiming a conversation", &e))
+            }
+            Err(Refused::Http(e)) => return Err(e),
+            Ok(event_id) => break event_id,
+        }
+    };
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
             event_id: event_id.to_string(),
         }),
     ))
+}
+
+/// Why [`accept`] did not accept a message.
+enum Refused {
+    /// A concurrent transaction won (deadlock, lock wait, busy SQLite): worth trying again.
+    Conflict(StorageError),
+    Http(HttpError),
+}
+
+/// One attempt at accepting `event`: in one transaction, claim the conversation for its user
+/// (or find it theirs) and publish the event. Another user's conversation publishes nothing;
+/// a failure drops `txn`, which rolls it back.
+async fn accept(state: &ApiState, event: &ChatMessageAppended) -> Result<Uuid, Refused> {
+    let txn = state
+        .db
+        .begin()
+        .await
+        .map_err(|e| Refused::Http(HttpError::internal("opening a transaction", &e)))?;
+    let ownership = conversations::claim(
+        &txn,
+        &event.conversation_id,
+        &event.user_id,
+        event.occurred_at_ms,
+    )
+    .await
+    .map_err(|e| {
+        if is_transient_conflict(&e) {
+            Refused::Conflict(e)
+        } else {
+            Refused::Http(HttpError::internal("claiming a conversation", &e))
+        }
+    })?;
+    if ownership == Ownership::SomeoneElse {
+        return Err(Refused::Http(conversation_not_found()));
+    }
+    // The conversation is the message key, so one conversation's messages keep their order
+    // through Kafka.
+    let event_id = state
+        .bus
+        .publish(&txn, &event.conversation_id, event)
+        .await
+        .map_err(|e| Refused::Http(publish_error(e)))?;
+    state
+        .bus
+        .commit(txn)
+        .await
+        .map_err(|e| Refused::Http(HttpError::internal("committing a message", &e)))?;
+    Ok(event_id)
 }
 
 /// No `Authorization: Bearer` header where userauth requires one.
@@ -204,19 +372,20 @@ fn missing_token() -> HttpError {
     )
 }
 
-/// Whether a request spends the user's quota (posting) or not (reading).
+/// What a request does: posting spends the user's quota, reading does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Quota {
-    Enforced,
-    Ignored,
+enum Access {
+    Post,
+    Read,
 }
 
 /// The user the request acts for, per userauth; `None` when the agent runs without
-/// authentication. Token failures answer as userauth says (401, or 429 at the quota).
+/// authentication. Token failures answer as userauth says (401, or 429 at the quota when
+/// posting); reading asks only who the token's user is, so a user at the quota still reads.
 async fn authenticate(
     state: &ApiState,
     headers: &HeaderMap,
-    quota: Quota,
+    access: Access,
 ) -> Result<Option<String>, HttpError> {
     let Some(client) = &state.auth else {
         return Ok(None);
@@ -226,19 +395,18 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(smartflow_userauth_contracts::bearer_token)
         .ok_or_else(missing_token)?;
-    match client.authorize(token).await {
-        Ok(user) => Ok(Some(user.user_id)),
+    let user = match access {
+        Access::Post => client.authorize(token).await.map(|user| user.user_id),
+        Access::Read => client.identify(token).await,
+    };
+    match user {
+        Ok(user_id) => Ok(Some(user_id)),
         Err(AuthorizeError::Rejected {
             status,
             code,
             message,
         }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
-            // At the quota the token itself is good: reading stays allowed. Userauth answers
-            // 429 only after it has verified the token.
-            if status == StatusCode::TOO_MANY_REQUESTS && quota == Quota::Ignored {
-                return Ok(None);
-            }
             Err(HttpError::new(status, code, message))
         }
         Err(AuthorizeError::Unavailable(reason)) => {
@@ -261,42 +429,71 @@ fn publish_error(error: BusError) -> HttpError {
     }
 }
 
+/// A page of the user's conversation: the newest [`DEFAULT_PAGE_SIZE`] (or `limit`) messages,
+/// or those before the `before` cursor, in chronological order, with the cursor of the page
+/// before. Paging from the newest message backwards keeps the newest page one indexed read.
 #[tracing::instrument(skip_all, fields(conversation_id))]
 async fn list_messages(
     State(state): State<ApiState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<MessageList>, HttpError> {
-    authenticate(&state, &headers, Quota::Ignored).await?;
+    let authenticated = authenticate(&state, &headers, Access::Read).await?;
     let Path(conversation_id) = path?;
     validate_conversation_id(&conversation_id)?;
     tracing::Span::current().record("conversation_id", conversation_id.as_str());
-    let rows = chat_history::list(&state.db, &conversation_id, HISTORY_LIMIT)
+    let Query(query) = query?;
+    if let Some(user_id) = &query.user_id {
+        validate_user_id(user_id)?;
+    }
+    let user_id = acting_user(authenticated, query.user_id)?;
+    let limit = parse_limit(query.limit.as_deref())?;
+    let before = query.before.as_deref().map(decode_cursor).transpose()?;
+
+    let owner = conversations::owner(&state.db, &conversation_id)
+        .await
+        .map_err(|e| HttpError::internal("reading a conversation's owner", &e))?;
+    if owner.as_deref() != Some(user_id.as_str()) {
+        return Err(conversation_not_found());
+    }
+    // One more than the page holds says whether an older page exists.
+    let mut rows = chat_history::newest_before(&state.db, &conversation_id, before, limit + 1)
         .await
         .map_err(|e| HttpError::internal("reading the chat history", &e))?;
+    let next = if rows.len() as u64 > limit {
+        rows.truncate(limit as usize);
+        rows.last()
+            .map(|oldest| encode_cursor(HistoryPosition::of(oldest)))
+    } else {
+        None
+    };
+    rows.reverse();
     let messages = rows
         .into_iter()
-        .map(|row| {
-            let created_at = DateTime::from_timestamp_millis(row.created_at)
-                .ok_or_else(|| {
-                    tracing::error!(
-                        event_id = %row.event_id,
-                        created_at = row.created_at,
-                        "chat history row has a time out of range"
-                    );
-                    HttpError::internal_logged()
-                })?
-                .to_rfc3339_opts(SecondsFormat::Millis, true);
-            Ok(MessageView {
-                event_id: row.event_id,
-                user_id: row.user_id,
-                role: row.role,
-                content: row.content,
-                created_at,
-            })
-        })
+        .map(message_view)
         .collect::<Result<Vec<_>, HttpError>>()?;
-    Ok(Json(MessageList { messages }))
+    Ok(Json(MessageList { messages, next }))
+}
+
+fn message_view(row: ChatMessage) -> Result<MessageView, HttpError> {
+    let created_at = DateTime::from_timestamp_millis(row.created_at)
+        .ok_or_else(|| {
+            tracing::error!(
+                event_id = %row.event_id,
+                created_at = row.created_at,
+                "chat history row has a time out of range"
+            );
+            HttpError::internal_logged()
+        })?
+        .to_rfc3339_opts(SecondsFormat::Millis, true);
+    Ok(MessageView {
+        event_id: row.event_id,
+        user_id: row.user_id,
+        role: row.role,
+        content: row.content,
+        created_at,
+    })
 }
 
 #[cfg(test)]
@@ -308,6 +505,41 @@ mod tests {
             user_id: Some(user_id.to_owned()),
             role: role.to_owned(),
             content: content.to_owned(),
+        }
+    }
+
+    #[test]
+    fn page_sizes_are_bounded() {
+        assert_eq!(parse_limit(None), Ok(DEFAULT_PAGE_SIZE));
+        assert_eq!(parse_limit(Some("1")), Ok(1));
+        assert_eq!(parse_limit(Some("200")), Ok(MAX_PAGE_SIZE));
+        for bad in ["0", "201", "-1", "", "ten", "1.5"] {
+            assert_eq!(
+                parse_limit(Some(bad)).unwrap_err().code(),
+                "invalid_request"
+            );
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_nothing_else_decodes() {
+        let position = HistoryPosition {
+            created_at: 1_790_000_000_123,
+            id: 42,
+        };
+        assert_eq!(decode_cursor(&encode_cursor(position)), Ok(position));
+        for bad in [
+            "",
+            "***",
+            "aGVsbG8",
+            &URL_SAFE_NO_PAD.encode("1:x"),
+            &URL_SAFE_NO_PAD.encode("1"),
+        ] {
+            assert_eq!(
+                decode_cursor(bad).unwrap_err().code(),
+                "invalid_request",
+                "{bad}"
+            );
         }
     }
 

@@ -23,6 +23,12 @@ pub struct AuthorizeResponse {
     pub token_quota: i64,
 }
 
+/// The part of `GET /v1/auth/me` that [`UserauthClient::identify`] reads.
+#[derive(Debug, Deserialize)]
+struct Identity {
+    user_id: String,
+}
+
 /// The error answer every smartflow service gives: `{"error": {"code", "message"}}`.
 #[derive(Debug, Deserialize)]
 struct ErrorAnswer {
@@ -65,6 +71,7 @@ pub enum AuthorizeError {
 pub struct UserauthClient {
     http: reqwest::Client,
     authorize_url: String,
+    me_url: String,
 }
 
 impl UserauthClient {
@@ -75,26 +82,45 @@ impl UserauthClient {
             .timeout(timeout)
             .build()
             .map_err(|e| AuthorizeError::Unavailable(format!("building the HTTP client: {e}")))?;
+        let base_url = base_url.trim_end_matches('/');
         Ok(Self {
             http,
-            authorize_url: format!("{}/v1/auth/authorize", base_url.trim_end_matches('/')),
+            authorize_url: format!("{base_url}/v1/auth/authorize"),
+            me_url: format!("{base_url}/v1/auth/me"),
         })
     }
 
     /// Checks `access_token` (signature, expiry, blacklist) and the user's quota. `Ok` carries
     /// the user id to act for; use it, never a user id the client sent.
     pub async fn authorize(&self, access_token: &str) -> Result<AuthorizeResponse, AuthorizeError> {
+        self.ask(&self.authorize_url, access_token).await
+    }
+
+    /// Checks `access_token` (signature, expiry, blacklist) but not the quota, through
+    /// `GET /v1/auth/me`, and returns the user id it was issued to: for requests a user at the
+    /// quota may still make (reading what is theirs).
+    pub async fn identify(&self, access_token: &str) -> Result<String, AuthorizeError> {
+        let identity: Identity = self.ask(&self.me_url, access_token).await?;
+        Ok(identity.user_id)
+    }
+
+    /// `GET url` with the bearer token: the 200 body, or userauth's refusal (401, 429).
+    async fn ask<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        access_token: &str,
+    ) -> Result<T, AuthorizeError> {
         let response = self
             .http
-            .get(&self.authorize_url)
+            .get(url)
             .bearer_auth(access_token)
             .send()
             .await
-            .map_err(|e| AuthorizeError::Unavailable(format!("GET {}: {e}", self.authorize_url)))?;
+            .map_err(|e| AuthorizeError::Unavailable(format!("GET {url}: {e}")))?;
         let status = response.status();
         if status == StatusCode::OK {
             return response
-                .json::<AuthorizeResponse>()
+                .json::<T>()
                 .await
                 .map_err(|e| AuthorizeError::Unavailable(format!("unreadable answer: {e}")));
         }

@@ -3,7 +3,7 @@
 //!
 //! The bus's own tables, [`outbox`] and [`inbox`], work under any table name, so any service can
 //! keep them next to its own tables. The tables of this workspace's services sit behind cargo
-//! features named after them (`agent`: [`chat_history`]; `notification`: [`notification`];
+//! features named after them (`agent`: [`chat_history`], [`conversations`]; `notification`: [`notification`];
 //! `userauth`: [`users`], [`refresh_tokens`], [`revoked_access_tokens`], [`token_usage`]), none on
 //! by default, so a dependent inherits none of them.
 //!
@@ -24,7 +24,7 @@ mod table_name;
 mod time;
 
 #[cfg(feature = "agent")]
-pub use apps::agent::chat_history;
+pub use apps::agent::{chat_history, conversations};
 #[cfg(feature = "notification")]
 pub use apps::notification::records as notification;
 #[cfg(feature = "userauth")]

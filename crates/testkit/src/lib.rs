@@ -365,20 +365,37 @@ impl Drop for FaultProxy {
 /// How long [`wait_until`] waits for a condition before it fails the test.
 pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Polls `check` every 50 ms until it holds; panics naming `what` after [`PATIENCE`]. For the
-/// asynchronous effects tests wait on (a relay's round, a consumer's commit); never a timing
-/// assertion.
+/// Polls `probe` every 50 ms until it finds something, and returns it; panics naming `what`
+/// after [`PATIENCE`]. For the asynchronous effects tests wait on (a relay's round, a consumer's
+/// commit); never a timing assertion.
+pub async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {} s waiting until {what}",
+            PATIENCE.as_secs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// [`eventually`] for a condition.
 pub async fn wait_until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while std::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
+    eventually(what, || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
 }

@@ -1,8 +1,10 @@
-//! The agent's tables: its outbox, the chat history its consumer fills, and the inbox its
-//! consumer dedupes other services' events on its topic with.
+//! The agent's tables: its outbox, the chat history its consumer fills, the conversations and
+//! their owners (written as the first message is accepted), and the inbox its consumer dedupes
+//! other services' events on its topic with.
 
 mod m20261123_000001_create_agent_outbox;
 mod m20261123_000003_create_chat_histories;
+mod m20261124_000004_create_conversations;
 
 use sea_orm_migration::prelude::*;
 
@@ -22,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(fresh_lane::Migration {
                 tables: &["agent_outbox"],
             }),
+            Box::new(m20261124_000004_create_conversations::Migration),
         ]
     }
 

@@ -91,7 +91,9 @@ pub async fn writer(
         *n += 1;
         let content = content(w, c, *n);
         let body = serde_json::json!({
-            "user_id": format!("chaos-user-{w}"),
+            // A conversation belongs to the user who started it, and every writer posts into
+            // every conversation: one user per conversation keeps all of them accepted.
+            "user_id": format!("chaos-user-c{c}"),
             "role": "user",
             "content": content,
         });

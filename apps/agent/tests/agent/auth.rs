@@ -4,53 +4,11 @@
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use smartflow_agent::AgentConfig;
-use smartflow_kafka::EmbeddedBroker;
+use serde_json::json;
 use smartflow_testkit::{on_every_backend, TestDb};
-use smartflow_userauth::{RunningUserauth, Userauth, UserauthConfig};
 
+use crate::behind_userauth::{call, Stack};
 use crate::support::*;
-
-async fn call(
-    method: reqwest::Method,
-    url: String,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = client().request(method, url);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-async fn login(userauth: &RunningUserauth, email: &str) -> String {
-    let credentials = json!({"email": email, "password": "correct horse 9"});
-    let (status, body) = call(
-        reqwest::Method::POST,
-        format!("{}/v1/auth/register", userauth.base_url()),
-        None,
-        Some(credentials.clone()),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = call(
-        reqwest::Method::POST,
-        format!("{}/v1/auth/login", userauth.base_url()),
-        None,
-        Some(credentials),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    body["access_token"].as_str().unwrap().to_owned()
-}
 
 fn tampered(token: &str) -> String {
     // Flip one character of the payload segment; the signature no longer matches.
@@ -62,26 +20,9 @@ fn tampered(token: &str) -> String {
 }
 
 async fn requests_need_a_userauth_token_and_respect_the_quota(t: TestDb) {
-    let broker = EmbeddedBroker::start(1).unwrap();
-    let topic = t.unique("agent-events");
-    broker.create_topic(&topic, 3).unwrap();
-
-    let mut userauth_config = UserauthConfig::embedded(t.config.url.clone());
-    userauth_config.service.database_schema = t.config.pg_schema.clone();
-    userauth_config.service.kafka_brokers = Some(broker.bootstrap_servers());
-    userauth_config.agent_topic = topic.clone();
-    userauth_config.jwt_secret = Some("agent-test-secret-agent-test-secret-0123".into());
-    let userauth = Userauth::start(userauth_config)
-        .await
-        .unwrap_or_else(|e| panic!("userauth: {e:#}"));
-
-    let mut agent_config = AgentConfig::embedded(t.config.url.clone());
-    agent_config.service.database_schema = t.config.pg_schema.clone();
-    agent_config.service.kafka_brokers = Some(broker.bootstrap_servers());
-    agent_config.topic = topic;
-    agent_config.userauth_url = Some(userauth.base_url());
-    let agent = start(agent_config).await;
-    let messages = messages_url(&agent, "conv-auth");
+    let stack = Stack::start(&t, |_| {}).await;
+    let (agent, userauth) = (&stack.agent, &stack.userauth);
+    let messages = messages_url(agent, "conv-auth");
     let say = |content: &str| json!({"role": "user", "content": content});
 
     let (status, body) = call(
@@ -96,7 +37,7 @@ async fn requests_need_a_userauth_token_and_respect_the_quota(t: TestDb) {
         (StatusCode::UNAUTHORIZED, Some("missing_token"))
     );
 
-    let token = login(&userauth, "ada@example.com").await;
+    let (token, _) = stack.login("ada@example.com").await;
     let (status, body) = call(
         reqwest::Method::POST,
         messages.clone(),
@@ -190,9 +131,7 @@ async fn requests_need_a_userauth_token_and_respect_the_quota(t: TestDb) {
     let (status, body) = call(reqwest::Method::GET, messages.clone(), Some(&token), None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 
-    stop(agent).await;
-    userauth.shutdown().await;
-    drop(broker);
+    stack.stop().await;
     t.cleanup().await;
 }
 

@@ -1,15 +1,7 @@
-use smartflow_agent::AgentConfig;
 use smartflow_testkit::{Backend, TestDb};
 
 use crate::messages::chat_round_trip;
 use crate::support::*;
-
-/// The agent's configuration for a test database: the URL, plus the schema on PostgreSQL.
-fn config_for(test_db: &TestDb) -> AgentConfig {
-    let mut config = AgentConfig::embedded(test_db.config.url.clone());
-    config.service.database_schema = test_db.config.pg_schema.clone();
-    config
-}
 
 async fn round_trip_on(backend: Backend) {
     let test_db = TestDb::new(backend).await;

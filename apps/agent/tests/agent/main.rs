@@ -4,8 +4,12 @@
 
 mod auth;
 mod backends;
+mod behind_userauth;
 mod messages;
 mod notify;
+mod ownership;
+mod pages;
+mod roles;
 mod startup;
 mod support;
 mod validation;

@@ -12,7 +12,7 @@ use crate::support::*;
 pub async fn chat_round_trip(agent: &RunningAgent) {
     let sent = [
         ("alice", "user", "first"),
-        ("bot", "assistant", "second, with ünïcode ✓"),
+        ("alice", "assistant", "second, with ünïcode ✓"),
         ("alice", "system", "third\nspans lines"),
     ];
     let mut ids = Vec::new();
@@ -21,7 +21,7 @@ pub async fn chat_round_trip(agent: &RunningAgent) {
     }
     let other_id = post_message(agent, "conv-2", "carol", "user", "elsewhere").await;
 
-    let messages = wait_for_messages(agent, "conv-1", 3).await;
+    let messages = wait_for_messages(agent, "conv-1", "alice", 3).await;
     assert_eq!(messages.len(), 3, "{messages:?}");
     for ((message, (user, role, content)), id) in messages.iter().zip(sent).zip(&ids) {
         assert_eq!(&message.event_id, id);
@@ -34,16 +34,29 @@ pub async fn chat_round_trip(agent: &RunningAgent) {
         .windows(2)
         .all(|w| w[0].created_at <= w[1].created_at));
 
-    let other = wait_for_messages(agent, "conv-2", 1).await;
+    let other = wait_for_messages(agent, "conv-2", "carol", 1).await;
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].event_id, other_id);
     assert_eq!(other[0].content, "elsewhere");
     assert_eq!(
-        list_messages(agent, "conv-1").await.len(),
+        list_messages(agent, "conv-1", "alice").await.len(),
         3,
         "conv-2's message stays out of conv-1"
     );
-    assert!(list_messages(agent, "conv-3").await.is_empty());
+    // A conversation nobody started is not found, and carol's is not alice's.
+    for (conversation, user) in [("conv-3", "alice"), ("conv-2", "alice")] {
+        let response = client()
+            .get(messages_url(agent, conversation))
+            .query(&[("user_id", user)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_of(response).await,
+            (StatusCode::NOT_FOUND, "not_found".to_owned()),
+            "{conversation}"
+        );
+    }
 
     // The history row and the consumed mark commit together, so both are visible by now.
     let outbox = OutboxTable::new(OUTBOX_TABLE).unwrap();

@@ -109,11 +109,11 @@ async fn first_messages_notify_once_per_conversation(t: TestDb) {
     let a = t.unique("conv-a");
     let b = t.unique("conv-b");
     post_message(&agent, &a, "alice", "user", "hello").await;
-    wait_for_messages(&agent, &a, 1).await;
+    wait_for_messages(&agent, &a, "alice", 1).await;
     post_message(&agent, &a, "alice", "user", "again").await;
     post_message(&agent, &b, "bob", "user", "hi").await;
-    wait_for_messages(&agent, &a, 2).await;
-    wait_for_messages(&agent, &b, 1).await;
+    wait_for_messages(&agent, &a, "alice", 2).await;
+    wait_for_messages(&agent, &b, "bob", 1).await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     for conversation in [&a, &b] {

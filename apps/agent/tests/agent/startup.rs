@@ -90,16 +90,16 @@ async fn shutdown_is_graceful_and_a_restart_on_the_same_file_keeps_the_history()
     let dir = TempDir::new();
     let agent = start(sqlite_config(&dir)).await;
     let first = post_message(&agent, "conv-1", "alice", "user", "before the restart").await;
-    wait_for_messages(&agent, "conv-1", 1).await;
+    wait_for_messages(&agent, "conv-1", "alice", 1).await;
     stop(agent).await;
 
     // Migrations run again on the existing tables; the history is still there.
     let agent = start(sqlite_config(&dir)).await;
-    let before = list_messages(&agent, "conv-1").await;
+    let before = list_messages(&agent, "conv-1", "alice").await;
     assert_eq!(before.len(), 1);
     assert_eq!(before[0].event_id, first);
     let second = post_message(&agent, "conv-1", "alice", "user", "after the restart").await;
-    let messages = wait_for_messages(&agent, "conv-1", 2).await;
+    let messages = wait_for_messages(&agent, "conv-1", "alice", 2).await;
     let ids: Vec<&str> = messages.iter().map(|m| m.event_id.as_str()).collect();
     assert_eq!(ids, [first.as_str(), second.as_str()]);
     stop(agent).await;

@@ -1,17 +1,16 @@
 use std::path::PathBuf;
-use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
+pub use smartflow_agent::http::SERVICE_TOKEN_HEADER;
 use smartflow_agent::http::{Accepted, MessageList, MessageView};
-use smartflow_agent::{Agent, AgentConfig, RunningAgent};
-use tokio::time::Instant;
+use smartflow_agent::{Agent, AgentConfig, RunningAgent, ServiceToken};
+use smartflow_testkit::TestDb;
 
 /// Bound on waiting for something the agent does in the background (the embedded broker's group
 /// join alone takes about 3 s); reached only when a test fails, so it is generous for a loaded
 /// machine. No test asserts how long anything took.
-pub const PATIENCE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(50);
+pub use smartflow_testkit::PATIENCE;
 
 /// A directory of this test's own, removed when the test ends.
 pub struct TempDir(PathBuf);
@@ -36,10 +35,29 @@ impl Drop for TempDir {
     }
 }
 
-/// An agent on a SQLite file of its own, with an embedded broker and a free port.
+/// The service credential the tests' agents are configured with (`SMARTFLOW_SERVICE_TOKEN`).
+pub const SERVICE_TOKEN: &str = "the-agent-tests-service-credential-0123";
+
+/// Configures [`SERVICE_TOKEN`] as the agent's service credential.
+pub fn with_service_token(config: &mut AgentConfig) {
+    config.service_token = Some(ServiceToken::new(SERVICE_TOKEN).unwrap());
+}
+
+/// An agent on a SQLite file of its own, with an embedded broker, a free port and the tests'
+/// service credential.
 pub fn sqlite_config(dir: &TempDir) -> AgentConfig {
     smartflow_testkit::init_tracing();
-    AgentConfig::embedded(dir.sqlite_url())
+    let mut config = AgentConfig::embedded(dir.sqlite_url());
+    with_service_token(&mut config);
+    config
+}
+
+/// The same for a test database: the URL, plus the schema on PostgreSQL.
+pub fn config_for(test_db: &TestDb) -> AgentConfig {
+    let mut config = AgentConfig::embedded(test_db.config.url.clone());
+    config.service.database_schema = test_db.config.pg_schema.clone();
+    with_service_token(&mut config);
+    config
 }
 
 pub async fn start(config: AgentConfig) -> RunningAgent {
@@ -67,7 +85,9 @@ pub fn messages_url(agent: &RunningAgent, conversation: &str) -> String {
     )
 }
 
-/// Posts a message and returns its event id, failing the test unless it was accepted.
+/// Posts a message as `user_id` (the agent runs without authentication) and returns its event
+/// id, failing the test unless it was accepted. Roles other than `user` carry the service
+/// credential.
 pub async fn post_message(
     agent: &RunningAgent,
     conversation: &str,
@@ -75,12 +95,13 @@ pub async fn post_message(
     role: &str,
     content: &str,
 ) -> String {
-    let response = client()
+    let mut request = client()
         .post(messages_url(agent, conversation))
-        .json(&serde_json::json!({"user_id": user_id, "role": role, "content": content}))
-        .send()
-        .await
-        .unwrap();
+        .json(&serde_json::json!({"user_id": user_id, "role": role, "content": content}));
+    if role != "user" {
+        request = request.header(SERVICE_TOKEN_HEADER, SERVICE_TOKEN);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "{text}");
@@ -89,36 +110,53 @@ pub async fn post_message(
     accepted.event_id
 }
 
-pub async fn list_messages(agent: &RunningAgent, conversation: &str) -> Vec<MessageView> {
+/// A page of `user_id`'s conversation (the agent runs without authentication): the newest one,
+/// or the one before `before`.
+pub async fn history_page(
+    agent: &RunningAgent,
+    conversation: &str,
+    user_id: &str,
+    query: &[(&str, &str)],
+) -> MessageList {
     let response = client()
         .get(messages_url(agent, conversation))
+        .query(&[("user_id", user_id)])
+        .query(query)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json::<MessageList>().await.unwrap().messages
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    serde_json::from_str(&text).unwrap()
 }
 
-/// Polls the history until it holds at least `count` messages.
+/// The newest page of `user_id`'s conversation.
+pub async fn list_messages(
+    agent: &RunningAgent,
+    conversation: &str,
+    user_id: &str,
+) -> Vec<MessageView> {
+    history_page(agent, conversation, user_id, &[])
+        .await
+        .messages
+}
+
+/// Polls `user_id`'s conversation until its newest page holds at least `count` messages.
 pub async fn wait_for_messages(
     agent: &RunningAgent,
     conversation: &str,
+    user_id: &str,
     count: usize,
 ) -> Vec<MessageView> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let messages = list_messages(agent, conversation).await;
-        if messages.len() >= count {
-            return messages;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "conversation {conversation} still has {} of {count} messages: {messages:?}",
-            messages.len()
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    eventually(&format!("{count} messages in {conversation}"), || async {
+        let messages = list_messages(agent, conversation, user_id).await;
+        (messages.len() >= count).then_some(messages)
+    })
+    .await
 }
+
+pub use smartflow_testkit::eventually;
 
 /// The status and the `error.code` of an error response.
 pub async fn error_of(response: reqwest::Response) -> (StatusCode, String) {

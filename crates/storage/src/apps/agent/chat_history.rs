@@ -1,8 +1,8 @@
 //! The agent's chat history: the business table its consumer fills from outbox events.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 
 pub use super::entity::chat_histories::Model as ChatMessage;
@@ -49,6 +49,53 @@ pub async fn list<C: ConnectionTrait>(
         .filter(Column::ConversationId.eq(conversation_id))
         .order_by_asc(Column::CreatedAt)
         .order_by_asc(Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await?)
+}
+
+/// Where a message stands in its conversation's history, which is ordered by `created_at` and,
+/// among messages of the same millisecond, by the order they were stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPosition {
+    pub created_at: i64,
+    pub id: i64,
+}
+
+impl HistoryPosition {
+    /// The position of a stored message.
+    pub fn of(message: &ChatMessage) -> Self {
+        Self {
+            created_at: message.created_at,
+            id: message.id,
+        }
+    }
+}
+
+/// A conversation's newest messages, newest first, at most `limit`: all of them, or only those
+/// before `before`. Paging backwards from the newest message costs the same at any depth: the
+/// `(conversation_id, created_at)` index is read from the position on.
+pub async fn newest_before<C: ConnectionTrait>(
+    conn: &C,
+    conversation_id: &str,
+    before: Option<HistoryPosition>,
+    limit: u64,
+) -> Result<Vec<ChatMessage>, StorageError> {
+    let mut query = Entity::find().filter(Column::ConversationId.eq(conversation_id));
+    if let Some(before) = before {
+        query = query.filter(
+            Condition::any()
+                .add(Column::CreatedAt.lt(before.created_at))
+                .add(
+                    Condition::all()
+                        .add(Column::CreatedAt.eq(before.created_at))
+                        .add(Column::Id.lt(before.id)),
+                ),
+        );
+    }
+    Ok(query
+        .order_by_desc(Column::CreatedAt)
+        .order_by_desc(Column::Id)
         .limit(limit)
         .all(conn)
         .await?)

@@ -1,4 +1,5 @@
-//! The agent's business table.
+//! The agent's business tables: the chat history and the conversations' owners.
 
 pub mod chat_history;
+pub mod conversations;
 mod entity;

@@ -1,1 +1,2 @@
 pub(crate) mod chat_histories;
+pub(crate) mod conversations;
