@@ -10,7 +10,7 @@ use sea_orm::{
 };
 use smartflow_storage::refresh_tokens::{self, NewRefreshToken, RefreshToken, RefreshTokenState};
 use smartflow_storage::users::{self, NewUser, User};
-use smartflow_storage::{now_millis, revoked_access_tokens};
+use smartflow_storage::{now_millis, refresh_token_families, revoked_access_tokens};
 
 use crate::error::AuthError;
 use crate::jwt::{AccessClaims, AccessTokens};
@@ -121,10 +121,18 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         };
         let session_id = uuid::Uuid::new_v4().to_string();
-        let pair = self
-            .issue_pair(&self.db, &user.id, &session_id, now_millis())
-            .await?;
+        let pair = retry_on_conflict("login", || self.open_session(&user.id, &session_id)).await?;
         tracing::info!(user_id = %user.id, session_id, "logged in");
+        Ok(pair)
+    }
+
+    /// Stores a new family (session) and its first pair in one transaction.
+    async fn open_session(&self, user_id: &str, session_id: &str) -> Result<TokenPair, AuthError> {
+        let now = now_millis();
+        let txn = self.begin().await?;
+        refresh_token_families::insert(&txn, session_id, user_id, now).await?;
+        let pair = self.issue_pair(&txn, user_id, session_id, now).await?;
+        txn.commit().await?;
         Ok(pair)
     }
 
@@ -136,6 +144,10 @@ impl AuthService {
     /// presentation of a retired token, concurrent or later, is a replay: the whole family is
     /// revoked (the new pair too) and the answer is `RefreshTokenReused`. A legitimate client
     /// therefore refreshes one request at a time, as OAuth's rotation expects.
+    ///
+    /// The rotation first takes its family's lock ([`refresh_token_families::lock_for_rotation`]),
+    /// as every revocation does, so a replay or a log-out racing it either sees the token it
+    /// issues or makes it issue none.
     pub async fn refresh(&self, presented: &str) -> Result<TokenPair, AuthError> {
         check_token_bounds(presented, "refresh_token")?;
         let hash = hash_refresh_token(presented);
@@ -152,6 +164,12 @@ impl AuthService {
             return Err(self.refuse(&row, state, now).await);
         }
         let txn = self.begin().await?;
+        if !refresh_token_families::lock_for_rotation(&txn, &row.family_id).await? {
+            // Revoked since our read (a replay or a log-out committed first), or a token whose
+            // family is gone: either way, no session to continue.
+            txn.rollback().await?;
+            return Err(AuthError::RefreshTokenRevoked);
+        }
         if !refresh_tokens::retire(&txn, hash, now).await? {
             txn.rollback().await?;
             // Another request retired or revoked it between our read and our update; read what
@@ -207,6 +225,13 @@ impl AuthService {
 
     /// Revokes a family and blacklists every access token issued in it that is still alive, in
     /// one transaction.
+    ///
+    /// Why nothing escapes it: its first statement marks the family revoked and so takes the
+    /// family's lock, which every rotation takes first too. A rotation that holds the lock has
+    /// committed its new token before this goes on, and in read committed the statements after
+    /// the lock read that commit, so the new token is revoked and its access token blacklisted
+    /// here; a rotation that comes after finds the family revoked under the lock and issues
+    /// nothing. (SQLite: the first statement is a write, which waits for the one writer.)
     async fn revoke_session(
         &self,
         family_id: &str,
@@ -214,6 +239,7 @@ impl AuthService {
         now: i64,
     ) -> Result<(), AuthError> {
         let txn = self.begin().await?;
+        refresh_token_families::revoke(&txn, family_id, now).await?;
         refresh_tokens::revoke_family(&txn, family_id, now).await?;
         if let Some(p) = presented {
             revoked_access_tokens::insert(&txn, &p.jti, &p.user_id, p.expires_at, now).await?;
@@ -259,13 +285,15 @@ impl AuthService {
     }
 
     /// Deletes blacklist entries and refresh tokens that expired over a minute ago (the margin
-    /// covers the second-granularity of JWT expiry); returns how many rows.
+    /// covers the second-granularity of JWT expiry), then the families left without tokens;
+    /// returns how many rows.
     pub async fn prune_expired(&self) -> Result<u64, AuthError> {
         const MARGIN_MILLIS: i64 = 60_000;
         let now = now_millis().saturating_sub(MARGIN_MILLIS);
         let blacklist = revoked_access_tokens::delete_expired(&self.db, now).await?;
         let refresh = refresh_tokens::delete_expired(&self.db, now).await?;
-        Ok(blacklist + refresh)
+        let families = refresh_token_families::delete_without_tokens(&self.db).await?;
+        Ok(blacklist + refresh + families)
     }
 
     /// A transaction in read committed where the backend has a choice. On MySQL/MariaDB the

@@ -3,6 +3,7 @@
 //! backend with its own database, broker and topic, so they run in parallel.
 
 mod accounts;
+mod families;
 mod support;
 mod tokens;
 mod usage;

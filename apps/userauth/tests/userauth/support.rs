@@ -171,6 +171,28 @@ pub fn email(t: &TestDb, name: &str) -> String {
 
 pub use smartflow_testkit::wait_until;
 
+/// Runs `a` and `b` at once, released together by a barrier so they really overlap, and returns
+/// both outputs.
+pub async fn race_two<A, B>(a: A, b: B) -> (A::Output, B::Output)
+where
+    A: Future + Send + 'static,
+    A::Output: Send + 'static,
+    B: Future + Send + 'static,
+    B::Output: Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let (wait_a, wait_b) = (barrier.clone(), barrier);
+    let a = tokio::spawn(async move {
+        wait_a.wait().await;
+        a.await
+    });
+    let b = tokio::spawn(async move {
+        wait_b.wait().await;
+        b.await
+    });
+    (a.await.unwrap(), b.await.unwrap())
+}
+
 /// Runs `n` copies of `make()` at once, released together by a barrier so they really overlap,
 /// and returns their outputs.
 pub async fn race<F, Fut, T>(n: usize, make: F) -> Vec<T>
