@@ -4,6 +4,7 @@
 
 mod accounts;
 mod families;
+mod sessions;
 mod support;
 mod tokens;
 mod usage;

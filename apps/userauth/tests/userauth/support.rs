@@ -69,6 +69,22 @@ pub async fn post_json(app: &RunningUserauth, path: &str, body: Value) -> reqwes
         .unwrap()
 }
 
+/// `POST path` with the bearer token and a JSON body.
+pub async fn post_with(
+    app: &RunningUserauth,
+    path: &str,
+    access_token: &str,
+    body: Value,
+) -> reqwest::Response {
+    client()
+        .post(url(app, path))
+        .bearer_auth(access_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn get_with(app: &RunningUserauth, path: &str, access_token: &str) -> reqwest::Response {
     client()
         .get(url(app, path))
@@ -129,13 +145,26 @@ pub async fn me(app: &RunningUserauth, access_token: &str) -> MeResponse {
     serde_json::from_str(&text).unwrap()
 }
 
-pub async fn logout(app: &RunningUserauth, access_token: &str) -> reqwest::Response {
+/// `POST path` with the bearer token and no body.
+pub async fn post_bearer(
+    app: &RunningUserauth,
+    path: &str,
+    access_token: &str,
+) -> reqwest::Response {
     client()
-        .post(url(app, "/v1/auth/logout"))
+        .post(url(app, path))
         .bearer_auth(access_token)
         .send()
         .await
         .unwrap()
+}
+
+pub async fn logout(app: &RunningUserauth, access_token: &str) -> reqwest::Response {
+    post_bearer(app, "/v1/auth/logout", access_token).await
+}
+
+pub async fn logout_everywhere(app: &RunningUserauth, access_token: &str) -> reqwest::Response {
+    post_bearer(app, "/v1/auth/logout-all", access_token).await
 }
 
 /// The status, `error.code` and `error.message` of an error response; fails on any other shape.

@@ -43,19 +43,22 @@ pub async fn find<C: ConnectionTrait>(
     Ok(Entity::find_by_id(family_id).one(conn).await?)
 }
 
-/// Takes the family's lock for a rotation, if the family is not revoked:
-/// `UPDATE refresh_token_families SET rotations = rotations + 1 WHERE family_id = ? AND
-/// revoked_at IS NULL`. Returns whether it did; `false` means revoked (or no such family), and
-/// nothing may be issued in it. Run it first in the rotation's transaction: it waits for a
-/// revocation holding the lock and then sees that revocation.
+/// Takes the family's lock for a rotation, if the family is not revoked and began after
+/// `born_after` (the sessions' absolute lifetime): `UPDATE refresh_token_families SET rotations =
+/// rotations + 1 WHERE family_id = ? AND revoked_at IS NULL AND created_at > ?`. Returns whether
+/// it did; `false` means revoked, too old or no such family ([`find`] tells which), and nothing
+/// may be issued in it. Run it first in the rotation's transaction: it waits for a revocation
+/// holding the lock and then sees that revocation.
 pub async fn lock_for_rotation<C: ConnectionTrait>(
     conn: &C,
     family_id: &str,
+    born_after: i64,
 ) -> Result<bool, StorageError> {
     let result = Entity::update_many()
         .col_expr(Column::Rotations, Expr::col(Column::Rotations).add(1))
         .filter(Column::FamilyId.eq(family_id))
         .filter(Column::RevokedAt.is_null())
+        .filter(Column::CreatedAt.gt(born_after))
         .exec(conn)
         .await?;
     Ok(result.rows_affected == 1)
@@ -78,6 +81,23 @@ pub async fn revoke<C: ConnectionTrait>(
         .exec(conn)
         .await?;
     Ok(result.rows_affected == 1)
+}
+
+/// The ids of `user_id`'s families that are not revoked. Read after taking the account's lock
+/// ([`crate::users::lock_if_password_is`], [`crate::users::replace_password_hash`]), it holds
+/// every session a log-in can have opened.
+pub async fn unrevoked_of_user<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+) -> Result<Vec<String>, StorageError> {
+    Ok(Entity::find()
+        .filter(Column::UserId.eq(user_id))
+        .filter(Column::RevokedAt.is_null())
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|family| family.family_id)
+        .collect())
 }
 
 /// Deletes families none of whose tokens are stored any more (every one expired and pruned), so
