@@ -97,6 +97,7 @@ impl Userauth {
                 access_tokens: AccessTokens::new(&secret, config.access_token_ttl()),
                 passwords,
                 refresh_token_ttl: config.refresh_token_ttl(),
+                session_max_lifetime: config.session_max_lifetime(),
                 default_token_quota: config.default_token_quota,
             },
         );

@@ -12,6 +12,9 @@ use crate::events::DEFAULT_AGENT_TOPIC;
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
 pub const DEFAULT_ACCESS_TOKEN_TTL_SECS: u64 = 15 * 60;
 pub const DEFAULT_REFRESH_TOKEN_TTL_SECS: u64 = 30 * 24 * 60 * 60;
+/// ASVS 4.0 3.3.2's level 2 bound: a session ends 12 hours after the log-in, however often it
+/// was refreshed.
+pub const DEFAULT_SESSION_MAX_LIFETIME_SECS: u64 = 12 * 60 * 60;
 pub const DEFAULT_TOKEN_QUOTA: i64 = 100_000;
 /// OWASP's recommended Argon2id setting: 19 MiB, 2 passes, 1 lane.
 pub const DEFAULT_PASSWORD_HASH_MEMORY_KIB: u32 = 19 * 1024;
@@ -53,6 +56,12 @@ pub struct UserauthConfig {
           value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub refresh_token_ttl_secs: u64,
 
+    /// Absolute lifetime of a session, in seconds from the log-in: no refresh token outlives it,
+    /// and refreshing after it answers `session_expired`.
+    #[arg(long, env = "SMARTFLOW_SESSION_MAX_LIFETIME_SECS", default_value_t = DEFAULT_SESSION_MAX_LIFETIME_SECS,
+          value_parser = clap::value_parser!(u64).range(60..=31_536_000))]
+    pub session_max_lifetime_secs: u64,
+
     /// The token quota a new account gets.
     #[arg(long, env = "SMARTFLOW_DEFAULT_TOKEN_QUOTA", default_value_t = DEFAULT_TOKEN_QUOTA,
           value_parser = clap::value_parser!(i64).range(0..))]
@@ -84,6 +93,7 @@ impl Default for UserauthConfig {
             jwt_secret: None,
             access_token_ttl_secs: DEFAULT_ACCESS_TOKEN_TTL_SECS,
             refresh_token_ttl_secs: DEFAULT_REFRESH_TOKEN_TTL_SECS,
+            session_max_lifetime_secs: DEFAULT_SESSION_MAX_LIFETIME_SECS,
             default_token_quota: DEFAULT_TOKEN_QUOTA,
             password_hash_memory_kib: DEFAULT_PASSWORD_HASH_MEMORY_KIB,
             password_hash_iterations: DEFAULT_PASSWORD_HASH_ITERATIONS,
@@ -109,6 +119,10 @@ impl UserauthConfig {
     pub fn refresh_token_ttl(&self) -> Duration {
         Duration::from_secs(self.refresh_token_ttl_secs)
     }
+
+    pub fn session_max_lifetime(&self) -> Duration {
+        Duration::from_secs(self.session_max_lifetime_secs)
+    }
 }
 
 impl fmt::Debug for UserauthConfig {
@@ -122,6 +136,7 @@ impl fmt::Debug for UserauthConfig {
             )
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
+            .field("session_max_lifetime_secs", &self.session_max_lifetime_secs)
             .field("default_token_quota", &self.default_token_quota)
             .field("password_hash_memory_kib", &self.password_hash_memory_kib)
             .field("password_hash_iterations", &self.password_hash_iterations)
@@ -168,6 +183,7 @@ mod tests {
             ["--default-token-quota", "-1"],
             ["--kafka-partitions", "0"],
             ["--password-hash-iterations", "0"],
+            ["--session-max-lifetime-secs", "59"],
         ] {
             let mut argv = vec!["smartflow-userauth"];
             argv.extend(args);

@@ -46,6 +46,12 @@ pub enum AuthError {
          been revoked; log in again"
     )]
     RefreshTokenReused,
+    /// A password change whose `current_password` does not match the account's.
+    #[error("the current password is wrong")]
+    WrongPassword,
+    /// The session reached its absolute lifetime; refreshing cannot extend it.
+    #[error("the session has reached its maximum lifetime; log in again")]
+    SessionExpired,
     #[error("token quota used up: {usage} of {quota} tokens")]
     QuotaExceeded { usage: i64, quota: i64 },
     #[error("no such resource")]
@@ -81,6 +87,8 @@ impl AuthError {
             AuthError::RefreshTokenExpired => "refresh_token_expired",
             AuthError::RefreshTokenRevoked => "refresh_token_revoked",
             AuthError::RefreshTokenReused => "refresh_token_reused",
+            AuthError::WrongPassword => "wrong_password",
+            AuthError::SessionExpired => "session_expired",
             AuthError::QuotaExceeded { .. } => "quota_exceeded",
             AuthError::NotFound => "not_found",
             AuthError::MethodNotAllowed => "method_not_allowed",
@@ -104,7 +112,10 @@ impl AuthError {
             | AuthError::InvalidRefreshToken
             | AuthError::RefreshTokenExpired
             | AuthError::RefreshTokenRevoked
-            | AuthError::RefreshTokenReused => StatusCode::UNAUTHORIZED,
+            | AuthError::RefreshTokenReused
+            | AuthError::SessionExpired => StatusCode::UNAUTHORIZED,
+            // The access token is fine; the request is refused for the password it carries.
+            AuthError::WrongPassword => StatusCode::FORBIDDEN,
             AuthError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             AuthError::NotFound => StatusCode::NOT_FOUND,
             AuthError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -6,8 +6,13 @@
 //! | `POST /v1/auth/login` | `{"email", "password"}` | 200 [`TokenResponse`] |
 //! | `POST /v1/auth/refresh` | `{"refresh_token"}` | 200 [`TokenResponse`] |
 //! | `POST /v1/auth/logout` | `Authorization: Bearer` | 204 |
+//! | `POST /v1/auth/logout-all` | `Authorization: Bearer` | 204: every session of the account revoked |
+//! | `POST /v1/auth/password` | `Authorization: Bearer`, `{"current_password", "new_password"}` | 204: the other sessions revoked |
 //! | `GET /v1/auth/me` | `Authorization: Bearer` | 200 [`MeResponse`] |
 //! | `GET /v1/auth/authorize` | `Authorization: Bearer` | 200 [`AuthorizeResponse`], or 429 `quota_exceeded` |
+//!
+//! Every answer of these routes carries `Cache-Control: no-store` and `Pragma: no-cache`: they
+//! hold tokens or account data (RFC 6749 5.1, ASVS 8.2.1).
 //!
 //! The skeleton adds `GET /healthz` and `GET /metrics`, as in every service. Every failure is `{"error": {"code", "message"}}` with the status of [`AuthError::status`].
 
@@ -37,10 +42,21 @@ pub fn router(service: AuthService) -> Router {
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/refresh", post(refresh))
         .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/logout-all", post(logout_everywhere))
+        .route("/v1/auth/password", post(change_password))
         .route("/v1/auth/me", get(me))
         .route("/v1/auth/authorize", get(authorize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(axum::middleware::map_response(not_stored))
         .with_state(service)
+}
+
+/// Tells clients and proxies to keep no copy of the answer.
+async fn not_stored(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// The wire form of every error.
@@ -89,6 +105,12 @@ pub struct Credentials {
 pub struct RegisterResponse {
     pub user_id: String,
     pub email: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,6 +212,28 @@ async fn logout(
 ) -> Result<StatusCode, AuthError> {
     let principal = principal(&service, &headers).await?;
     service.logout(&principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn logout_everywhere(
+    State(service): State<AuthService>,
+    headers: HeaderMap,
+) -> Result<StatusCode, AuthError> {
+    let principal = principal(&service, &headers).await?;
+    service.logout_everywhere(&principal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn change_password(
+    State(service): State<AuthService>,
+    headers: HeaderMap,
+    body: Result<Json<PasswordChange>, JsonRejection>,
+) -> Result<StatusCode, AuthError> {
+    let principal = principal(&service, &headers).await?;
+    let Json(body) = body?;
+    service
+        .change_password(&principal, &body.current_password, &body.new_password)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

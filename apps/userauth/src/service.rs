@@ -10,7 +10,7 @@ use sea_orm::{
 };
 use smartflow_storage::refresh_tokens::{self, NewRefreshToken, RefreshToken, RefreshTokenState};
 use smartflow_storage::users::{self, NewUser, User};
-use smartflow_storage::{now_millis, revoked_access_tokens};
+use smartflow_storage::{now_millis, refresh_token_families, revoked_access_tokens};
 
 use crate::error::AuthError;
 use crate::jwt::{AccessClaims, AccessTokens};
@@ -59,6 +59,8 @@ pub struct AuthSettings {
     pub access_tokens: AccessTokens,
     pub passwords: PasswordHasher,
     pub refresh_token_ttl: Duration,
+    /// How long a session lasts from its log-in, however often it is refreshed.
+    pub session_max_lifetime: Duration,
     pub default_token_quota: i64,
 }
 
@@ -121,11 +123,112 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         };
         let session_id = uuid::Uuid::new_v4().to_string();
-        let pair = self
-            .issue_pair(&self.db, &user.id, &session_id, now_millis())
-            .await?;
+        let pair = retry_on_conflict("login", || self.open_session(&user, &session_id)).await?;
         tracing::info!(user_id = %user.id, session_id, "logged in");
         Ok(pair)
+    }
+
+    /// Stores a new family (session) and its first pair in one transaction, under the account's
+    /// lock and only while the password is still the one verified: a password change racing
+    /// this log-in either revokes the session or makes it `InvalidCredentials`.
+    async fn open_session(&self, user: &User, session_id: &str) -> Result<TokenPair, AuthError> {
+        let now = now_millis();
+        let txn = self.begin().await?;
+        if !users::lock_if_password_is(&txn, &user.id, &user.password_hash).await? {
+            txn.rollback().await?;
+            return Err(AuthError::InvalidCredentials);
+        }
+        refresh_token_families::insert(&txn, session_id, &user.id, now).await?;
+        let session_ends = now.saturating_add(self.session_max_lifetime_millis());
+        let pair = self
+            .issue_pair(&txn, &user.id, session_id, now, session_ends)
+            .await?;
+        txn.commit().await?;
+        Ok(pair)
+    }
+
+    /// Replaces the password of `principal`'s account after checking `current`, and revokes
+    /// every other session of the account (ASVS 3.3.3); the session asking keeps going. Under
+    /// the account's lock, which every log-in takes too, so no session opened with the old
+    /// password survives.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current: &str,
+        new: &str,
+    ) -> Result<(), AuthError> {
+        check_password_bounds(current)?;
+        let user = self.user_of(principal).await?;
+        validate_new_password(new, &user.email)?;
+        let matches = self
+            .settings
+            .passwords
+            .verify(current.to_owned(), Some(user.password_hash.clone()))
+            .await?;
+        if !matches {
+            return Err(AuthError::WrongPassword);
+        }
+        let new_hash = self.settings.passwords.hash(new.to_owned()).await?;
+        retry_on_conflict("password change", || async {
+            let now = now_millis();
+            let txn = self.begin().await?;
+            if !users::replace_password_hash(&txn, &user.id, &user.password_hash, &new_hash).await?
+            {
+                // Another change came first: the password checked is no longer the account's.
+                txn.rollback().await?;
+                return Err(AuthError::WrongPassword);
+            }
+            self.revoke_sessions_of(&txn, &user.id, Some(&principal.session_id), now)
+                .await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(user_id = %user.id, session_id = %principal.session_id, "password changed; other sessions revoked");
+        Ok(())
+    }
+
+    /// Logs out every session of `principal`'s account, this one included.
+    pub async fn logout_everywhere(&self, principal: &Principal) -> Result<(), AuthError> {
+        retry_on_conflict("logout everywhere", || async {
+            let now = now_millis();
+            let txn = self.begin().await?;
+            revoked_access_tokens::insert(
+                &txn,
+                &principal.jti,
+                &principal.user_id,
+                principal.expires_at,
+                now,
+            )
+            .await?;
+            self.revoke_sessions_of(&txn, &principal.user_id, None, now)
+                .await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await?;
+        tracing::info!(user_id = %principal.user_id, "logged out everywhere");
+        Ok(())
+    }
+
+    /// Revokes every unrevoked family of `user_id` but `except`, in `txn`.
+    async fn revoke_sessions_of(
+        &self,
+        txn: &DatabaseTransaction,
+        user_id: &str,
+        except: Option<&str>,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        for family_id in refresh_token_families::unrevoked_of_user(txn, user_id).await? {
+            if Some(family_id.as_str()) != except {
+                revoke_family_in(txn, &family_id, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn session_max_lifetime_millis(&self) -> i64 {
+        i64::try_from(self.settings.session_max_lifetime.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Exchanges a refresh token for a new pair and retires it.
@@ -136,6 +239,10 @@ impl AuthService {
     /// presentation of a retired token, concurrent or later, is a replay: the whole family is
     /// revoked (the new pair too) and the answer is `RefreshTokenReused`. A legitimate client
     /// therefore refreshes one request at a time, as OAuth's rotation expects.
+    ///
+    /// The rotation first takes its family's lock ([`refresh_token_families::lock_for_rotation`]),
+    /// as every revocation does, so a replay or a log-out racing it either sees the token it
+    /// issues or makes it issue none.
     pub async fn refresh(&self, presented: &str) -> Result<TokenPair, AuthError> {
         check_token_bounds(presented, "refresh_token")?;
         let hash = hash_refresh_token(presented);
@@ -152,6 +259,19 @@ impl AuthService {
             return Err(self.refuse(&row, state, now).await);
         }
         let txn = self.begin().await?;
+        let born_after = now.saturating_sub(self.session_max_lifetime_millis());
+        if !refresh_token_families::lock_for_rotation(&txn, &row.family_id, born_after).await? {
+            txn.rollback().await?;
+            return Err(self.refuse_family(&row.family_id, born_after).await);
+        }
+        let Some(family) = refresh_token_families::find(&txn, &row.family_id).await? else {
+            return Err(AuthError::internal(
+                "a locked refresh-token family cannot be read",
+            ));
+        };
+        let session_ends = family
+            .created_at
+            .saturating_add(self.session_max_lifetime_millis());
         if !refresh_tokens::retire(&txn, hash, now).await? {
             txn.rollback().await?;
             // Another request retired or revoked it between our read and our update; read what
@@ -168,10 +288,22 @@ impl AuthService {
             return Err(self.refuse(&row, state, now).await);
         }
         let pair = self
-            .issue_pair(&txn, &row.user_id, &row.family_id, now)
+            .issue_pair(&txn, &row.user_id, &row.family_id, now, session_ends)
             .await?;
         txn.commit().await?;
         Ok(pair)
+    }
+
+    /// The answer to a rotation whose family could not be locked: past its absolute lifetime,
+    /// or revoked since our read (a replay or a log-out committed first), or gone.
+    async fn refuse_family(&self, family_id: &str, born_after: i64) -> AuthError {
+        match refresh_token_families::find(&self.db, family_id).await {
+            Ok(Some(family)) if family.revoked_at.is_none() && family.created_at <= born_after => {
+                AuthError::SessionExpired
+            }
+            Ok(_) => AuthError::RefreshTokenRevoked,
+            Err(e) => e.into(),
+        }
     }
 
     /// The answer to a refresh token that is not active; a retired one revokes its family.
@@ -207,6 +339,13 @@ impl AuthService {
 
     /// Revokes a family and blacklists every access token issued in it that is still alive, in
     /// one transaction.
+    ///
+    /// Why nothing escapes it: its first statement marks the family revoked and so takes the
+    /// family's lock, which every rotation takes first too. A rotation that holds the lock has
+    /// committed its new token before this goes on, and in read committed the statements after
+    /// the lock read that commit, so the new token is revoked and its access token blacklisted
+    /// here; a rotation that comes after finds the family revoked under the lock and issues
+    /// nothing. (SQLite: the first statement is a write, which waits for the one writer.)
     async fn revoke_session(
         &self,
         family_id: &str,
@@ -214,13 +353,9 @@ impl AuthService {
         now: i64,
     ) -> Result<(), AuthError> {
         let txn = self.begin().await?;
-        refresh_tokens::revoke_family(&txn, family_id, now).await?;
+        revoke_family_in(&txn, family_id, now).await?;
         if let Some(p) = presented {
             revoked_access_tokens::insert(&txn, &p.jti, &p.user_id, p.expires_at, now).await?;
-        }
-        for live in refresh_tokens::live_access_tokens(&txn, family_id, now).await? {
-            revoked_access_tokens::insert(&txn, &live.jti, &live.user_id, live.expires_at, now)
-                .await?;
         }
         txn.commit().await?;
         Ok(())
@@ -259,13 +394,15 @@ impl AuthService {
     }
 
     /// Deletes blacklist entries and refresh tokens that expired over a minute ago (the margin
-    /// covers the second-granularity of JWT expiry); returns how many rows.
+    /// covers the second-granularity of JWT expiry), then the families left without tokens;
+    /// returns how many rows.
     pub async fn prune_expired(&self) -> Result<u64, AuthError> {
         const MARGIN_MILLIS: i64 = 60_000;
         let now = now_millis().saturating_sub(MARGIN_MILLIS);
         let blacklist = revoked_access_tokens::delete_expired(&self.db, now).await?;
         let refresh = refresh_tokens::delete_expired(&self.db, now).await?;
-        Ok(blacklist + refresh)
+        let families = refresh_token_families::delete_without_tokens(&self.db).await?;
+        Ok(blacklist + refresh + families)
     }
 
     /// A transaction in read committed where the backend has a choice. On MySQL/MariaDB the
@@ -283,13 +420,15 @@ impl AuthService {
         })
     }
 
-    /// Signs an access token and stores a new refresh token of family `session_id` beside it.
+    /// Signs an access token and stores a new refresh token of family `session_id` beside it,
+    /// expiring after its lifetime or at `session_ends`, whichever is first.
     async fn issue_pair<C: ConnectionTrait>(
         &self,
         conn: &C,
         user_id: &str,
         session_id: &str,
         now: i64,
+        session_ends: i64,
     ) -> Result<TokenPair, AuthError> {
         let access = self
             .settings
@@ -306,7 +445,7 @@ impl AuthService {
                 access_jti: access.claims.jti.clone(),
                 access_expires_at: access.expires_at_millis(),
                 issued_at: now,
-                expires_at: now.saturating_add(ttl),
+                expires_at: now.saturating_add(ttl).min(session_ends),
             },
         )
         .await?;
@@ -316,6 +455,22 @@ impl AuthService {
             expires_in: self.settings.access_tokens.ttl().as_secs(),
         })
     }
+}
+
+/// Revokes family `family_id` in `txn`: marks it revoked first (taking its lock, see
+/// [`AuthService::revoke_session`]), then its tokens, and blacklists the access tokens issued in
+/// it that are still alive.
+async fn revoke_family_in(
+    txn: &DatabaseTransaction,
+    family_id: &str,
+    now: i64,
+) -> Result<(), AuthError> {
+    refresh_token_families::revoke(txn, family_id, now).await?;
+    refresh_tokens::revoke_family(txn, family_id, now).await?;
+    for live in refresh_tokens::live_access_tokens(txn, family_id, now).await? {
+        revoked_access_tokens::insert(txn, &live.jti, &live.user_id, live.expires_at, now).await?;
+    }
+    Ok(())
 }
 
 /// Runs `op` again, up to three times in all, when it failed on a transient conflict with

@@ -3,9 +3,10 @@
 //!
 //! The bus's own tables, [`outbox`] and [`inbox`], work under any table name, so any service can
 //! keep them next to its own tables. The tables of this workspace's services sit behind cargo
-//! features named after them (`agent`: [`chat_history`], [`conversations`]; `notification`: [`notification`];
-//! `userauth`: [`users`], [`refresh_tokens`], [`revoked_access_tokens`], [`token_usage`]), none on
-//! by default, so a dependent inherits none of them.
+//! features named after them (`agent`: [`chat_history`], [`conversations`]; `notification`:
+//! [`notification`]; `userauth`: [`users`], [`refresh_token_families`], [`refresh_tokens`],
+//! [`revoked_access_tokens`], [`token_usage`]), none on by default, so a dependent inherits none
+//! of them.
 //!
 //! Rows are sea-orm entities (`entity/`, and each service's `apps/<service>/entity/`): ordinary
 //! reads and writes go through the entity API, and the statements an entity cannot express
@@ -28,7 +29,9 @@ pub use apps::agent::{chat_history, conversations};
 #[cfg(feature = "notification")]
 pub use apps::notification::records as notification;
 #[cfg(feature = "userauth")]
-pub use apps::userauth::{refresh_tokens, revoked_access_tokens, token_usage, users};
+pub use apps::userauth::{
+    refresh_token_families, refresh_tokens, revoked_access_tokens, token_usage, users,
+};
 
 pub use connect::{connect, ConnectConfig};
 pub use error::StorageError;

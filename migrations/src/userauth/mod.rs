@@ -1,10 +1,11 @@
-//! Userauth's tables: accounts, refresh tokens, the token-usage ledger, the access-token
-//! blacklist, and the inbox its usage subscriber dedupes through.
+//! Userauth's tables: accounts, refresh tokens and their families (sessions), the token-usage
+//! ledger, the access-token blacklist, and the inbox its usage subscriber dedupes through.
 
 mod m20261123_000020_create_users;
 mod m20261123_000021_create_refresh_tokens;
 mod m20261123_000022_create_token_usage;
 mod m20261123_000023_create_revoked_access_tokens;
+mod m20261124_000024_create_refresh_token_families;
 
 use sea_orm_migration::prelude::*;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000021_create_refresh_tokens::Migration),
             Box::new(m20261123_000022_create_token_usage::Migration),
             Box::new(m20261123_000023_create_revoked_access_tokens::Migration),
+            Box::new(m20261124_000024_create_refresh_token_families::Migration),
         ]
     }
 

@@ -3,6 +3,8 @@
 //! backend with its own database, broker and topic, so they run in parallel.
 
 mod accounts;
+mod families;
+mod sessions;
 mod support;
 mod tokens;
 mod usage;

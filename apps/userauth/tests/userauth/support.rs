@@ -69,6 +69,22 @@ pub async fn post_json(app: &RunningUserauth, path: &str, body: Value) -> reqwes
         .unwrap()
 }
 
+/// `POST path` with the bearer token and a JSON body.
+pub async fn post_with(
+    app: &RunningUserauth,
+    path: &str,
+    access_token: &str,
+    body: Value,
+) -> reqwest::Response {
+    client()
+        .post(url(app, path))
+        .bearer_auth(access_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn get_with(app: &RunningUserauth, path: &str, access_token: &str) -> reqwest::Response {
     client()
         .get(url(app, path))
@@ -129,13 +145,26 @@ pub async fn me(app: &RunningUserauth, access_token: &str) -> MeResponse {
     serde_json::from_str(&text).unwrap()
 }
 
-pub async fn logout(app: &RunningUserauth, access_token: &str) -> reqwest::Response {
+/// `POST path` with the bearer token and no body.
+pub async fn post_bearer(
+    app: &RunningUserauth,
+    path: &str,
+    access_token: &str,
+) -> reqwest::Response {
     client()
-        .post(url(app, "/v1/auth/logout"))
+        .post(url(app, path))
         .bearer_auth(access_token)
         .send()
         .await
         .unwrap()
+}
+
+pub async fn logout(app: &RunningUserauth, access_token: &str) -> reqwest::Response {
+    post_bearer(app, "/v1/auth/logout", access_token).await
+}
+
+pub async fn logout_everywhere(app: &RunningUserauth, access_token: &str) -> reqwest::Response {
+    post_bearer(app, "/v1/auth/logout-all", access_token).await
 }
 
 /// The status, `error.code` and `error.message` of an error response; fails on any other shape.
@@ -170,6 +199,28 @@ pub fn email(t: &TestDb, name: &str) -> String {
 }
 
 pub use smartflow_testkit::wait_until;
+
+/// Runs `a` and `b` at once, released together by a barrier so they really overlap, and returns
+/// both outputs.
+pub async fn race_two<A, B>(a: A, b: B) -> (A::Output, B::Output)
+where
+    A: Future + Send + 'static,
+    A::Output: Send + 'static,
+    B: Future + Send + 'static,
+    B::Output: Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let (wait_a, wait_b) = (barrier.clone(), barrier);
+    let a = tokio::spawn(async move {
+        wait_a.wait().await;
+        a.await
+    });
+    let b = tokio::spawn(async move {
+        wait_b.wait().await;
+        b.await
+    });
+    (a.await.unwrap(), b.await.unwrap())
+}
 
 /// Runs `n` copies of `make()` at once, released together by a barrier so they really overlap,
 /// and returns their outputs.

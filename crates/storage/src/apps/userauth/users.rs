@@ -95,3 +95,40 @@ pub async fn set_quota<C: ConnectionTrait>(
         .await?;
     Ok(result.rows_affected == 1)
 }
+
+/// Takes the account's row lock for a change to its sessions, if its password hash is still
+/// `password_hash` (the one a log-in just verified): `UPDATE users SET updated_at = now WHERE
+/// id = ? AND password_hash = ?`. Returns whether it matched. A password change takes the same
+/// lock, so a log-in with the old password either commits its session before the change
+/// (which then revokes it) or finds the hash changed and opens nothing.
+pub async fn lock_if_password_is<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    password_hash: &str,
+) -> Result<bool, StorageError> {
+    let result = Entity::update_many()
+        .col_expr(Column::UpdatedAt, Expr::val(now_millis()).into())
+        .filter(Column::Id.eq(user_id))
+        .filter(Column::PasswordHash.eq(password_hash))
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Replaces the password hash, if it is still `current_hash` (the one the change verified
+/// against), taking the account's row lock. Returns whether it did.
+pub async fn replace_password_hash<C: ConnectionTrait>(
+    conn: &C,
+    user_id: &str,
+    current_hash: &str,
+    new_hash: &str,
+) -> Result<bool, StorageError> {
+    let result = Entity::update_many()
+        .col_expr(Column::PasswordHash, Expr::val(new_hash).into())
+        .col_expr(Column::UpdatedAt, Expr::val(now_millis()).into())
+        .filter(Column::Id.eq(user_id))
+        .filter(Column::PasswordHash.eq(current_hash))
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
