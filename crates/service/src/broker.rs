@@ -6,12 +6,14 @@ use anyhow::Context as _;
 use smartflow_kafka::{ensure_topics, wait_for_broker, EmbeddedBroker, KafkaConfig};
 
 /// The broker part of a service's configuration, and the topics start-up must make sure of.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct BrokerSettings<'a> {
     /// `SMARTFLOW_KAFKA_BROKERS` with a blank value already counted as absent; `None` starts the
     /// embedded broker.
     pub brokers: Option<&'a str>,
     pub topics: &'a [&'a str],
+    /// Further librdkafka properties (TLS, SASL) for every client of a real cluster.
+    pub options: Vec<(String, String)>,
     pub partitions: i32,
     pub replication: i32,
     /// `SMARTFLOW_BROKER_WAIT_SECS`.
@@ -43,7 +45,8 @@ pub async fn prepare_broker(
             (broker.client_config(), Some(broker))
         }
         Some(brokers) => {
-            let kafka = KafkaConfig::new(brokers);
+            let mut kafka = KafkaConfig::new(brokers);
+            kafka.extra = settings.options.clone();
             wait_for_broker(&kafka, Duration::from_secs(settings.wait_secs))
                 .await
                 .with_context(|| {
@@ -63,4 +66,41 @@ pub async fn prepare_broker(
     };
     settings.client_id.clone_into(&mut kafka.client_id);
     Ok((kafka, broker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn kafka_options_reach_librdkafka() {
+        let broker = EmbeddedBroker::start(1).unwrap();
+        broker.create_topic("t", 1).unwrap();
+        let bootstrap = broker.bootstrap_servers();
+        let settings = |options: Vec<(String, String)>| BrokerSettings {
+            brokers: Some(&bootstrap),
+            topics: &["t"],
+            options,
+            partitions: 1,
+            replication: 1,
+            wait_secs: 5,
+            client_id: "smartflow-test",
+        };
+        let (kafka, _) = prepare_broker(settings(vec![("client.rack".into(), "r1".into())]))
+            .await
+            .unwrap();
+        assert_eq!(kafka.extra, [("client.rack".to_owned(), "r1".to_owned())]);
+        let Err(err) =
+            prepare_broker(settings(vec![("no.such.property".into(), "1".into())])).await
+        else {
+            panic!("an unknown librdkafka property must fail start-up");
+        };
+        assert!(
+            format!("{err:#}").contains("no.such.property"),
+            "librdkafka names the unknown property: {err:#}"
+        );
+        tokio::task::spawn_blocking(move || drop(broker))
+            .await
+            .unwrap();
+    }
 }

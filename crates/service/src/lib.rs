@@ -34,6 +34,6 @@ pub use health::{health_check, HealthBody};
 pub use http_error::HttpError;
 pub use reliability::ReliabilitySettings;
 pub use run::{run_service, RunningService};
-pub use settings::{ServiceSettings, LOOPBACK_ANY_PORT};
+pub use settings::{KafkaOption, ServiceSettings, LOOPBACK_ANY_PORT};
 pub use skeleton::{ConsumerPlan, Migrations, OutboxPlan, Running, ServicePlan, ServiceStart};
 pub use tasks::{blocking_drop, release_clients, stop_tasks, supervise, Task};

@@ -47,6 +47,14 @@ pub struct ServiceSettings {
     #[arg(long, env = "SMARTFLOW_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
 
+    /// Further librdkafka properties for every Kafka client, `key=value`, comma-separated or
+    /// repeated: TLS and SASL, say `security.protocol=SASL_SSL,sasl.mechanisms=SCRAM-SHA-512,
+    /// sasl.username=svc,sasl.password=...`. Used with `SMARTFLOW_KAFKA_BROKERS` only (the
+    /// embedded broker speaks plaintext); values are never logged.
+    #[arg(long = "kafka-option", env = "SMARTFLOW_KAFKA_OPTIONS", value_delimiter = ',',
+          value_parser = KafkaOption::parse, hide_env_values = true)]
+    pub kafka_options: Vec<KafkaOption>,
+
     /// Partitions of the service's topic when start-up creates it.
     #[arg(long, env = "SMARTFLOW_KAFKA_PARTITIONS", default_value_t = DEFAULT_KAFKA_PARTITIONS,
           value_parser = clap::value_parser!(i32).range(1..))]
@@ -86,6 +94,7 @@ impl Default for ServiceSettings {
             database_schema: None,
             database_wait_secs: DEFAULT_DATABASE_WAIT_SECS,
             kafka_brokers: None,
+            kafka_options: Vec::new(),
             kafka_partitions: DEFAULT_KAFKA_PARTITIONS,
             kafka_replication: DEFAULT_KAFKA_REPLICATION,
             broker_wait_secs: DEFAULT_BROKER_WAIT_SECS,
@@ -128,6 +137,11 @@ impl ServiceSettings {
     pub fn broker<'a>(&'a self, topics: &'a [&'a str], client_id: &'a str) -> BrokerSettings<'a> {
         BrokerSettings {
             brokers: self.brokers(),
+            options: self
+                .kafka_options
+                .iter()
+                .map(|o| (o.key.clone(), o.value.clone()))
+                .collect(),
             topics,
             partitions: self.kafka_partitions,
             replication: self.kafka_replication,
@@ -141,6 +155,34 @@ impl ServiceSettings {
     }
 }
 
+/// One librdkafka property from the command line. `Debug` shows the key only: values include
+/// passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaOption {
+    pub key: String,
+    pub value: String,
+}
+
+impl KafkaOption {
+    /// `key=value`, the key non-empty.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.trim().split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
+                key: key.trim().to_owned(),
+                value: value.to_owned(),
+            }),
+            // The text itself is not repeated: it may hold a password.
+            _ => Err("expected a librdkafka property as key=value".to_owned()),
+        }
+    }
+}
+
+impl fmt::Debug for KafkaOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}=<hidden>", self.key)
+    }
+}
+
 impl fmt::Debug for ServiceSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceSettings")
@@ -148,6 +190,7 @@ impl fmt::Debug for ServiceSettings {
             .field("database_schema", &self.database_schema)
             .field("database_wait_secs", &self.database_wait_secs)
             .field("kafka_brokers", &self.kafka_brokers)
+            .field("kafka_options", &self.kafka_options)
             .field("kafka_partitions", &self.kafka_partitions)
             .field("kafka_replication", &self.kafka_replication)
             .field("broker_wait_secs", &self.broker_wait_secs)
@@ -208,6 +251,31 @@ mod tests {
         );
         let broker = settings.broker(&["t"], "smartflow-x");
         assert_eq!((broker.topics, broker.partitions), (&["t"][..], 6));
+    }
+
+    #[test]
+    fn kafka_options_pass_through_and_their_values_stay_out_of_logs() {
+        let settings = parse(&[
+            "--kafka-option",
+            "security.protocol=SASL_SSL,sasl.password=s3cret=x",
+            "--kafka-option",
+            "sasl.username=svc",
+        ])
+        .unwrap();
+        let broker = settings.broker(&["t"], "c");
+        assert_eq!(
+            broker.options,
+            [
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.password".to_owned(), "s3cret=x".to_owned()),
+                ("sasl.username".to_owned(), "svc".to_owned()),
+            ]
+        );
+        let logged = format!("{settings:?}");
+        assert!(logged.contains("sasl.password=<hidden>"), "{logged}");
+        assert!(!logged.contains("s3cret"), "{logged}");
+        let err = parse(&["--kafka-option", "no-equals-sign"]).err().unwrap();
+        assert!(err.to_string().contains("key=value"), "{err}");
     }
 
     #[test]

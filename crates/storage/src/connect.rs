@@ -141,9 +141,38 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Opens a pool whose every session carries `config.limits`, and checks it answers.
+/// Creates a SQLite database file that does not exist yet readable and writable by its owner
+/// alone (`0600`; SQLite gives its `-wal` and `-shm` files the same mode), before SQLite would
+/// create it with the process's default mode. Other URLs, and files that exist, are left as
+/// they are.
+fn create_private_sqlite_file(url: &str) -> Result<(), StorageError> {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return Ok(());
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let creates = query.split('&').any(|p| p == "mode=rwc");
+    if !creates || path.is_empty() || path.starts_with(":memory:") {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StorageError::InvalidUrl {
+            url: redact(url),
+            reason: format!("cannot create the SQLite file `{path}`: {e}"),
+        }),
+    }
+}
+
+/// Opens a pool whose every session carries `config.limits`, and checks it answers. A SQLite
+/// file it creates is private to its owner (`0600`).
 pub async fn connect(config: &ConnectConfig) -> Result<DatabaseConnection, StorageError> {
     validate_url(&config.url)?;
+    create_private_sqlite_file(&config.url)?;
     let limits = config.limits;
     let mut opts = ConnectOptions::new(config.url.clone());
     opts.max_connections(config.max_connections)

@@ -81,3 +81,37 @@ on_every_backend!(
     a_lock_wait_ends_in_an_error_not_a_hang,
     an_idle_transaction_loses_its_locks,
 );
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_sqlite_file_it_creates_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("sf_mode_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("private.db");
+    let db = connect(&ConnectConfig::new(format!(
+        "sqlite://{}?mode=rwc",
+        file.display()
+    )))
+    .await
+    .unwrap();
+    db.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    db.close().await.unwrap();
+    // A directory that does not exist is a clear error, not a panic.
+    let missing = dir.join("no/such/dir.db");
+    let err = connect(&ConnectConfig::new(format!(
+        "sqlite://{}?mode=rwc",
+        missing.display()
+    )))
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot create the SQLite file"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
