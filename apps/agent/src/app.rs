@@ -12,7 +12,7 @@ use smartflow_service::{ConsumerPlan, Running, ServicePlan, ServiceStart};
 use smartflow_userauth_contracts::UserauthClient;
 
 use crate::config::AgentConfig;
-use crate::events::{self, OUTBOX_TABLE};
+use crate::events;
 use crate::handlers;
 use crate::http::{self, ApiState};
 
@@ -43,7 +43,6 @@ impl Agent {
 
         let plan = ServicePlan::new("agent", &config.service, config.http_addr, &config.topic)
             .with_outbox(
-                OUTBOX_TABLE,
                 routes,
                 PublishConfig {
                     max_payload_bytes: config.max_payload_bytes,

@@ -12,7 +12,7 @@ use smartflow_service::{ConsumerPlan, Running, ServicePlan, ServiceStart};
 
 use crate::config::NotificationConfig;
 use crate::dispatch::Dispatcher;
-use crate::events::{self, Channel, OUTBOX_TABLE};
+use crate::events::{self, Channel};
 use crate::handler::{self, RecordNotification};
 use crate::http::{self, ApiState, RecordGauges};
 use crate::provider::{FeishuConfig, FeishuWebhook, Providers, TargetPolicy};
@@ -67,7 +67,7 @@ impl Notification {
             config.http_addr,
             &config.topic,
         )
-        .with_outbox(OUTBOX_TABLE, routes, PublishConfig::default());
+        .with_outbox(routes, PublishConfig::default());
         let mut start = ServiceStart::begin(plan, |db| {
             smartflow_migrations::run_migrator::<smartflow_migrations::notification::Migrator>(db)
                 .boxed()

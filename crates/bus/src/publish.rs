@@ -80,11 +80,6 @@ impl EventBus {
         })
     }
 
-    /// The publishing service.
-    pub fn service(&self) -> &str {
-        &self.inner.service
-    }
-
     /// The outbox table this bus writes into.
     pub fn outbox(&self) -> &OutboxTable {
         &self.inner.table

@@ -29,7 +29,6 @@ use smartflow_domain::{RouteRegistry, ServiceRoute};
 use smartflow_kafka::{EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer};
 use smartflow_storage::connect::redact;
 use smartflow_storage::inbox::InboxTable;
-use smartflow_storage::outbox::OutboxTable;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -86,25 +85,16 @@ impl<'a> ServicePlan<'a> {
         self
     }
 
-    /// The service publishes through the outbox `table`, by `routes`.
-    pub fn with_outbox(
-        mut self,
-        table: &'static str,
-        routes: RouteRegistry,
-        publish: PublishConfig,
-    ) -> Self {
-        self.outbox = Some(OutboxPlan {
-            table,
-            routes,
-            publish,
-        });
+    /// The service publishes by `routes`, into the outbox table of its own route there.
+    pub fn with_outbox(mut self, routes: RouteRegistry, publish: PublishConfig) -> Self {
+        self.outbox = Some(OutboxPlan { routes, publish });
         self
     }
 }
 
-/// A service's outbox: the table its relay sends from and the routes its bus publishes by.
+/// A service's outbox: the routes its bus publishes by; its own route names the table the bus
+/// writes and the relay sends from.
 pub struct OutboxPlan {
-    pub table: &'static str,
     pub routes: RouteRegistry,
     pub publish: PublishConfig,
 }
@@ -210,7 +200,6 @@ pub struct ServiceStart {
     new_broker: bool,
     bus: Option<EventBus>,
     metrics: Arc<Metrics>,
-    outbox: Option<OutboxTable>,
     producer: Option<KafkaProducer>,
     consumers: Vec<Arc<KafkaConsumer>>,
     runners: Vec<ConsumerRunner>,
@@ -273,7 +262,6 @@ impl ServiceStart {
             new_broker: settings.new_broker || broker.is_some(),
             bus: None,
             metrics: Arc::new(Metrics::default()),
-            outbox: None,
             producer: None,
             consumers: Vec::new(),
             runners: Vec::new(),
@@ -288,7 +276,6 @@ impl ServiceStart {
             let producer =
                 KafkaProducer::new(&start.kafka).context("creating the Kafka producer")?;
             start.metrics = bus.metrics().clone();
-            start.outbox = Some(OutboxTable::new(outbox.table)?);
             start.bus = Some(bus);
             start.producer = Some(producer);
         }
@@ -298,10 +285,10 @@ impl ServiceStart {
     /// The relay of the service's outbox, built once its consumers say which of its events
     /// they mark themselves; on a new broker it first re-queues what an earlier one got.
     async fn relay(&mut self) -> anyhow::Result<Option<Relay>> {
-        let (Some(bus), Some(producer), Some(outbox)) = (&self.bus, &self.producer, &self.outbox)
-        else {
+        let (Some(bus), Some(producer)) = (&self.bus, &self.producer) else {
             return Ok(None);
         };
+        let outbox = bus.outbox();
         let relay = Relay::new(
             self.db.clone(),
             outbox.name(),
@@ -360,22 +347,26 @@ impl ServiceStart {
             KafkaConsumer::new(&kafka, group, &[topic]).context("creating the Kafka consumer")?,
         );
         let config = self.consumer_config.clone();
-        let handled: Vec<String> = plan
+        let handled: BTreeSet<String> = plan
             .handlers
             .event_types()
             .into_iter()
             .map(str::to_owned)
             .collect();
-        let own_route = matches!(plan.dedupe, Dedupe::OwnRoute(_));
         let runner = match plan.dedupe {
-            Dedupe::OwnRoute(route) => ConsumerRunner::for_route(
-                self.db.clone(),
-                &route,
-                plan.handlers,
-                consumer.clone(),
-                config,
-                self.metrics.clone(),
-            ),
+            Dedupe::OwnRoute(route) => {
+                // Its own consumer marks exactly the types it handles; the relay gives the rows
+                // of every other type up at Kafka's ack.
+                self.relay_config.consumed_here = Some(handled.clone());
+                ConsumerRunner::for_route(
+                    self.db.clone(),
+                    &route,
+                    plan.handlers,
+                    consumer.clone(),
+                    config,
+                    self.metrics.clone(),
+                )
+            }
             Dedupe::Inbox { consumer: name, .. } => ConsumerRunner::for_subscriber(
                 self.db.clone(),
                 &name,
@@ -386,12 +377,6 @@ impl ServiceStart {
             ),
         }
         .context("building the consumer")?;
-        let handled: BTreeSet<String> = handled.into_iter().collect();
-        if own_route {
-            // Its own consumer marks exactly the types it handles; the relay gives the rows of
-            // every other type up at Kafka's ack.
-            self.relay_config.consumed_here = Some(handled.clone());
-        }
         let only_event_types = if plan.only_handled {
             Some(handled.into_iter().collect())
         } else {
@@ -448,7 +433,7 @@ impl ServiceStart {
             Observed {
                 db: self.db.clone(),
                 metrics: self.metrics.clone(),
-                outboxes: self.outbox.into_iter().collect(),
+                outboxes: self.bus.iter().map(|bus| bus.outbox().clone()).collect(),
                 gauges: self.gauges,
             },
         );

@@ -106,7 +106,7 @@ impl Billing {
             &config.agent_topic,
         )
         .also_topic(&config.topic)
-        .with_outbox(OUTBOX_TABLE, routes, PublishConfig::default());
+        .with_outbox(routes, PublishConfig::default());
         let mut start = ServiceStart::begin(plan, |db| {
             smartflow_migrations::run_migrator::<invoices::Migrator>(db).boxed()
         })
