@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use smartflow_domain::{
-    InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute, TransportError, EVENT_ID_HEADER,
+    InboundTransport, IncomingMessage, KeyOrder, RetryPolicy, ServiceRoute, TransportError,
+    EVENT_ID_HEADER,
 };
 use smartflow_storage::inbox::InboxTable;
 use smartflow_storage::outbox::OutboxTable;
@@ -157,7 +158,11 @@ pub struct ConsumerRunner {
     pub(crate) dedupe: Dedupe,
     pub(crate) config: ConsumerConfig,
     pub(crate) metrics: Arc<Metrics>,
-    /// Inbox mode: failed attempts of the event the loop is holding a partition at.
+    /// The route's ordering policy: under `Block` a retryable handler error of the service's own
+    /// event holds the partition at the event (later events of its key wait), under `Skip` it
+    /// sends the row back to `pending` and the later events go on. Inbox events always hold.
+    pub(crate) key_order: KeyOrder,
+    /// Failed attempts of the event the loop is holding a partition at.
     pub(crate) attempts: Mutex<HashMap<String, u32>>,
     health_name: String,
 }
@@ -179,7 +184,7 @@ impl ConsumerRunner {
             service: route.service.clone(),
             inbox: InboxTable::default(),
         };
-        Self::new(
+        let mut runner = Self::new(
             db,
             format!("consumer {}", route.consumer_group),
             dedupe,
@@ -187,7 +192,9 @@ impl ConsumerRunner {
             transport,
             config,
             metrics,
-        )
+        )?;
+        runner.key_order = route.key_order;
+        Ok(runner)
     }
 
     /// A consumer of another service's events, deduplicating through its own inbox.
@@ -235,6 +242,7 @@ impl ConsumerRunner {
             dedupe,
             config,
             metrics,
+            key_order: KeyOrder::Block,
             attempts: Mutex::new(HashMap::new()),
             health_name,
         })
@@ -315,7 +323,7 @@ impl ConsumerRunner {
                 // The loop's next turn resumes the partitions if they were paused.
                 Ok(done) if done == held.len() => held.clear(),
                 Ok(done) => {
-                    // Inbox mode: a retryable handler error holds the partition at that event.
+                    // A retryable handler error tried in place holds the partition at that event.
                     held.drain(..done);
                     let failures = self.head_attempts(&held);
                     if stalls == 0 {
