@@ -32,7 +32,9 @@ use crate::{BusError, HandlerRegistry, Metrics};
 pub enum Dedupe {
     /// The consumer of a service's own topic. Events from the service's own outbox (the
     /// envelope's source is this service, or names none) move their outbox row to `consumed` in
-    /// the handler's transaction, and failures send the row back to `pending` or to `dead`.
+    /// the handler's transaction; a retryable failure is tried again in place (the route's
+    /// `KeyOrder::Block`) or sends the row back to `pending` (`KeyOrder::Skip`), and a permanent
+    /// one makes it `dead`.
     /// Events another service published onto the topic (a request addressed to this service)
     /// are deduplicated through this service's inbox under the service's name, as in `Inbox`.
     Owner {
@@ -97,8 +99,9 @@ pub struct ConsumerConfig {
     /// How long one poll waits for a first message; the loop polls at least this often, which
     /// keeps the group membership alive and the health check's poll time fresh.
     pub poll_wait: Duration,
-    /// Retries of a retryable handler error: rows sent back to `pending` in outbox mode, attempts
-    /// in place (the partition held at the event) in inbox mode.
+    /// Retries of a retryable handler error: attempts in place (the partition held at the event)
+    /// for inbox events and under `KeyOrder::Block`, rows sent back to `pending` under
+    /// `KeyOrder::Skip`.
     pub retry: RetryPolicy,
     /// Backoff while a batch cannot be applied at all (database down, lock waits, the broker
     /// refusing commits): the partitions are paused and polled meanwhile, so the consumer stays
