@@ -330,7 +330,60 @@ async fn under_skip_a_failing_event_lets_the_later_events_of_its_key_go_on(t: Te
     w.finish().await;
 }
 
+/// Rows of concurrent transactions commit out of id order: the relay publishes the one that
+/// committed first while the other is still open, and the other once it commits; no row is ever
+/// passed over. (SQLite has one writer: its transactions cannot overlap, so commits come in id
+/// order there and the case cannot arise.)
+async fn rows_committed_out_of_id_order_are_all_published(t: TestDb) {
+    if t.backend == smartflow_testkit::Backend::Sqlite {
+        t.cleanup().await;
+        return;
+    }
+    let w = World::new(t).await;
+    let said = |content: &str| Said {
+        conversation: format!("key-{content}"),
+        content: content.into(),
+    };
+    let (db_a, db_b) = (w.t.connect_again().await, w.t.connect_again().await);
+    let slow = w.bus.begin(&db_a).await.unwrap();
+    let first_id = w.bus.publish(&slow, "key-a", &said("a")).await.unwrap();
+    let fast = w.bus.begin(&db_b).await.unwrap();
+    let second_id = w.bus.publish(&fast, "key-b", &said("b")).await.unwrap();
+    w.bus.commit(fast).await.unwrap();
+
+    let relay = w.relay();
+    let round = relay.run_once().await.unwrap();
+    assert_eq!(round.published, 1, "only the committed row is visible");
+    let table = w.table();
+    let first = table.find(&w.t.db, &first_id.to_string()).await.unwrap();
+    assert!(
+        first.is_none(),
+        "the open transaction's row is not visible yet"
+    );
+    let second = table
+        .find(&w.t.db, &second_id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.id > 0);
+
+    w.bus.commit(slow).await.unwrap();
+    w.relay_until_drained(&relay).await;
+    let first = table
+        .find(&w.t.db, &first_id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.id < second.id, "the late commit has the lower id");
+    assert_eq!(first.status, smartflow_bus::domain::OutboxStatus::Published);
+    let counts = count_by_event_id(&w.read_topic(2).await);
+    assert_eq!(counts.get(&first_id.to_string()), Some(&1));
+    assert_eq!(counts.get(&second_id.to_string()), Some(&1));
+    w.finish().await;
+}
+
 on_every_backend!(
+    rows_committed_out_of_id_order_are_all_published,
     two_relays_of_two_workers_keep_every_keys_order_through_failures,
     under_skip_a_failing_event_lets_the_later_events_of_its_key_go_on,
 );

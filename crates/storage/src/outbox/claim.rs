@@ -113,10 +113,15 @@ pub(super) enum Hold {
 
 impl Claim {
     fn nothing() -> Self {
+        Self::empty(0)
+    }
+
+    /// No rows to publish (after `held_back` were left for later); nothing held.
+    fn empty(held_back: u64) -> Self {
         Claim {
             rows: Vec::new(),
             shards: Vec::new(),
-            held_back: 0,
+            held_back,
             hold: Hold::Nothing,
         }
     }
@@ -241,10 +246,7 @@ impl OutboxTable {
             .await?;
         if rows.is_empty() {
             txn.commit().await?;
-            return Ok(Claim {
-                held_back,
-                ..Claim::nothing()
-            });
+            return Ok(Claim::empty(held_back));
         }
         Ok(Claim {
             rows,
@@ -292,10 +294,7 @@ impl OutboxTable {
         }
         if rows.is_empty() {
             self.release_shards(db, &req.owner, &shards).await?;
-            return Ok(Claim {
-                held_back,
-                ..Claim::nothing()
-            });
+            return Ok(Claim::empty(held_back));
         }
         Ok(Claim {
             rows,
