@@ -13,7 +13,6 @@ use smartflow_domain::{
     EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
 };
 use smartflow_kafka::KafkaProducer;
-use smartflow_storage::now_millis;
 use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable, Settlement};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -30,7 +30,7 @@ struct ShardRow {
 }
 
 #[derive(sea_orm::DeriveIden)]
-enum Shard {
+enum ShardCol {
     Shard,
     LockedBy,
     LockedUntil,
@@ -46,15 +46,15 @@ impl OutboxTable {
     fn shard_ranges(&self, first: i16) -> [SelectStatement; 2] {
         let from = |cond: sea_orm::sea_query::SimpleExpr| {
             Query::select()
-                .column(Shard::Shard)
+                .column(ShardCol::Shard)
                 .from(self.shards_alias())
                 .and_where(cond)
-                .order_by(Shard::Shard, Order::Asc)
+                .order_by(ShardCol::Shard, Order::Asc)
                 .to_owned()
         };
         [
-            from(Expr::col(Shard::Shard).gte(first)),
-            from(Expr::col(Shard::Shard).lt(first)),
+            from(Expr::col(ShardCol::Shard).gte(first)),
+            from(Expr::col(ShardCol::Shard).lt(first)),
         ]
     }
 
@@ -103,16 +103,16 @@ impl OutboxTable {
                 break;
             }
             range.limit(left).and_where(
-                Expr::col(Shard::LockedUntil)
+                Expr::col(ShardCol::LockedUntil)
                     .is_null()
-                    .or(Expr::col(Shard::LockedUntil).lt(now)),
+                    .or(Expr::col(ShardCol::LockedUntil).lt(now)),
             );
             let update = Query::update()
                 .table(self.shards_alias())
-                .value(Shard::LockedBy, owner)
-                .value(Shard::LockedUntil, until)
-                .and_where(Expr::col(Shard::Shard).in_subquery(range))
-                .returning(Query::returning().column(Shard::Shard))
+                .value(ShardCol::LockedBy, owner)
+                .value(ShardCol::LockedUntil, until)
+                .and_where(Expr::col(ShardCol::Shard).in_subquery(range))
+                .returning(Query::returning().column(ShardCol::Shard))
                 .to_owned();
             let rows = ShardRow::find_by_statement(backend.build(&update))
                 .all(conn)
@@ -135,10 +135,10 @@ impl OutboxTable {
         }
         let stmt = Query::update()
             .table(self.shards_alias())
-            .value(Shard::LockedBy, Value::String(None))
-            .value(Shard::LockedUntil, Value::BigInt(None))
-            .and_where(Expr::col(Shard::Shard).is_in(shards.to_vec()))
-            .and_where(Expr::col(Shard::LockedBy).eq(owner))
+            .value(ShardCol::LockedBy, Value::String(None))
+            .value(ShardCol::LockedUntil, Value::BigInt(None))
+            .and_where(Expr::col(ShardCol::Shard).is_in(shards.to_vec()))
+            .and_where(Expr::col(ShardCol::LockedBy).eq(owner))
             .to_owned();
         conn.execute(conn.get_database_backend().build(&stmt))
             .await?;
