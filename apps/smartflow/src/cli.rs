@@ -54,9 +54,27 @@ mod tests {
     #[test]
     fn the_database_may_be_named_before_or_after_the_subcommand() {
         for args in [
-            &["smartflow", "--database-url", "sqlite://a.db", "outbox", "stats"][..],
-            &["smartflow", "outbox", "stats", "--database-url", "sqlite://a.db"][..],
-            &["smartflow", "outbox", "--database-url", "sqlite://a.db", "stats"][..],
+            &[
+                "smartflow",
+                "--database-url",
+                "sqlite://a.db",
+                "outbox",
+                "stats",
+            ][..],
+            &[
+                "smartflow",
+                "outbox",
+                "stats",
+                "--database-url",
+                "sqlite://a.db",
+            ][..],
+            &[
+                "smartflow",
+                "outbox",
+                "--database-url",
+                "sqlite://a.db",
+                "stats",
+            ][..],
         ] {
             let cli = Cli::try_parse_from(args).unwrap();
             let command = cli.command.as_ref().expect("a subcommand");

@@ -119,12 +119,25 @@ async fn stats_list_and_show_speak_json(t: TestDb) {
         agent["retries"],
         serde_json::json!([{"retry_count": 0, "rows": 2}, {"retry_count": 1, "rows": 3}])
     );
-    assert_eq!(agent["dead_reasons"][0], serde_json::json!({"reason": "Boom", "rows": 2}));
+    assert_eq!(
+        agent["dead_reasons"][0],
+        serde_json::json!({"reason": "Boom", "rows": 2})
+    );
     assert_eq!(table(&stats, "notification_outbox")["rows"]["dead"], 0);
 
     let list = stdout_json(&smartflow(
         &t,
-        &["outbox", "list", "--status", "dead", "--reason", "boom", "--json", "--table", "agent_outbox"],
+        &[
+            "outbox",
+            "list",
+            "--status",
+            "dead",
+            "--reason",
+            "boom",
+            "--json",
+            "--table",
+            "agent_outbox",
+        ],
     ));
     let agent = table(&list, "agent_outbox");
     assert_eq!(agent["matched"], 2);
@@ -137,9 +150,15 @@ async fn stats_list_and_show_speak_json(t: TestDb) {
     assert_eq!(ids, dead[0..2]);
     assert_eq!(agent["rows"][0]["status"], "dead");
     assert_eq!(agent["rows"][0]["redrive_count"], 0);
-    assert!(agent["rows"][0].get("payload").is_none(), "list leaves payloads out");
+    assert!(
+        agent["rows"][0].get("payload").is_none(),
+        "list leaves payloads out"
+    );
 
-    let show = stdout_json(&smartflow(&t, &["outbox", "show", &dead[2].to_string(), "--json"]));
+    let show = stdout_json(&smartflow(
+        &t,
+        &["outbox", "show", &dead[2].to_string(), "--json"],
+    ));
     let row = &table(&show, "agent_outbox")["row"];
     assert_eq!(row["last_error"], "broker said no");
     assert!(row["payload"].as_str().unwrap().contains("test.ping"));
@@ -153,16 +172,38 @@ async fn a_dry_run_changes_nothing_and_a_redrive_is_recorded(t: TestDb) {
     let dead = seed(&t, &["Boom", "Boom", "other"], 1).await;
     let dry = stdout_json(&smartflow(
         &t,
-        &["outbox", "redrive", "--all", "--dry-run", "--json", "--table", "agent_outbox"],
+        &[
+            "outbox",
+            "redrive",
+            "--all",
+            "--dry-run",
+            "--json",
+            "--table",
+            "agent_outbox",
+        ],
     ));
     assert_eq!(dry["dry_run"], true);
     let agent = table(&dry, "agent_outbox");
     assert_eq!(agent["matched"], 3);
     assert_eq!(agent["redriven"], 0);
     for id in &dead {
-        assert_eq!(status_of(&t, *id).await, OutboxStatus::Dead, "a dry run changes nothing");
+        assert_eq!(
+            status_of(&t, *id).await,
+            OutboxStatus::Dead,
+            "a dry run changes nothing"
+        );
     }
-    let human = smartflow(&t, &["outbox", "redrive", "--all", "--dry-run", "--table", "agent_outbox"]);
+    let human = smartflow(
+        &t,
+        &[
+            "outbox",
+            "redrive",
+            "--all",
+            "--dry-run",
+            "--table",
+            "agent_outbox",
+        ],
+    );
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(human.status.success(), "{}", describe(&human));
     assert!(text.contains("would redrive 3 dead rows"), "{text}");
@@ -170,20 +211,43 @@ async fn a_dry_run_changes_nothing_and_a_redrive_is_recorded(t: TestDb) {
 
     let done = stdout_json(&smartflow(
         &t,
-        &["outbox", "redrive", "--reason", "BOOM", "--json", "--table", "agent_outbox"],
+        &[
+            "outbox",
+            "redrive",
+            "--reason",
+            "BOOM",
+            "--json",
+            "--table",
+            "agent_outbox",
+        ],
     ));
     assert_eq!(done["dry_run"], false);
     assert_eq!(table(&done, "agent_outbox")["redriven"], 2);
     assert_eq!(status_of(&t, dead[0]).await, OutboxStatus::Pending);
-    assert_eq!(status_of(&t, dead[2]).await, OutboxStatus::Dead, "not matched, not moved");
-    let shown = stdout_json(&smartflow(&t, &["outbox", "show", &dead[0].to_string(), "--json"]));
+    assert_eq!(
+        status_of(&t, dead[2]).await,
+        OutboxStatus::Dead,
+        "not matched, not moved"
+    );
+    let shown = stdout_json(&smartflow(
+        &t,
+        &["outbox", "show", &dead[0].to_string(), "--json"],
+    ));
     let row = &table(&shown, "agent_outbox")["row"];
     assert_eq!(row["redrive_count"], 1);
     assert!(row["last_redriven_at"].as_i64().is_some());
     assert_eq!(row["retry_count"], 0);
     let by_id = stdout_json(&smartflow(
         &t,
-        &["outbox", "redrive", "--id", &dead[0].to_string(), "--id", &dead[2].to_string(), "--json"],
+        &[
+            "outbox",
+            "redrive",
+            "--id",
+            &dead[0].to_string(),
+            "--id",
+            &dead[2].to_string(),
+            "--json",
+        ],
     ));
     assert_eq!(
         table(&by_id, "agent_outbox")["redriven"],
@@ -199,13 +263,25 @@ async fn many_rows_need_a_confirmation(t: TestDb) {
     let refused = smartflow(&t, &["outbox", "redrive", "--all"]);
     assert_eq!(refused.status.code(), Some(3), "{}", describe(&refused));
     let message = stderr(&refused);
-    assert!(message.contains("refusing to redrive 12 dead rows"), "{message}");
+    assert!(
+        message.contains("refusing to redrive 12 dead rows"),
+        "{message}"
+    );
     assert!(message.contains("--yes"), "{message}");
     for id in &dead {
-        assert_eq!(status_of(&t, *id).await, OutboxStatus::Dead, "a refusal changes nothing");
+        assert_eq!(
+            status_of(&t, *id).await,
+            OutboxStatus::Dead,
+            "a refusal changes nothing"
+        );
     }
     let refused_purge = smartflow(&t, &["outbox", "purge", "--older-than", "0s", "--json"]);
-    assert_eq!(refused_purge.status.code(), Some(3), "{}", describe(&refused_purge));
+    assert_eq!(
+        refused_purge.status.code(),
+        Some(3),
+        "{}",
+        describe(&refused_purge)
+    );
     let allowed = smartflow(&t, &["outbox", "redrive", "--all", "--confirm-above", "12"]);
     assert!(allowed.status.success(), "{}", describe(&allowed));
     assert!(String::from_utf8_lossy(&allowed.stdout).contains("redrove 12 of 12"));
@@ -218,44 +294,101 @@ async fn a_purge_deletes_old_settled_rows(t: TestDb) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let dry = stdout_json(&smartflow(
         &t,
-        &["outbox", "purge", "--older-than", "0s", "--dry-run", "--json", "--table", "agent_outbox"],
+        &[
+            "outbox",
+            "purge",
+            "--older-than",
+            "0s",
+            "--dry-run",
+            "--json",
+            "--table",
+            "agent_outbox",
+        ],
     ));
     assert_eq!(table(&dry, "agent_outbox")["matched"], 3);
     assert_eq!(table(&dry, "agent_outbox")["purged"], 0);
     assert_eq!(status_of(&t, dead[0]).await, OutboxStatus::Dead);
     let none = stdout_json(&smartflow(
         &t,
-        &["outbox", "purge", "--older-than", "1d", "--json", "--table", "agent_outbox"],
+        &[
+            "outbox",
+            "purge",
+            "--older-than",
+            "1d",
+            "--json",
+            "--table",
+            "agent_outbox",
+        ],
     ));
     assert_eq!(table(&none, "agent_outbox")["purged"], 0);
     let done = stdout_json(&smartflow(
         &t,
         &[
-            "outbox", "purge", "--older-than", "0s", "--status", "dead", "--batch-size", "2",
-            "--json", "--table", "agent_outbox",
+            "outbox",
+            "purge",
+            "--older-than",
+            "0s",
+            "--status",
+            "dead",
+            "--batch-size",
+            "2",
+            "--json",
+            "--table",
+            "agent_outbox",
         ],
     ));
     assert_eq!(table(&done, "agent_outbox")["purged"], 3);
-    let stats = stdout_json(&smartflow(&t, &["outbox", "stats", "--json", "--table", "agent_outbox"]));
+    let stats = stdout_json(&smartflow(
+        &t,
+        &["outbox", "stats", "--json", "--table", "agent_outbox"],
+    ));
     let rows = &table(&stats, "agent_outbox")["rows"];
-    assert_eq!((rows["dead"].as_u64(), rows["pending"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        (rows["dead"].as_u64(), rows["pending"].as_u64()),
+        (Some(0), Some(2))
+    );
     t.cleanup().await;
 }
 
 async fn bad_arguments_are_refused_with_a_reason(t: TestDb) {
     let cases: [(&[&str], i32, &str); 7] = [
-        (&["outbox", "list", "--status", "sent"], 2, "unknown status `sent`"),
-        (&["inbox", "list", "--status", "consumed"], 2, "unknown status `consumed`"),
-        (&["outbox", "purge", "--older-than", "7days"], 2, "bad duration `7days`"),
+        (
+            &["outbox", "list", "--status", "sent"],
+            2,
+            "unknown status `sent`",
+        ),
+        (
+            &["inbox", "list", "--status", "consumed"],
+            2,
+            "unknown status `consumed`",
+        ),
+        (
+            &["outbox", "purge", "--older-than", "7days"],
+            2,
+            "bad duration `7days`",
+        ),
         (&["outbox", "purge"], 2, "--older-than"),
         (&["outbox", "redrive"], 2, "name the rows to redrive"),
-        (&["outbox", "stats", "--table", "missing_outbox"], 1, "table `missing_outbox` does not exist"),
+        (
+            &["outbox", "stats", "--table", "missing_outbox"],
+            1,
+            "table `missing_outbox` does not exist",
+        ),
         (&["outbox", "show", "999999"], 1, "no row `999999`"),
     ];
     for (args, code, message) in cases {
         let output = smartflow(&t, args);
-        assert_eq!(output.status.code(), Some(code), "{args:?}: {}", describe(&output));
-        assert!(stderr(&output).contains(message), "{args:?}: {}", describe(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            describe(&output)
+        );
+        assert!(
+            stderr(&output).contains(message),
+            "{args:?}: {}",
+            describe(&output)
+        );
         assert!(output.stdout.is_empty(), "{args:?}: {}", describe(&output));
     }
     let bad_table = smartflow(&t, &["outbox", "stats", "--table", "agent_outbox; drop"]);
@@ -277,7 +410,10 @@ async fn the_human_output_is_aligned_tables(t: TestDb) {
     assert!(text.contains("Boom"), "{text}");
     let list = smartflow(&t, &["outbox", "list", "--table", "agent_outbox"]);
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(text.starts_with("agent_outbox: 2 rows match, 2 shown\nid  status"), "{text}");
+    assert!(
+        text.starts_with("agent_outbox: 2 rows match, 2 shown\nid  status"),
+        "{text}"
+    );
     t.cleanup().await;
 }
 
@@ -290,7 +426,14 @@ async fn the_inbox_commands(t: TestDb) {
         ("usage", "e2", InboxStatus::Dead, Some("bad payload")),
     ] {
         inbox
-            .record(&txn, consumer, event, "agent.token.usage.recorded", status, error)
+            .record(
+                &txn,
+                consumer,
+                event,
+                "agent.token.usage.recorded",
+                status,
+                error,
+            )
             .await
             .unwrap();
     }
@@ -304,12 +447,23 @@ async fn the_inbox_commands(t: TestDb) {
     assert_eq!(table(&show, "inbox")["rows"].as_array().unwrap().len(), 2);
     let missing = smartflow(&t, &["inbox", "show", "nope"]);
     assert_eq!(missing.status.code(), Some(1), "{}", describe(&missing));
-    let list = stdout_json(&smartflow(&t, &["inbox", "list", "--status", "dead", "--json"]));
+    let list = stdout_json(&smartflow(
+        &t,
+        &["inbox", "list", "--status", "dead", "--json"],
+    ));
     assert_eq!(table(&list, "inbox")["rows"][0]["event_id"], "e2");
     tokio::time::sleep(Duration::from_millis(5)).await;
     let purged = stdout_json(&smartflow(
         &t,
-        &["inbox", "purge", "--older-than", "0s", "--status", "dead", "--json"],
+        &[
+            "inbox",
+            "purge",
+            "--older-than",
+            "0s",
+            "--status",
+            "dead",
+            "--json",
+        ],
     ));
     assert_eq!(table(&purged, "inbox")["purged"], 1);
     let left = stdout_json(&smartflow(&t, &["inbox", "list", "--json"]));

@@ -183,10 +183,12 @@ impl InboxTable {
             .from(self.table())
             .cond_where(filter.condition())
             .to_owned();
-        Ok(Count::find_by_statement(conn.get_database_backend().build(&stmt))
-            .one(conn)
-            .await?
-            .map_or(0, |c| c.n.max(0) as u64))
+        Ok(
+            Count::find_by_statement(conn.get_database_backend().build(&stmt))
+                .one(conn)
+                .await?
+                .map_or(0, |c| c.n.max(0) as u64),
+        )
     }
 
     /// Deletes the rows `filter` matches, at most `batch` (capped at [`MAX_BATCH`]) per
@@ -222,7 +224,10 @@ impl InboxTable {
             let found = keys.len() as u64;
             let mut by_consumer: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for key in keys {
-                by_consumer.entry(key.consumer).or_default().push(key.event_id);
+                by_consumer
+                    .entry(key.consumer)
+                    .or_default()
+                    .push(key.event_id);
             }
             for (consumer, event_ids) in by_consumer {
                 let delete = Query::delete()

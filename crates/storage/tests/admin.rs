@@ -115,9 +115,7 @@ async fn the_report_counts_statuses_retries_and_reasons(t: TestDb) {
 async fn filters_narrow_the_rows(t: TestDb) {
     let ids = a_mixed_outbox(&t).await;
     let events = |rows: Vec<smartflow_storage::outbox::OutboxRecord>| {
-        rows.into_iter()
-            .map(|r| r.row.event_id)
-            .collect::<Vec<_>>()
+        rows.into_iter().map(|r| r.row.event_id).collect::<Vec<_>>()
     };
     let list = |filter: OutboxFilter| {
         let db = t.db.clone();
@@ -204,7 +202,11 @@ async fn a_redrive_moves_only_dead_rows_and_records_it(t: TestDb) {
     let before = now_millis();
     assert_eq!(table().redrive_recorded(&t.db, &row_ids).await.unwrap(), 3);
     for (i, event_id) in ids.iter().enumerate() {
-        let row = table().record_by_event_id(&t.db, event_id).await.unwrap().unwrap();
+        let row = table()
+            .record_by_event_id(&t.db, event_id)
+            .await
+            .unwrap()
+            .unwrap();
         let history = row.redrive.unwrap();
         if i < 3 {
             assert_eq!(row.row.status, OutboxStatus::Pending, "row {i}");
@@ -224,8 +226,18 @@ async fn a_redrive_moves_only_dead_rows_and_records_it(t: TestDb) {
         "nothing is dead any more"
     );
     kill(&t, &table(), &ids[0], "Boom again").await;
-    assert_eq!(table().redrive_recorded(&t.db, &row_ids[0..1]).await.unwrap(), 1);
-    let again = table().record_by_id(&t.db, row_ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        table()
+            .redrive_recorded(&t.db, &row_ids[0..1])
+            .await
+            .unwrap(),
+        1
+    );
+    let again = table()
+        .record_by_id(&t.db, row_ids[0])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(again.redrive.unwrap().redrive_count, 2);
     assert_eq!(table().redrive_recorded(&t.db, &[]).await.unwrap(), 0);
     t.cleanup().await;
@@ -244,16 +256,25 @@ async fn a_table_without_the_history_refuses_a_redrive_until_migrated(t: TestDb)
     let shown = plain.record_by_id(&t.db, id).await.unwrap().unwrap();
     assert_eq!(shown.redrive, None);
     let err = plain.redrive_recorded(&t.db, &[id]).await.unwrap_err();
-    assert!(matches!(err, StorageError::NoRedriveHistory { .. }), "{err}");
+    assert!(
+        matches!(err, StorageError::NoRedriveHistory { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("add_redrive_history"), "{err}");
     let row = plain.find(&t.db, &ids[0]).await.unwrap().unwrap();
-    assert_eq!(row.status, OutboxStatus::Dead, "a refused redrive changes nothing");
+    assert_eq!(
+        row.status,
+        OutboxStatus::Dead,
+        "a refused redrive changes nothing"
+    );
     for _ in 0..2 {
         smartflow_migrations::add_redrive_history(&manager, "plain_outbox")
             .await
             .unwrap();
     }
-    assert!(column_exists(&t.db, "plain_outbox", "redrive_count").await.unwrap());
+    assert!(column_exists(&t.db, "plain_outbox", "redrive_count")
+        .await
+        .unwrap());
     assert_eq!(plain.redrive_recorded(&t.db, &[id]).await.unwrap(), 1);
     smartflow_migrations::drop_redrive_history(&manager, "plain_outbox")
         .await
@@ -266,8 +287,12 @@ async fn the_catalog_knows_tables_and_columns(t: TestDb) {
     assert!(table_exists(&t.db, "agent_outbox").await.unwrap());
     assert!(table_exists(&t.db, "inbox").await.unwrap());
     assert!(!table_exists(&t.db, "no_such_outbox").await.unwrap());
-    assert!(column_exists(&t.db, "agent_outbox", "last_redriven_at").await.unwrap());
-    assert!(!column_exists(&t.db, "agent_outbox", "no_such_column").await.unwrap());
+    assert!(column_exists(&t.db, "agent_outbox", "last_redriven_at")
+        .await
+        .unwrap());
+    assert!(!column_exists(&t.db, "agent_outbox", "no_such_column")
+        .await
+        .unwrap());
     assert!(!column_exists(&t.db, "no_such_outbox", "id").await.unwrap());
     t.cleanup().await;
 }
@@ -282,7 +307,10 @@ async fn a_purge_deletes_settled_rows_in_batches(t: TestDb) {
         settled_before: 0,
         ..everything_settled.clone()
     };
-    assert_eq!(table().count_purgeable(&t.db, &nothing_old).await.unwrap(), 0);
+    assert_eq!(
+        table().count_purgeable(&t.db, &nothing_old).await.unwrap(),
+        0
+    );
     assert_eq!(table().purge(&t.db, &nothing_old, 2).await.unwrap(), 0);
     let dead_only = OutboxPurge {
         statuses: vec![SettledStatus::Dead],
@@ -290,15 +318,25 @@ async fn a_purge_deletes_settled_rows_in_batches(t: TestDb) {
     };
     assert_eq!(table().count_purgeable(&t.db, &dead_only).await.unwrap(), 3);
     assert_eq!(
-        table().count_purgeable(&t.db, &everything_settled).await.unwrap(),
+        table()
+            .count_purgeable(&t.db, &everything_settled)
+            .await
+            .unwrap(),
         4
     );
     // Batches of two: three dead rows take two batches.
     assert_eq!(table().purge(&t.db, &dead_only, 2).await.unwrap(), 3);
-    assert_eq!(table().purge(&t.db, &everything_settled, 2).await.unwrap(), 1);
+    assert_eq!(
+        table().purge(&t.db, &everything_settled, 2).await.unwrap(),
+        1
+    );
     for (i, event_id) in ids.iter().enumerate() {
         let row = table().find(&t.db, event_id).await.unwrap();
-        assert_eq!(row.is_some(), i == 3 || i == 5, "row {i}: only live rows stay");
+        assert_eq!(
+            row.is_some(),
+            i == 3 || i == 5,
+            "row {i}: only live rows stay"
+        );
     }
     t.cleanup().await;
 }
@@ -314,7 +352,14 @@ async fn inbox_admin_reports_lists_and_purges(t: TestDb) {
         ("usage", "e4", InboxStatus::Dead, Some("no handler")),
     ] {
         assert!(inbox
-            .record(&txn, consumer, event, "agent.token.usage.recorded", status, error)
+            .record(
+                &txn,
+                consumer,
+                event,
+                "agent.token.usage.recorded",
+                status,
+                error
+            )
             .await
             .unwrap());
     }
@@ -322,10 +367,16 @@ async fn inbox_admin_reports_lists_and_purges(t: TestDb) {
     let report = inbox.report(&t.db).await.unwrap();
     assert_eq!(report.counts.len(), 2);
     assert_eq!(
-        (report.counts["billing"].handled, report.counts["billing"].dead),
+        (
+            report.counts["billing"].handled,
+            report.counts["billing"].dead
+        ),
         (1, 2)
     );
-    assert_eq!((report.counts["usage"].handled, report.counts["usage"].dead), (1, 1));
+    assert_eq!(
+        (report.counts["usage"].handled, report.counts["usage"].dead),
+        (1, 1)
+    );
     assert_eq!(
         report.dead_reasons,
         vec![

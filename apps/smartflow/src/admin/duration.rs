@@ -8,9 +8,7 @@ pub fn parse_age(text: &str) -> Result<Duration, String> {
         format!("bad duration `{text}`: write a whole number and a unit, such as 30s, 15m, 2h, 7d or 2w")
     };
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(bad)?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit {
@@ -59,7 +57,16 @@ mod tests {
         assert_eq!(parse_age("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_age("1w"), Ok(Duration::from_secs(7 * 86_400)));
-        for bad in ["", "7", "d", "7x", "1.5h", "-3d", "7 days", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "7",
+            "d",
+            "7x",
+            "1.5h",
+            "-3d",
+            "7 days",
+            "99999999999999999999d",
+        ] {
             let err = parse_age(bad).unwrap_err();
             assert!(err.contains("bad duration"), "{bad}: {err}");
         }

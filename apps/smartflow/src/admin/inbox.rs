@@ -14,8 +14,8 @@ use super::duration::{parse_age, show_age};
 use super::outbox::before_now;
 use super::text_table::{cell, TextTable};
 use super::{
-    confirm_purge, print_json, print_purge, show_time, tables, ChangeArgs, Db, Failure, Purged,
-    Target,
+    confirm_purge, print_json, print_purge, print_reasons, reasons_json, show_time, tables,
+    ChangeArgs, Db, Failure, Purged, Target,
 };
 
 const BUILT_IN: [&str; 1] = [DEFAULT_INBOX_TABLE];
@@ -147,9 +147,7 @@ async fn stats(db: &Db, tables: &[InboxTable], json: bool) -> Result<(), Failure
                     "dead": c.dead,
                     "oldest_handled_at": c.oldest_handled_at,
                 })).collect::<Vec<_>>(),
-                "dead_reasons": report.dead_reasons.iter()
-                    .map(|(reason, rows)| json!({"reason": reason, "rows": rows}))
-                    .collect::<Vec<_>>(),
+                "dead_reasons": reasons_json(&report.dead_reasons),
             }));
             continue;
         }
@@ -176,13 +174,7 @@ async fn stats(db: &Db, tables: &[InboxTable], json: bool) -> Result<(), Failure
         } else {
             print!("{counts}");
         }
-        if !report.dead_reasons.is_empty() {
-            let mut reasons = TextTable::new(&["rows", "dead because"], &["rows"]);
-            for (reason, rows) in &report.dead_reasons {
-                reasons.row(vec![rows.to_string(), cell(reason.as_deref().unwrap_or("-"), 100)]);
-            }
-            print!("{reasons}");
-        }
+        print_reasons(&report.dead_reasons);
     }
     if json {
         print_json(&json!({ "tables": out }));
@@ -215,10 +207,21 @@ async fn list(
         if i > 0 {
             println!();
         }
-        println!("{}: {matched} rows match, {} shown", table.name(), rows.len());
+        println!(
+            "{}: {matched} rows match, {} shown",
+            table.name(),
+            rows.len()
+        );
         if !rows.is_empty() {
             let mut text = TextTable::new(
-                &["consumer", "event_id", "event_type", "status", "handled_at", "last_error"],
+                &[
+                    "consumer",
+                    "event_id",
+                    "event_type",
+                    "status",
+                    "handled_at",
+                    "last_error",
+                ],
                 &[],
             );
             for row in &rows {
@@ -260,7 +263,12 @@ async fn purge(
     for table in tables {
         planned.push((table, table.count_matching(db, filter).await?));
     }
-    confirm_purge(planned.iter().map(|(t, n)| (t.name(), *n)), "rows", change, json)?;
+    confirm_purge(
+        planned.iter().map(|(t, n)| (t.name(), *n)),
+        "rows",
+        change,
+        json,
+    )?;
     let mut done = Vec::new();
     for (table, matched) in planned {
         let purged = if change.dry_run {

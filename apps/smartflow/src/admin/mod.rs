@@ -73,7 +73,9 @@ pub struct Target {
 impl Target {
     /// The database URL: this command's, else the services' setting.
     pub fn database_url<'a>(&'a self, service: &'a ServiceSettings) -> &'a str {
-        self.database_url.as_deref().unwrap_or(&service.database_url)
+        self.database_url
+            .as_deref()
+            .unwrap_or(&service.database_url)
     }
 
     fn database_schema<'a>(&'a self, service: &'a ServiceSettings) -> Option<&'a str> {
@@ -111,9 +113,7 @@ pub async fn run(command: AdminCommand, service: &ServiceSettings) -> ExitCode {
     let result = async {
         let db = connect(command.target(), service).await?;
         match command {
-            AdminCommand::Outbox { target, command } => {
-                outbox::run(&db, &target, command).await
-            }
+            AdminCommand::Outbox { target, command } => outbox::run(&db, &target, command).await,
             AdminCommand::Inbox { target, command } => inbox::run(&db, &target, command).await,
         }
     }
@@ -148,7 +148,12 @@ async fn connect(target: &Target, service: &ServiceSettings) -> Result<Db, Failu
 
 /// The tables a command works on: those named (each must exist), else the built-in ones that
 /// exist (at least one must).
-async fn tables(db: &Db, target: &Target, built_in: &[&str], kind: &str) -> Result<Vec<String>, Failure> {
+async fn tables(
+    db: &Db,
+    target: &Target,
+    built_in: &[&str],
+    kind: &str,
+) -> Result<Vec<String>, Failure> {
     if !target.tables.is_empty() {
         for table in &target.tables {
             if !table_exists(db, table).await? {
@@ -229,9 +234,9 @@ fn print_purge(done: &[Purged<'_>], which: &str, dry_run: bool, json: bool) {
     if json {
         let tables: Vec<serde_json::Value> = done
             .iter()
-            .map(|p| {
-                serde_json::json!({"table": p.table, "matched": p.matched, "purged": p.purged})
-            })
+            .map(
+                |p| serde_json::json!({"table": p.table, "matched": p.matched, "purged": p.purged}),
+            )
             .collect();
         print_json(&serde_json::json!({ "dry_run": dry_run, "tables": tables }));
         return;
@@ -282,6 +287,29 @@ impl Confirmation {
             Err(refusal())
         }
     }
+}
+
+/// The most frequent reasons of `dead` rows, `(reason, rows)`, as JSON.
+fn reasons_json(reasons: &[(Option<String>, u64)]) -> serde_json::Value {
+    reasons
+        .iter()
+        .map(|(reason, rows)| serde_json::json!({"reason": reason, "rows": rows}))
+        .collect()
+}
+
+/// The same as a table, one line per reason.
+fn print_reasons(reasons: &[(Option<String>, u64)]) {
+    if reasons.is_empty() {
+        return;
+    }
+    let mut table = text_table::TextTable::new(&["rows", "dead because"], &["rows"]);
+    for (reason, rows) in reasons {
+        table.row(vec![
+            rows.to_string(),
+            text_table::cell(reason.as_deref().unwrap_or("-"), 100),
+        ]);
+    }
+    print!("{table}");
 }
 
 /// Prints `value` as one line of JSON on stdout.

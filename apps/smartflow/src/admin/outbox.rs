@@ -13,8 +13,8 @@ use smartflow_storage::outbox::{
 use super::duration::{parse_age, show_age};
 use super::text_table::{cell, TextTable};
 use super::{
-    confirm_purge, print_json, print_purge, show_time, tables, ChangeArgs, Db, Failure, Purged,
-    Target,
+    confirm_purge, print_json, print_purge, print_reasons, reasons_json, show_time, tables,
+    ChangeArgs, Db, Failure, Purged, Target,
 };
 
 /// The outboxes of the built-in services, the default tables.
@@ -161,7 +161,14 @@ pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(),
                         .into(),
                 ));
             }
-            redrive(db, &tables, &filter.filter(None, &ids), &change, target.json).await
+            redrive(
+                db,
+                &tables,
+                &filter.filter(None, &ids),
+                &change,
+                target.json,
+            )
+            .await
         }
         OutboxCommand::Purge {
             older_than,
@@ -210,9 +217,7 @@ async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failur
                 "retries": report.retries.iter()
                     .map(|(retries, rows)| json!({"retry_count": retries, "rows": rows}))
                     .collect::<Vec<_>>(),
-                "dead_reasons": report.dead_reasons.iter()
-                    .map(|(reason, rows)| json!({"reason": reason, "rows": rows}))
-                    .collect::<Vec<_>>(),
+                "dead_reasons": reasons_json(&report.dead_reasons),
             }));
             continue;
         }
@@ -246,13 +251,7 @@ async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failur
             println!("retries of the rows not consumed:");
             print!("{retries}");
         }
-        if !report.dead_reasons.is_empty() {
-            let mut reasons = TextTable::new(&["rows", "dead because"], &["rows"]);
-            for (reason, rows) in &report.dead_reasons {
-                reasons.row(vec![rows.to_string(), cell(reason.as_deref().unwrap_or("-"), 100)]);
-            }
-            print!("{reasons}");
-        }
+        print_reasons(&report.dead_reasons);
     }
     if json {
         print_json(&json!({ "tables": out }));
@@ -282,7 +281,11 @@ async fn list(
         if i > 0 {
             println!();
         }
-        println!("{}: {matched} rows match, {} shown", table.name(), rows.len());
+        println!(
+            "{}: {matched} rows match, {} shown",
+            table.name(),
+            rows.len()
+        );
         if !rows.is_empty() {
             print!("{}", rows_table(&rows));
         }
@@ -334,10 +337,19 @@ async fn show(db: &Db, tables: &[OutboxTable], id: &str, json: bool) -> Result<(
         field("message_key", row.message_key.clone());
         field("topic", r.topic.clone());
         field("status", row.status.to_string());
-        field("retry_count", format!("{} of {}", row.retry_count, row.max_retry));
+        field(
+            "retry_count",
+            format!("{} of {}", row.retry_count, row.max_retry),
+        );
         field("next_retry_at", show_time(row.next_retry_at));
-        field("last_error", row.last_error.clone().unwrap_or_else(|| "-".into()));
-        field("locked_by", row.locked_by.clone().unwrap_or_else(|| "-".into()));
+        field(
+            "last_error",
+            row.last_error.clone().unwrap_or_else(|| "-".into()),
+        );
+        field(
+            "locked_by",
+            row.locked_by.clone().unwrap_or_else(|| "-".into()),
+        );
         field("locked_until", show_time(r.locked_until));
         field("created_at", show_time(Some(row.created_at)));
         field("published_at", show_time(row.published_at));
@@ -348,9 +360,15 @@ async fn show(db: &Db, tables: &[OutboxTable], id: &str, json: bool) -> Result<(
                 field("redrive_count", h.redrive_count.to_string());
                 field("last_redriven_at", show_time(h.last_redriven_at));
             }
-            None => field("redrive_count", "- (no redrive history in this table)".into()),
+            None => field(
+                "redrive_count",
+                "- (no redrive history in this table)".into(),
+            ),
         }
-        field("traceparent", r.traceparent.clone().unwrap_or_else(|| "-".into()));
+        field(
+            "traceparent",
+            r.traceparent.clone().unwrap_or_else(|| "-".into()),
+        );
         print!("{fields}");
         println!("payload:\n{}", row.payload);
     }
@@ -386,7 +404,9 @@ async fn redrive(
             let rows = if ids.is_empty() {
                 Vec::new()
             } else {
-                table.list_matching(db, &shown, DRY_RUN_SHOWN as u64).await?
+                table
+                    .list_matching(db, &shown, DRY_RUN_SHOWN as u64)
+                    .await?
             };
             if json {
                 out.push(json!({
@@ -465,7 +485,12 @@ async fn purge_rows(
         .map(|s| s.status().to_string())
         .collect();
     let rows = format!("{} rows", statuses.join("/"));
-    confirm_purge(planned.iter().map(|(t, n)| (t.name(), *n)), &rows, change, json)?;
+    confirm_purge(
+        planned.iter().map(|(t, n)| (t.name(), *n)),
+        &rows,
+        change,
+        json,
+    )?;
     let mut done = Vec::new();
     for (table, matched) in planned {
         let purged = if change.dry_run {
@@ -479,14 +504,25 @@ async fn purge_rows(
             purged,
         });
     }
-    let settled = format!("{rows} settled before {}", show_time(Some(purge.settled_before)));
+    let settled = format!(
+        "{rows} settled before {}",
+        show_time(Some(purge.settled_before))
+    );
     print_purge(&done, &settled, change.dry_run, json);
     Ok(())
 }
 
 fn rows_table(rows: &[OutboxRecord]) -> TextTable {
     let mut table = TextTable::new(
-        &["id", "status", "event_type", "key", "retries", "created_at", "last_error"],
+        &[
+            "id",
+            "status",
+            "event_type",
+            "key",
+            "retries",
+            "created_at",
+            "last_error",
+        ],
         &["id", "retries"],
     );
     for r in rows {

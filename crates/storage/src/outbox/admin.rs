@@ -145,10 +145,7 @@ pub struct OutboxPurge {
 impl OutboxPurge {
     fn condition(&self) -> Condition {
         Cond::all()
-            .add(
-                Expr::col(Outbox::Status)
-                    .is_in(self.statuses.iter().map(|s| stored(s.status()))),
-            )
+            .add(Expr::col(Outbox::Status).is_in(self.statuses.iter().map(|s| stored(s.status()))))
             .add(Expr::col(Outbox::UpdatedAt).lt(self.settled_before))
     }
 }
@@ -314,8 +311,11 @@ impl OutboxTable {
         for batch in ids.chunks(MAX_BATCH as usize) {
             let txn = db.begin().await?;
             let now = now_millis();
-            let dead_in_batch =
-                || Cond::all().add(Expr::col(Outbox::Id).is_in(batch.to_vec())).add(status_is(OutboxStatus::Dead));
+            let dead_in_batch = || {
+                Cond::all()
+                    .add(Expr::col(Outbox::Id).is_in(batch.to_vec()))
+                    .add(status_is(OutboxStatus::Dead))
+            };
             // First the history, which also takes the rows' write locks (PostgreSQL, MySQL; the
             // whole database on SQLite): the rows it marked stay `dead` until the commit, and
             // exactly those are moved, not a row another writer made dead in between.
@@ -458,11 +458,16 @@ fn record(result: &QueryResult, history: bool) -> Result<OutboxRecord, StorageEr
     })
 }
 
-async fn select_ids<C: ConnectionTrait>(conn: &C, stmt: &SelectStatement) -> Result<Vec<i64>, StorageError> {
-    Ok(Id::find_by_statement(conn.get_database_backend().build(stmt))
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|row| row.id)
-        .collect())
+async fn select_ids<C: ConnectionTrait>(
+    conn: &C,
+    stmt: &SelectStatement,
+) -> Result<Vec<i64>, StorageError> {
+    Ok(
+        Id::find_by_statement(conn.get_database_backend().build(stmt))
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|row| row.id)
+            .collect(),
+    )
 }

@@ -18,8 +18,8 @@ use sea_orm::sea_query::{Alias, Expr, SimpleExpr, Value};
 use smartflow_domain::OutboxStatus;
 
 pub use admin::{
-    OutboxFilter, OutboxPurge, OutboxRecord, OutboxReport, RedriveHistory, SettledStatus, MAX_BATCH,
-    TOP_REASONS,
+    OutboxFilter, OutboxPurge, OutboxRecord, OutboxReport, RedriveHistory, SettledStatus,
+    MAX_BATCH, TOP_REASONS,
 };
 pub use claim::{Claim, ClaimMode, ClaimRequest, ClaimedRow};
 pub use consume::FailureOutcome;
