@@ -247,6 +247,8 @@ async fn a_dry_run_changes_nothing_and_a_redrive_is_recorded(t: TestDb) {
             "--id",
             &dead[2].to_string(),
             "--json",
+            "--table",
+            "agent_outbox",
         ],
     ));
     assert_eq!(
@@ -351,7 +353,7 @@ async fn a_purge_deletes_old_settled_rows(t: TestDb) {
 }
 
 async fn bad_arguments_are_refused_with_a_reason(t: TestDb) {
-    let cases: [(&[&str], i32, &str); 7] = [
+    let cases: [(&[&str], i32, &str); 8] = [
         (
             &["outbox", "list", "--status", "sent"],
             2,
@@ -369,6 +371,11 @@ async fn bad_arguments_are_refused_with_a_reason(t: TestDb) {
         ),
         (&["outbox", "purge"], 2, "--older-than"),
         (&["outbox", "redrive"], 2, "name the rows to redrive"),
+        (
+            &["outbox", "redrive", "--id", "1"],
+            2,
+            "row ids are per table",
+        ),
         (
             &["outbox", "stats", "--table", "missing_outbox"],
             1,

@@ -45,7 +45,7 @@ pub enum InboxCommand {
     /// --older-than above the retention of the topics the consumers read.
     Purge {
         /// Rows handled longer ago than this: 30s, 15m, 2h, 7d, 2w.
-        #[arg(long, value_parser = parse_age)]
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
         older_than: Duration,
         /// Only rows in this status (default: handled and dead).
         #[arg(long, value_parser = parse_inbox_status)]
@@ -71,7 +71,7 @@ pub struct InboxFilterArgs {
     #[arg(long)]
     consumer: Option<String>,
     /// Only rows handled longer ago than this: 30s, 15m, 2h, 7d, 2w.
-    #[arg(long, value_parser = parse_age)]
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
     older_than: Option<Duration>,
     /// Only rows whose last error contains this text (any letter case).
     #[arg(long)]

@@ -51,6 +51,7 @@ impl AdminCommand {
 
 /// Where the tables are and how to print; accepted before or after the subcommand.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Tables and output")]
 pub struct Target {
     /// A table to work on (repeatable). Default: every outbox (agent_outbox,
     /// notification_outbox) or inbox (inbox) of the built-in services that exists.

@@ -65,7 +65,7 @@ pub enum OutboxCommand {
     /// batches, each a short statement of its own.
     Purge {
         /// Rows last changed (consumed, or given up on) longer ago than this: 30s, 15m, 2h, 7d, 2w.
-        #[arg(long, value_parser = parse_age)]
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
         older_than: Duration,
         /// Only rows in this status (repeatable; default: consumed and dead).
         #[arg(long = "status", value_enum)]
@@ -89,7 +89,7 @@ pub struct FilterArgs {
     #[arg(long)]
     key: Option<String>,
     /// Only rows created longer ago than this: 30s, 15m, 2h, 7d, 2w.
-    #[arg(long, value_parser = parse_age)]
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
     older_than: Option<Duration>,
     /// Only rows whose last error contains this text (any letter case).
     #[arg(long)]
@@ -160,6 +160,12 @@ pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(),
                      --older-than, --reason), or --all for every dead row"
                         .into(),
                 ));
+            }
+            if !ids.is_empty() && tables.len() > 1 {
+                return Err(Failure::Usage(format!(
+                    "row ids are per table, and this would redrive in {}: name one with --table",
+                    names.join(", ")
+                )));
             }
             redrive(
                 db,
