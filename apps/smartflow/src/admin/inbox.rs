@@ -14,8 +14,8 @@ use super::duration::{parse_age, show_age};
 use super::outbox::before_now;
 use super::text_table::{cell, TextTable};
 use super::{
-    confirm_purge, print_json, print_purge, print_reasons, reasons_json, show_time, tables,
-    ChangeArgs, Db, Failure, Purged, Target,
+    print_json, print_reasons, purge_tables, reasons_json, show_time, tables, ChangeArgs, Db,
+    Failure, Target,
 };
 
 const BUILT_IN: [&str; 1] = [DEFAULT_INBOX_TABLE];
@@ -259,32 +259,18 @@ async fn purge(
     change: &ChangeArgs,
     json: bool,
 ) -> Result<(), Failure> {
-    let mut planned = Vec::new();
-    for table in tables {
-        planned.push((table, table.count_matching(db, filter).await?));
-    }
-    confirm_purge(
-        planned.iter().map(|(t, n)| (t.name(), *n)),
+    let which = format!("rows handled before {}", show_time(filter.handled_before));
+    purge_tables(
+        tables,
+        InboxTable::name,
+        async |table: &InboxTable| table.count_matching(db, filter).await,
+        async |table: &InboxTable| table.purge(db, filter, batch).await,
         "rows",
+        &which,
         change,
         json,
-    )?;
-    let mut done = Vec::new();
-    for (table, matched) in planned {
-        let purged = if change.dry_run {
-            0
-        } else {
-            table.purge(db, filter, batch).await?
-        };
-        done.push(Purged {
-            table: table.name(),
-            matched,
-            purged,
-        });
-    }
-    let handled = format!("rows handled before {}", show_time(filter.handled_before));
-    print_purge(&done, &handled, change.dry_run, json);
-    Ok(())
+    )
+    .await
 }
 
 fn row_json(row: &InboxEntry) -> Value {

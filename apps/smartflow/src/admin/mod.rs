@@ -211,23 +211,42 @@ struct Purged<'a> {
     purged: u64,
 }
 
-/// Asks for a purge of `(table, rows)` unless it is a dry run; `rows` names what is deleted.
-fn confirm_purge<'a>(
-    planned: impl Iterator<Item = (&'a str, u64)>,
+/// A purge over `tables`: counts what `count` finds in each, asks as `change` says (unless a dry
+/// run), runs `purge` on each, and prints what went (or would go: `rows` names them, `which`
+/// says which rows, for the dry run's lines).
+#[allow(clippy::too_many_arguments)]
+async fn purge_tables<T>(
+    tables: &[T],
+    name: impl Fn(&T) -> &str,
+    count: impl AsyncFn(&T) -> Result<u64, smartflow_storage::StorageError>,
+    purge: impl AsyncFn(&T) -> Result<u64, smartflow_storage::StorageError>,
     rows: &str,
+    which: &str,
     change: &ChangeArgs,
     json: bool,
 ) -> Result<(), Failure> {
-    if change.dry_run {
-        return Ok(());
+    let mut done = Vec::new();
+    for table in tables {
+        done.push(Purged {
+            table: name(table),
+            matched: count(table).await?,
+            purged: 0,
+        });
     }
-    let (names, counts): (Vec<&str>, Vec<u64>) = planned.unzip();
-    let total = counts.iter().sum();
-    change.confirmation().check(
-        total,
-        &format!("delete {total} {rows} of {}", names.join(", ")),
-        json,
-    )
+    if !change.dry_run {
+        let total = done.iter().map(|p| p.matched).sum();
+        let names: Vec<&str> = done.iter().map(|p| p.table).collect();
+        change.confirmation().check(
+            total,
+            &format!("delete {total} {rows} of {}", names.join(", ")),
+            json,
+        )?;
+        for (table, part) in tables.iter().zip(&mut done) {
+            part.purged = purge(table).await?;
+        }
+    }
+    print_purge(&done, which, change.dry_run, json);
+    Ok(())
 }
 
 /// What a purge did, or would do (`which` describes the rows for a dry run).

@@ -13,8 +13,8 @@ use smartflow_storage::outbox::{
 use super::duration::{parse_age, show_age};
 use super::text_table::{cell, TextTable};
 use super::{
-    confirm_purge, print_json, print_purge, print_reasons, reasons_json, show_time, tables,
-    ChangeArgs, Db, Failure, Purged, Target,
+    print_json, print_reasons, purge_tables, reasons_json, show_time, tables, ChangeArgs, Db,
+    Failure, Target,
 };
 
 /// The outboxes of the built-in services, the default tables.
@@ -391,7 +391,8 @@ async fn redrive(
     let mut planned = Vec::new();
     for table in tables {
         let ids = table.dead_ids(db, filter).await?;
-        if !change.dry_run && !ids.is_empty() && !table.has_redrive_history(db).await? {
+        // Also in a dry run, which would otherwise promise what the real one refuses.
+        if !ids.is_empty() && !table.has_redrive_history(db).await? {
             return Err(smartflow_storage::StorageError::NoRedriveHistory {
                 table: table.name().to_owned(),
             }
@@ -481,41 +482,27 @@ async fn purge_rows(
     change: &ChangeArgs,
     json: bool,
 ) -> Result<(), Failure> {
-    let mut planned = Vec::new();
-    for table in tables {
-        planned.push((table, table.count_purgeable(db, purge).await?));
-    }
     let statuses: Vec<String> = purge
         .statuses
         .iter()
         .map(|s| s.status().to_string())
         .collect();
     let rows = format!("{} rows", statuses.join("/"));
-    confirm_purge(
-        planned.iter().map(|(t, n)| (t.name(), *n)),
-        &rows,
-        change,
-        json,
-    )?;
-    let mut done = Vec::new();
-    for (table, matched) in planned {
-        let purged = if change.dry_run {
-            0
-        } else {
-            table.purge(db, purge, batch).await?
-        };
-        done.push(Purged {
-            table: table.name(),
-            matched,
-            purged,
-        });
-    }
-    let settled = format!(
+    let which = format!(
         "{rows} settled before {}",
         show_time(Some(purge.settled_before))
     );
-    print_purge(&done, &settled, change.dry_run, json);
-    Ok(())
+    purge_tables(
+        tables,
+        OutboxTable::name,
+        async |table: &OutboxTable| table.count_purgeable(db, purge).await,
+        async |table: &OutboxTable| table.purge(db, purge, batch).await,
+        &rows,
+        &which,
+        change,
+        json,
+    )
+    .await
 }
 
 fn rows_table(rows: &[OutboxRecord]) -> TextTable {
