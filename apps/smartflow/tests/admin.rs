@@ -24,6 +24,10 @@ fn outbox() -> OutboxTable {
     OutboxTable::new("agent_outbox").unwrap()
 }
 
+fn outbox_named(name: &str) -> OutboxTable {
+    OutboxTable::new(name).unwrap()
+}
+
 /// Runs `smartflow ARGS` on the test's database with stdin closed (not a terminal).
 fn smartflow(t: &TestDb, args: &[&str]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_smartflow"));
@@ -63,21 +67,25 @@ fn stderr(output: &Output) -> String {
 
 /// `dead` pings with reasons `reasons[i]`, then `pending` ones; returns the dead rows' ids.
 async fn seed(t: &TestDb, reasons: &[&str], pending: u32) -> Vec<i64> {
+    seed_in(t, &outbox(), reasons, pending).await
+}
+
+async fn seed_in(t: &TestDb, outbox: &OutboxTable, reasons: &[&str], pending: u32) -> Vec<i64> {
     let txn = t.db.begin().await.unwrap();
     let mut events = Vec::new();
     for n in 0..reasons.len() as u32 + pending {
         let env = Envelope::for_event(format!("k{n}"), &Ping { n }).unwrap();
         events.push(env.event_id.to_string());
-        outbox().insert(&txn, &env, "topic-a", 3).await.unwrap();
+        outbox.insert(&txn, &env, "topic-a", 3).await.unwrap();
     }
     txn.commit().await.unwrap();
     let mut dead = Vec::new();
     for (event, reason) in events.iter().zip(reasons) {
-        outbox()
+        outbox
             .record_failure(&t.db, event, reason, false, &RetryPolicy::default())
             .await
             .unwrap();
-        dead.push(outbox().find(&t.db, event).await.unwrap().unwrap().id);
+        dead.push(outbox.find(&t.db, event).await.unwrap().unwrap().id);
     }
     dead
 }
@@ -478,7 +486,58 @@ async fn the_inbox_commands(t: TestDb) {
     t.cleanup().await;
 }
 
+/// A service's own outbox, made by `create_outbox_table` alone: every command but redrive works
+/// on it, and redrive says how to get the history it needs.
+async fn a_services_own_table_without_redrive_history(t: TestDb) {
+    let manager = sea_orm_migration::SchemaManager::new(&t.db);
+    smartflow_migrations::create_outbox_table(&manager, "billing_outbox")
+        .await
+        .unwrap();
+    let dead = seed_in(&t, &outbox_named("billing_outbox"), &["poison"], 1).await;
+    let on_billing = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--table", "billing_outbox"]);
+        smartflow(&t, &args)
+    };
+    let stats = stdout_json(&on_billing(&["outbox", "stats", "--json"]));
+    assert_eq!(table(&stats, "billing_outbox")["rows"]["dead"], 1);
+    let list = stdout_json(&on_billing(&["outbox", "list", "--json"]));
+    assert_eq!(
+        table(&list, "billing_outbox")["rows"][0]["redrive_count"],
+        Value::Null
+    );
+    for args in [
+        &["outbox", "redrive", "--all"][..],
+        &["outbox", "redrive", "--all", "--dry-run"],
+    ] {
+        let refused = on_billing(args);
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            describe(&refused)
+        );
+        assert!(
+            stderr(&refused).contains("add_redrive_history"),
+            "{}",
+            describe(&refused)
+        );
+    }
+    let row = outbox_named("billing_outbox")
+        .record_by_id(&t.db, dead[0])
+        .await
+        .unwrap();
+    assert_eq!(row.unwrap().row.status, OutboxStatus::Dead);
+    smartflow_migrations::add_redrive_history(&manager, "billing_outbox")
+        .await
+        .unwrap();
+    let done = stdout_json(&on_billing(&["outbox", "redrive", "--all", "--json"]));
+    assert_eq!(table(&done, "billing_outbox")["redriven"], 1);
+    t.cleanup().await;
+}
+
 on_every_backend!(
+    a_services_own_table_without_redrive_history,
     stats_list_and_show_speak_json,
     a_dry_run_changes_nothing_and_a_redrive_is_recorded,
     a_purge_deletes_old_settled_rows,
