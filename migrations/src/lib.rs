@@ -23,7 +23,7 @@ pub mod userauth;
 
 pub use inbox_table::{create_inbox_table, drop_inbox_table};
 pub use legacy::LEGACY_MIGRATION_TABLE;
-pub use outbox_table::{create_outbox_table, drop_outbox_table};
+pub use outbox_table::{create_key_shards, create_outbox_table, drop_outbox_table, KEY_SHARDS};
 pub use redrive_history::{add_redrive_history, drop_redrive_history};
 pub use run::run_migrator;
 pub use sea_orm_migration::MigratorTrait;

@@ -8,6 +8,7 @@ enum Outbox {
     EventType,
     EventVersion,
     MessageKey,
+    Shard,
     Topic,
     Payload,
     Traceparent,
@@ -34,7 +35,8 @@ enum Outbox {
 /// takes that step on the tables that exist.
 pub async fn create_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
     create_table_and_claim_index(manager, name).await?;
-    create_fresh_lane_index(manager, name).await
+    create_fresh_lane_index(manager, name).await?;
+    create_key_shards(manager, name).await
 }
 
 /// The first step: the table, its unique event id and the claim index (m20261123_000001,
@@ -120,9 +122,83 @@ pub(crate) async fn create_table_and_claim_index(
         .await
 }
 
-/// Drops a service's outbox table.
+/// Drops a service's outbox table and its shard table.
 pub async fn drop_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
+    crate::drop_table_if_exists(manager, &format!("{name}_shards")).await?;
     crate::drop_table_if_exists(manager, name).await
+}
+
+/// How many key shards an outbox has: the storage crate's `KEY_SHARDS`, frozen here as the
+/// migrations are (a test checks the two agree).
+pub const KEY_SHARDS: i16 = 32;
+
+#[derive(DeriveIden)]
+enum Shards {
+    Shard,
+    LockedBy,
+    LockedUntil,
+}
+
+/// The third step (m20261201_000001): key shards. Every row gets the shard of its message key
+/// (`shard`; rows written before this step are all in shard 0, which keeps their order), and
+/// `<name>_shards` holds one row per shard, which a relay round locks (or, on SQLite, leases)
+/// so that one key's rows are only ever claimed by one round at a time. Safe to run again.
+pub async fn create_key_shards(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
+    if !manager.has_column(name, "shard").await? {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Alias::new(name))
+                    .add_column(
+                        ColumnDef::new(Outbox::Shard)
+                            .small_integer()
+                            .not_null()
+                            .default(0),
+                    )
+                    .to_owned(),
+            )
+            .await?;
+    }
+    let shards = format!("{name}_shards");
+    manager
+        .create_table(
+            Table::create()
+                .table(Alias::new(&shards))
+                .if_not_exists()
+                .col(
+                    ColumnDef::new(Shards::Shard)
+                        .small_integer()
+                        .not_null()
+                        .primary_key(),
+                )
+                .col(ColumnDef::new(Shards::LockedBy).string_len(128).null())
+                .col(ColumnDef::new(Shards::LockedUntil).big_integer().null())
+                .to_owned(),
+        )
+        .await?;
+    let conn = manager.get_connection();
+    let backend = manager.get_database_backend();
+    let present = conn
+        .query_all(sea_orm_migration::sea_orm::Statement::from_string(
+            backend,
+            format!("SELECT shard FROM {shards}"),
+        ))
+        .await?
+        .into_iter()
+        .map(|row| row.try_get_by_index::<i16>(0))
+        .collect::<Result<std::collections::BTreeSet<i16>, _>>()?;
+    let missing: Vec<i16> = (0..KEY_SHARDS).filter(|s| !present.contains(s)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut insert = Query::insert();
+    insert
+        .into_table(Alias::new(&shards))
+        .columns([Shards::Shard]);
+    for shard in missing {
+        insert.values_panic([shard.into()]);
+    }
+    manager.exec_stmt(insert).await
 }
 
 /// The second step (m20261123_000030): the fresh-lane index of an outbox table, `(id)` over the

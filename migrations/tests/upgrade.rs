@@ -130,4 +130,52 @@ async fn a_database_of_the_shared_tracking_table_starts_without_running_anything
     t.cleanup().await;
 }
 
-on_every_backend!(empty: a_database_of_the_shared_tracking_table_starts_without_running_anything_twice);
+#[derive(FromQueryResult)]
+struct Shard {
+    shard: i16,
+}
+
+async fn shards_of(t: &TestDb, sql: &str) -> Vec<i16> {
+    Shard::find_by_statement(Statement::from_string(
+        t.db.get_database_backend(),
+        sql.to_owned(),
+    ))
+    .all(&t.db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|s| s.shard)
+    .collect()
+}
+
+/// An outbox from before key shards, with a row waiting in it, gets the `shard` column (its old
+/// rows all in shard 0) and its shard table, and running the step again changes nothing.
+async fn an_outbox_from_before_key_shards_gets_them_and_keeps_its_rows(t: TestDb) {
+    t.migrate::<agent::Migrator>().await;
+    execute(&t, "DROP TABLE agent_outbox_shards").await;
+    execute(&t, "ALTER TABLE agent_outbox DROP COLUMN shard").await;
+    execute(
+        &t,
+        "DELETE FROM seaql_migrations_agent WHERE version = 'm20261201_000001_outbox_key_shards'",
+    )
+    .await;
+    execute(
+        &t,
+        "INSERT INTO agent_outbox (event_id, event_type, event_version, message_key, topic, \
+         payload, status, retry_count, max_retry, created_at, updated_at) \
+         VALUES ('e-1', 't', 1, 'k', 'topic', '{}', 'pending', 0, 3, 0, 0)",
+    )
+    .await;
+    t.migrate::<agent::Migrator>().await;
+    t.migrate::<agent::Migrator>().await;
+    assert_eq!(shards_of(&t, "SELECT shard FROM agent_outbox").await, [0]);
+    let shards = shards_of(&t, "SELECT shard FROM agent_outbox_shards ORDER BY shard").await;
+    let expected: Vec<i16> = (0..smartflow_migrations::KEY_SHARDS).collect();
+    assert_eq!(shards, expected);
+    t.cleanup().await;
+}
+
+on_every_backend!(
+    empty: a_database_of_the_shared_tracking_table_starts_without_running_anything_twice,
+    an_outbox_from_before_key_shards_gets_them_and_keeps_its_rows,
+);

@@ -21,6 +21,13 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     pub handler_retries: AtomicU64,
     pub republished_unconsumed: AtomicU64,
+    /// Rows a relay left for a later round because an earlier row of their key waits for a
+    /// retry (`KeyOrder::Block`).
+    pub held_back: AtomicU64,
+    /// Times a transport acknowledged a message after failing an earlier message of the same key
+    /// in one batch: the one way a key's order could break, which the transports promise never
+    /// to do. Watched so a broken promise is seen.
+    pub order_breaks: AtomicU64,
 }
 
 impl Metrics {
@@ -81,6 +88,8 @@ impl Metrics {
                 "republished_unconsumed",
                 self.republished_unconsumed.load(Ordering::Relaxed),
             ),
+            ("held_back", self.held_back.load(Ordering::Relaxed)),
+            ("order_breaks", self.order_breaks.load(Ordering::Relaxed)),
             ("relay_pauses", self.relay_pauses.load(Ordering::Relaxed)),
             (
                 "consumer_stalls",

@@ -16,7 +16,7 @@ pub use envelope::{
 };
 pub use error::DomainError;
 pub use retry::RetryPolicy;
-pub use route::{RouteRegistry, RouteRegistryBuilder, ServiceRoute};
+pub use route::{KeyOrder, RouteRegistry, RouteRegistryBuilder, ServiceRoute};
 pub use status::OutboxStatus;
 pub use transport::{
     InboundTransport, IncomingMessage, OutboundMessage, OutboundTransport, TransportError,

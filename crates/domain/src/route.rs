@@ -10,6 +10,22 @@ pub struct ServiceRoute {
     pub outbox_table: String,
     pub topic: String,
     pub consumer_group: String,
+    /// What a failing event of this topic does to the later events of its key.
+    pub key_order: KeyOrder,
+}
+
+/// What happens to the later events of a message key while one of its events fails: the route's
+/// ordering policy. Events of one key always reach Kafka in the order their rows were written,
+/// and a consumer applies them in that order; the policy decides only what waits for a failure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum KeyOrder {
+    /// The later events of the key wait until the failing one succeeds or is `dead` (a relay
+    /// holds them back; a consumer holds its partition at the event and tries it again).
+    #[default]
+    Block,
+    /// The later events go on; the failing one is tried again after them (a consumer sends it
+    /// back to its outbox to be published again, a relay does not hold the key back).
+    Skip,
 }
 
 impl ServiceRoute {
@@ -26,12 +42,19 @@ impl ServiceRoute {
             outbox_table: outbox_table.into(),
             topic: topic.into(),
             consumer_group: consumer_group.into(),
+            key_order: KeyOrder::Block,
         };
         check_sql_identifier("outbox table", &route.outbox_table)?;
         check_kafka_name("service", &route.service)?;
         check_kafka_name("topic", &route.topic)?;
         check_kafka_name("consumer group", &route.consumer_group)?;
         Ok(route)
+    }
+
+    /// The same route with another ordering policy.
+    pub fn with_key_order(mut self, key_order: KeyOrder) -> Self {
+        self.key_order = key_order;
+        self
     }
 }
 

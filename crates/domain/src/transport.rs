@@ -63,8 +63,13 @@ pub trait OutboundTransport: Send + Sync {
     /// Sends every message concurrently and returns one outcome per message, in input order,
     /// no later than `within` after the call (a message without an answer by then is reported
     /// [`TransportFault::Unavailable`]; it may still arrive, and consumers drop duplicates). An
-    /// `Ok` means the broker acknowledged the message durably. Messages with the same key are
-    /// handed to the broker in input order.
+    /// `Ok` means the broker acknowledged the message durably.
+    ///
+    /// Messages with the same key keep their input order: they are written to the broker in that
+    /// order, and a message is never acknowledged after an earlier message of its key in the same
+    /// batch was reported unavailable (once one fails, the later ones of its key fail too, or are
+    /// not sent). The relay relies on this for per-key order, and counts any breach
+    /// (`order_breaks`).
     async fn send_batch(
         &self,
         messages: Vec<OutboundMessage>,

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -173,8 +174,9 @@ fn create(client: &ClientConfig) -> Result<FutureProducer, KafkaError> {
 
 #[async_trait]
 impl OutboundTransport for KafkaProducer {
-    /// Enqueues every message in input order (so messages with the same key keep their order),
-    /// then awaits all deliveries together until `within` has passed; one outcome per message, in
+    /// Enqueues every message in input order (so messages with the same key keep their order:
+    /// the idempotent producer writes one partition's messages in the order they were enqueued,
+    /// across its own retries), then awaits all deliveries together until `within` has passed; one outcome per message, in
     /// input order. Deliveries that were acknowledged by then are `Ok` even if others were not.
     async fn send_batch(
         &self,
@@ -187,8 +189,21 @@ impl OutboundTransport for KafkaProducer {
             Err(e) => return vec![Err(e); messages.len()],
         };
         let mut pending = Vec::with_capacity(messages.len());
+        // A key whose message could not be enqueued sends nothing after it in this batch: a
+        // later message of that key must not reach the broker ahead of it.
+        let mut refused: HashMap<&str, TransportError> = HashMap::new();
         for message in &messages {
-            pending.push(Self::enqueue(&generation.producer, message, deadline).await);
+            if let Some(e) = refused.get(message.key.as_str()) {
+                pending.push(Err(e.clone()));
+                continue;
+            }
+            let enqueued = Self::enqueue(&generation.producer, message, deadline).await;
+            if let Err(e) = &enqueued {
+                if e.is_unavailable() {
+                    refused.insert(&message.key, e.clone());
+                }
+            }
+            pending.push(enqueued);
         }
         let outcomes = pending.into_iter().zip(&messages).map(|(enqueued, message)| async move {
             let delivery = enqueued?;

@@ -25,7 +25,7 @@ use smartflow_bus::{
     ConsumerConfig, ConsumerRunner, EventBus, HandlerRegistry, Metrics, PublishConfig, Relay,
     RelayConfig,
 };
-use smartflow_domain::{RouteRegistry, ServiceRoute};
+use smartflow_domain::{KeyOrder, RouteRegistry, ServiceRoute};
 use smartflow_kafka::{EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer};
 use smartflow_storage::connect::redact;
 use smartflow_storage::inbox::InboxTable;
@@ -271,6 +271,14 @@ impl ServiceStart {
             broker,
         };
         if let Some(outbox) = outbox {
+            // Rows bound for a route that lets a failing event's key go on do not hold back
+            // their key while they wait for a retry.
+            start.relay_config.skip_topics = outbox
+                .routes
+                .routes()
+                .filter(|route| route.key_order == KeyOrder::Skip)
+                .map(|route| route.topic.clone())
+                .collect();
             let bus = EventBus::new(name, outbox.routes, outbox.publish)
                 .context("building the event bus")?;
             let producer =

@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use smartflow_domain::{Envelope, EventContract, OutboxStatus, RetryPolicy};
 use smartflow_storage::outbox::{
-    ClaimMode, ClaimRequest, FailureOutcome, OutboxTable, PublishFailure, Settlement,
+    key_shard, ClaimMode, ClaimRequest, FailureOutcome, OutboxTable, PublishFailure, Settlement,
+    KEY_SHARDS,
 };
 use smartflow_storage::{now_millis, ConnectionTrait, TransactionTrait};
 use smartflow_testkit::{on_every_backend, Backend, TestDb};
@@ -31,13 +32,7 @@ fn policy() -> RetryPolicy {
 }
 
 fn request(owner: &str, fresh: u64) -> ClaimRequest {
-    ClaimRequest {
-        owner: owner.into(),
-        fresh_limit: fresh,
-        retry_limit: 100,
-        hold_for: Duration::from_secs(30),
-        now: now_millis(),
-    }
+    ClaimRequest::new(owner, fresh, 100, Duration::from_secs(30))
 }
 
 async fn insert_n(t: &TestDb, n: u32) -> Vec<String> {
@@ -118,55 +113,69 @@ async fn rolled_back_insert_leaves_nothing(t: TestDb) {
     t.cleanup().await;
 }
 
-async fn concurrent_claims_never_share_a_row(t: TestDb) {
-    let ids = insert_n(&t, 50).await;
+/// Inserts one row per key, `key-0`.. in order; returns the event ids.
+async fn insert_keys(t: &TestDb, keys: &[&str]) -> Vec<String> {
+    let txn = t.db.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for (n, key) in keys.iter().enumerate() {
+        let env = Envelope::for_event(*key, &Ping { n: n as u32 }).unwrap();
+        ids.push(env.event_id.to_string());
+        table().insert(&txn, &env, "topic-a", 3).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    ids
+}
+
+fn settled(published: Vec<i64>) -> Settlement {
+    Settlement {
+        published,
+        ..Settlement::default()
+    }
+}
+
+async fn concurrent_claims_never_share_a_shard(t: TestDb) {
+    let keys: Vec<String> = (0..50).map(|n| format!("key-{n}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let ids = insert_keys(&t, &key_refs).await;
     let other = t.connect_again().await;
+    let third = t.connect_again().await;
     let mode = ClaimMode::for_backend(t.db.get_database_backend());
-    let a = table().claim(&t.db, mode, &request("a", 30)).await.unwrap();
-    let b = table()
-        .claim(&other, mode, &request("b", 30))
-        .await
-        .unwrap();
-    let mut seen: Vec<i64> = a.rows.iter().chain(b.rows.iter()).map(|r| r.id).collect();
-    assert_eq!(a.rows.len(), 30);
-    assert_eq!(
-        b.rows.len(),
-        20,
-        "the second claim takes what the first left"
+    let half = |owner: &str| ClaimRequest {
+        shards: KEY_SHARDS as u64 / 2,
+        ..request(owner, 100)
+    };
+    let a = table().claim(&t.db, mode, &half("a")).await.unwrap();
+    let b = table().claim(&other, mode, &half("b")).await.unwrap();
+    let c = table().claim(&third, mode, &half("c")).await.unwrap();
+    let (low, high) = (0..KEY_SHARDS / 2, KEY_SHARDS / 2..KEY_SHARDS);
+    assert!(a.shards.iter().all(|s| low.contains(s)), "{:?}", a.shards);
+    assert!(
+        b.shards.iter().all(|s| high.contains(s)),
+        "b takes what a left: {:?}",
+        b.shards
     );
+    assert!(
+        c.rows.is_empty() && c.shards.is_empty(),
+        "every shard is held"
+    );
+    for (claim, shards) in [(&a, &low), (&b, &high)] {
+        assert!(claim
+            .rows
+            .iter()
+            .all(|r| shards.contains(&key_shard(&r.message_key))));
+    }
+    let mut seen: Vec<i64> = a.rows.iter().chain(b.rows.iter()).map(|r| r.id).collect();
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), 50, "no row is held by both claims");
+    assert_eq!(seen.len(), 50, "every row is in exactly one claim");
     let pa: Vec<i64> = a.rows.iter().map(|r| r.id).collect();
     let pb: Vec<i64> = b.rows.iter().map(|r| r.id).collect();
     table()
-        .settle(
-            &t.db,
-            a,
-            Settlement {
-                published: pa,
-                failed: vec![],
-                unavailable: Vec::new(),
-                handed_off: Vec::new(),
-            },
-            &policy(),
-            None,
-        )
+        .settle(&t.db, a, settled(pa), &policy(), None)
         .await
         .unwrap();
     table()
-        .settle(
-            &other,
-            b,
-            Settlement {
-                published: pb,
-                failed: vec![],
-                unavailable: Vec::new(),
-                handed_off: Vec::new(),
-            },
-            &policy(),
-            None,
-        )
+        .settle(&other, b, settled(pb), &policy(), None)
         .await
         .unwrap();
     let stats = table().stats(&t.db).await.unwrap();
@@ -177,6 +186,74 @@ async fn concurrent_claims_never_share_a_row(t: TestDb) {
         assert_eq!(row.status, OutboxStatus::Published);
         assert!(row.published_at.is_some());
     }
+    // Settled claims gave their shards back: a new row finds every shard free.
+    let late = insert_keys(&t, &["late"]).await;
+    let again = table()
+        .claim(&third, mode, &request("c", 100))
+        .await
+        .unwrap();
+    assert_eq!(again.shards.len(), KEY_SHARDS as usize);
+    assert_eq!(again.rows.len(), 1);
+    assert_eq!(again.rows[0].event_id, late[0]);
+    table().release(&third, again).await.unwrap();
+    t.cleanup().await;
+}
+
+async fn a_key_waiting_for_a_retry_holds_back_its_later_rows(t: TestDb) {
+    let ids = insert_keys(&t, &["a", "b", "a", "a"]).await;
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let first = table().claim(&t.db, mode, &request("r", 1)).await.unwrap();
+    assert_eq!(first.rows.len(), 1);
+    let a0 = first.rows[0].id;
+    let settlement = Settlement {
+        failed: vec![PublishFailure {
+            id: a0,
+            error: "try again".into(),
+            retryable: true,
+        }],
+        ..Settlement::default()
+    };
+    // A backoff far longer than the test, so the row is surely not due until asked for later.
+    let patient = RetryPolicy {
+        base_delay: Duration::from_secs(30),
+        max_delay: Duration::from_secs(60),
+        max_retry: 3,
+    };
+    table()
+        .settle(&t.db, first, settlement, &patient, None)
+        .await
+        .unwrap();
+    let event_ids = |claim: &smartflow_storage::outbox::Claim| -> Vec<String> {
+        claim.rows.iter().map(|r| r.event_id.clone()).collect()
+    };
+
+    // Not due yet: `a`'s later rows wait behind it, `b` goes on.
+    let blocked = table()
+        .claim(&t.db, mode, &request("r", 100))
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&blocked), vec![ids[1].clone()]);
+    assert_eq!(blocked.held_back, 2);
+    table().release(&t.db, blocked).await.unwrap();
+
+    // Under `KeyOrder::Skip` nothing waits.
+    let skip = ClaimRequest {
+        skip_topics: vec!["topic-a".into()],
+        ..request("r", 100)
+    };
+    let skipping = table().claim(&t.db, mode, &skip).await.unwrap();
+    assert_eq!(event_ids(&skipping), ids[1..].to_vec());
+    assert_eq!(skipping.held_back, 0);
+    table().release(&t.db, skipping).await.unwrap();
+
+    // Once due, the waiting row goes first among its key's rows, all in id order.
+    let later = ClaimRequest {
+        now: now_millis() + 600_000,
+        ..request("r", 100)
+    };
+    let due = table().claim(&t.db, mode, &later).await.unwrap();
+    assert_eq!(event_ids(&due), ids);
+    table().release(&t.db, due).await.unwrap();
     t.cleanup().await;
 }
 
@@ -442,7 +519,8 @@ async fn migrations_are_idempotent_and_concurrent(t: TestDb) {
 on_every_backend!(
     stats_of_one_event_type_leave_the_others_out,
     rolled_back_insert_leaves_nothing,
-    concurrent_claims_never_share_a_row,
+    concurrent_claims_never_share_a_shard,
+    a_key_waiting_for_a_retry_holds_back_its_later_rows,
     an_abandoned_claim_comes_back,
     failures_retry_with_backoff_then_die,
     consumed_is_final_and_dead_yields_only_to_its_consumer,

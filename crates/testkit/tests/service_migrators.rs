@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use smartflow_domain::{Envelope, EventContract, OutboxStatus, RetryPolicy};
 use smartflow_migrations::{create_inbox_table, create_outbox_table, MigratorTrait};
 use smartflow_storage::inbox::{InboxStatus, InboxTable};
-use smartflow_storage::now_millis;
 use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable, Settlement};
 use smartflow_testkit::{on_every_backend, Backend, TestDb};
 
@@ -164,13 +163,7 @@ async fn an_outside_service_gets_a_working_outbox_and_inbox_from_one_call_each(t
         .claim(
             &t.db,
             ClaimMode::for_backend(t.db.get_database_backend()),
-            &ClaimRequest {
-                owner: "billing-relay".into(),
-                fresh_limit: 10,
-                retry_limit: 10,
-                hold_for: Duration::from_secs(30),
-                now: now_millis(),
-            },
+            &ClaimRequest::new("billing-relay", 10, 10, Duration::from_secs(30)),
         )
         .await
         .unwrap();
@@ -242,3 +235,12 @@ on_every_backend!(
     services_sharing_a_database_track_their_migrations_apart,
     an_outside_service_gets_a_working_outbox_and_inbox_from_one_call_each,
 );
+
+/// The migrations freeze the number of key shards; the claims rely on every shard having its row.
+#[test]
+fn the_migrations_make_as_many_shards_as_storage_spreads_keys_over() {
+    assert_eq!(
+        smartflow_migrations::KEY_SHARDS,
+        smartflow_storage::outbox::KEY_SHARDS
+    );
+}

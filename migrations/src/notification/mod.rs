@@ -7,6 +7,7 @@ use sea_orm_migration::prelude::*;
 
 use crate::shared::m20261123_000002_create_inbox as inbox;
 use crate::shared::m20261123_000030_outbox_fresh_lane_index as fresh_lane;
+use crate::shared::m20261201_000001_outbox_key_shards as key_shards;
 use crate::shared::m20261201_000002_outbox_redrive_history as redrive_history;
 
 /// The notification service's migrations, tracked in `seaql_migrations_notification`.
@@ -20,6 +21,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000010_create_notification_outbox::Migration),
             Box::new(m20261123_000011_create_notification_records::Migration),
             Box::new(fresh_lane::Migration {
+                tables: &["notification_outbox"],
+            }),
+            Box::new(key_shards::Migration {
                 tables: &["notification_outbox"],
             }),
             Box::new(redrive_history::Migration {

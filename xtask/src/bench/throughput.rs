@@ -196,13 +196,7 @@ pub async fn round_breakdown(
     let policy = RetryPolicy::default();
     let (mut claim_s, mut send_s, mut settle_s, mut rows) = (0f64, 0f64, 0f64, 0usize);
     for _ in 0..rounds {
-        let req = ClaimRequest {
-            owner: "bench-breakdown".to_owned(),
-            fresh_limit: batch_size,
-            retry_limit: 200,
-            hold_for: Duration::from_secs(60),
-            now: now_millis(),
-        };
+        let req = ClaimRequest::new("bench-breakdown", batch_size, 200, Duration::from_secs(60));
         let t = Instant::now();
         let claim = table.claim(fx.db(), mode, &req).await?;
         claim_s += t.elapsed().as_secs_f64();

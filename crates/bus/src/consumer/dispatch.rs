@@ -1,5 +1,5 @@
 use sea_orm::{DatabaseTransaction, TransactionTrait};
-use smartflow_domain::{Envelope, IncomingMessage, EVENT_ID_HEADER, EVENT_TYPE_HEADER};
+use smartflow_domain::{Envelope, IncomingMessage, KeyOrder, EVENT_ID_HEADER, EVENT_TYPE_HEADER};
 use smartflow_storage::inbox::InboxStatus;
 use smartflow_storage::outbox::FailureOutcome;
 
@@ -15,7 +15,8 @@ pub struct BatchReport {
     pub dead: u64,
     /// Messages that were not envelopes and carried no event id: nothing to mark, logged.
     pub rejected: u64,
-    /// Inbox mode: the index of a message whose handler failed retryably. The messages before
+    /// The index of a message whose handler failed retryably and is tried again in place (inbox
+    /// mode, or `KeyOrder::Block`). The messages before
     /// it are applied and committed; it and those after it are not, and are to be tried again.
     pub stopped_at: Option<usize>,
 }
@@ -23,7 +24,7 @@ pub struct BatchReport {
 /// What applying one message did to the batch.
 enum Applied {
     Done,
-    /// Inbox mode, a retryable handler error with retries left: stop the batch here.
+    /// A retryable handler error tried again in place, with retries left: stop the batch here.
     TryAgainLater,
 }
 
@@ -114,9 +115,14 @@ impl ConsumerRunner {
                 self.forget_attempts(&event_id);
                 Ok(Applied::Done)
             }
-            Err(error) => {
+            Err(mut error) => {
                 savepoint.rollback().await?;
-                if matches!(mark, Mark::Inbox { .. }) && error.is_retryable() {
+                // An inbox event cannot be sent back to an outbox of this database, and under
+                // `KeyOrder::Block` a later event of the key must not be applied before this
+                // one: both try again in place, holding the partition at the event.
+                let in_place =
+                    matches!(mark, Mark::Inbox { .. }) || self.key_order == KeyOrder::Block;
+                if in_place && error.is_retryable() {
                     let failures = self.count_attempt(&event_id);
                     if self
                         .config
@@ -129,6 +135,10 @@ impl ConsumerRunner {
                         return Ok(Applied::TryAgainLater);
                     }
                     self.forget_attempts(&event_id);
+                    error = HandlerError::Permanent(format!(
+                        "gave up after {failures} attempts: {}",
+                        error.reason()
+                    ));
                 }
                 self.fail(txn, envelope, error, report).await?;
                 Ok(Applied::Done)

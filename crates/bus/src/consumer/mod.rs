@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use smartflow_domain::{
-    InboundTransport, IncomingMessage, RetryPolicy, ServiceRoute, TransportError, EVENT_ID_HEADER,
+    InboundTransport, IncomingMessage, KeyOrder, RetryPolicy, ServiceRoute, TransportError,
+    EVENT_ID_HEADER,
 };
 use smartflow_storage::inbox::InboxTable;
 use smartflow_storage::outbox::OutboxTable;
@@ -31,7 +32,9 @@ use crate::{BusError, HandlerRegistry, Metrics};
 pub enum Dedupe {
     /// The consumer of a service's own topic. Events from the service's own outbox (the
     /// envelope's source is this service, or names none) move their outbox row to `consumed` in
-    /// the handler's transaction, and failures send the row back to `pending` or to `dead`.
+    /// the handler's transaction; a retryable failure is tried again in place (the route's
+    /// `KeyOrder::Block`) or sends the row back to `pending` (`KeyOrder::Skip`), and a permanent
+    /// one makes it `dead`.
     /// Events another service published onto the topic (a request addressed to this service)
     /// are deduplicated through this service's inbox under the service's name, as in `Inbox`.
     Owner {
@@ -96,8 +99,9 @@ pub struct ConsumerConfig {
     /// How long one poll waits for a first message; the loop polls at least this often, which
     /// keeps the group membership alive and the health check's poll time fresh.
     pub poll_wait: Duration,
-    /// Retries of a retryable handler error: rows sent back to `pending` in outbox mode, attempts
-    /// in place (the partition held at the event) in inbox mode.
+    /// Retries of a retryable handler error: attempts in place (the partition held at the event)
+    /// for inbox events and under `KeyOrder::Block`, rows sent back to `pending` under
+    /// `KeyOrder::Skip`.
     pub retry: RetryPolicy,
     /// Backoff while a batch cannot be applied at all (database down, lock waits, the broker
     /// refusing commits): the partitions are paused and polled meanwhile, so the consumer stays
@@ -157,7 +161,11 @@ pub struct ConsumerRunner {
     pub(crate) dedupe: Dedupe,
     pub(crate) config: ConsumerConfig,
     pub(crate) metrics: Arc<Metrics>,
-    /// Inbox mode: failed attempts of the event the loop is holding a partition at.
+    /// The route's ordering policy: under `Block` a retryable handler error of the service's own
+    /// event holds the partition at the event (later events of its key wait), under `Skip` it
+    /// sends the row back to `pending` and the later events go on. Inbox events always hold.
+    pub(crate) key_order: KeyOrder,
+    /// Failed attempts of the event the loop is holding a partition at.
     pub(crate) attempts: Mutex<HashMap<String, u32>>,
     health_name: String,
 }
@@ -179,7 +187,7 @@ impl ConsumerRunner {
             service: route.service.clone(),
             inbox: InboxTable::default(),
         };
-        Self::new(
+        let mut runner = Self::new(
             db,
             format!("consumer {}", route.consumer_group),
             dedupe,
@@ -187,7 +195,9 @@ impl ConsumerRunner {
             transport,
             config,
             metrics,
-        )
+        )?;
+        runner.key_order = route.key_order;
+        Ok(runner)
     }
 
     /// A consumer of another service's events, deduplicating through its own inbox.
@@ -235,6 +245,7 @@ impl ConsumerRunner {
             dedupe,
             config,
             metrics,
+            key_order: KeyOrder::Block,
             attempts: Mutex::new(HashMap::new()),
             health_name,
         })
@@ -315,7 +326,7 @@ impl ConsumerRunner {
                 // The loop's next turn resumes the partitions if they were paused.
                 Ok(done) if done == held.len() => held.clear(),
                 Ok(done) => {
-                    // Inbox mode: a retryable handler error holds the partition at that event.
+                    // A retryable handler error tried in place holds the partition at that event.
                     held.drain(..done);
                     let failures = self.head_attempts(&held);
                     if stalls == 0 {

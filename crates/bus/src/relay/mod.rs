@@ -9,7 +9,7 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use smartflow_domain::{OutboundTransport, RetryPolicy};
 use smartflow_storage::now_millis;
-use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable};
+use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable, KEY_SHARDS};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +46,9 @@ pub struct RelayConfig {
     pub republish_after: Option<Duration>,
     /// How often overdue published rows are looked for.
     pub republish_check_interval: Duration,
+    /// Topics whose routes use `KeyOrder::Skip`: a row of theirs waiting for a retry does not
+    /// hold back the later rows of its key. On every other topic it does (`KeyOrder::Block`).
+    pub skip_topics: BTreeSet<String>,
     /// The event types this service's own consumer marks `consumed`. Published rows of any other
     /// type are for other services, whose consumers deduplicate through inboxes in their own
     /// databases and never mark these rows: they end `published`, with no consumption deadline
@@ -78,6 +81,7 @@ impl Default for RelayConfig {
             republish_after: Some(Duration::from_secs(15 * 60)),
             republish_check_interval: Duration::from_secs(30),
             consumed_here: None,
+            skip_topics: BTreeSet::new(),
             retry: RetryPolicy::default(),
             pause: RetryPolicy {
                 base_delay: Duration::from_millis(500),
@@ -148,6 +152,8 @@ fn longer_idle_poll(current: Duration, config: &RelayConfig) -> Duration {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayRound {
     pub claimed: usize,
+    /// Rows left for a later round: an earlier row of their key waits for a retry.
+    pub held_back: u64,
     pub published: u64,
     pub retrying: u64,
     pub dead: u64,
@@ -211,27 +217,45 @@ impl Relay {
         })
     }
 
-    /// One round: claim, publish concurrently, settle with one statement per outcome group. Rows
-    /// the broker was unavailable for are released untouched and counted in `unavailable`.
-    #[tracing::instrument(skip_all, fields(table = %self.inner.table.name()))]
+    /// One round over every key shard no other round holds: claim, publish concurrently,
+    /// settle with one statement per outcome group. Rows the broker was unavailable for are
+    /// released untouched and counted in `unavailable`.
     pub async fn run_once(&self) -> Result<RelayRound, BusError> {
+        self.round(0, KEY_SHARDS as u64).await
+    }
+
+    /// One round of worker `worker`: it takes up to `shards` key shards no other round holds,
+    /// starting from its own place in the ring so that the workers of one relay spread over
+    /// them, and publishes their rows in id order, so each key's rows reach the producer in the
+    /// order they were written, from one round at a time.
+    #[tracing::instrument(skip_all, fields(table = %self.inner.table.name(), worker))]
+    async fn round(&self, worker: usize, shards: u64) -> Result<RelayRound, BusError> {
         let i = &*self.inner;
+        let spacing = KEY_SHARDS as usize / i.config.workers.max(1);
         let req = ClaimRequest {
-            owner: i.config.owner.clone(),
+            owner: format!("{}-{worker}", i.config.owner),
             fresh_limit: i.config.batch_size,
             retry_limit: i.config.retry_batch_size,
             hold_for: i.config.claim_timeout,
             now: now_millis(),
+            shards,
+            first_shard: ((worker * spacing) % KEY_SHARDS as usize) as i16,
+            skip_topics: i.config.skip_topics.iter().cloned().collect(),
         };
         let mut claim = i.table.claim(&i.db, i.mode, &req).await?;
+        Metrics::add(&i.metrics.held_back, claim.held_back);
         if claim.rows.is_empty() {
-            return Ok(RelayRound::default());
+            return Ok(RelayRound {
+                held_back: claim.held_back,
+                ..RelayRound::default()
+            });
         }
+        let held_back = claim.held_back;
         let claimed = claim.rows.len();
         let rows = std::mem::take(&mut claim.rows);
         // The claim must be settled while it is still ours: past `claim_timeout` another relay
         // may take the rows (lease) or the server ends our session (row locks).
-        let (settlement, broker_error) = publish_batch::publish(
+        let (settlement, broker_error, order_breaks) = publish_batch::publish(
             &*i.transport,
             rows,
             &mut claim.rows,
@@ -249,6 +273,7 @@ impl Relay {
                 i.config.republish_after,
             )
             .await?;
+        Metrics::add(&i.metrics.order_breaks, order_breaks);
         Metrics::add(&i.metrics.published, report.published);
         Metrics::add(&i.metrics.publish_retries, report.retrying);
         Metrics::add(&i.metrics.publish_dead, report.dead);
@@ -261,6 +286,7 @@ impl Relay {
         }
         Ok(RelayRound {
             claimed,
+            held_back,
             published: report.published,
             retrying: report.retrying,
             dead: report.dead,
@@ -428,6 +454,9 @@ impl Relay {
 
     async fn worker_loop(&self, worker: usize, shutdown: CancellationToken) {
         let i = &*self.inner;
+        // Each worker takes its share of the shards a round; shards another relay holds are
+        // skipped, and a worker finding none of its own takes what is free.
+        let share = (KEY_SHARDS as u64).div_ceil(i.config.workers as u64);
         let mut idle_poll = i.config.min_poll_interval;
         while !shutdown.is_cancelled() {
             // While paused only worker 0 probes; the others wait for the pause to end.
@@ -449,7 +478,7 @@ impl Relay {
             let notified = i.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.run_once().await {
+            match self.round(worker, share).await {
                 Ok(round) if round.unavailable > 0 => {
                     let reason = round.broker_error.as_deref().unwrap_or("no answer");
                     self.paused_by("broker", reason);

@@ -1,9 +1,9 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use smartflow_domain::{
-    OutboundMessage, OutboundTransport, EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER,
-    TRACEPARENT_HEADER,
+    OutboundMessage, OutboundTransport, TransportError, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
+    EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
 };
 use smartflow_storage::outbox::{ClaimedRow, PublishFailure, Settlement};
 
@@ -12,14 +12,16 @@ use smartflow_storage::outbox::{ClaimedRow, PublishFailure, Settlement};
 /// was unavailable for are released untouched. Published rows of a type outside `consumed_here`
 /// (when given) are handed off: no consumer of this database will mark them. The rows are handed
 /// back into `keep` (without payloads) so the claim can still be settled. Returns the first
-/// unavailability's reason.
+/// unavailability's reason, and how many messages were acknowledged after an earlier message of
+/// their key in this batch failed (transports promise that never happens; see
+/// [`OutboundTransport::send_batch`]).
 pub(super) async fn publish(
     transport: &dyn OutboundTransport,
     rows: Vec<ClaimedRow>,
     keep: &mut Vec<ClaimedRow>,
     deadline: Duration,
     consumed_here: Option<&BTreeSet<String>>,
-) -> (Settlement, Option<String>) {
+) -> (Settlement, Option<String>, u64) {
     let mut messages = Vec::with_capacity(rows.len());
     keep.reserve(rows.len());
     for mut row in rows {
@@ -36,13 +38,14 @@ pub(super) async fn publish(
         }
         messages.push(OutboundMessage {
             topic: std::mem::take(&mut row.topic),
-            key: std::mem::take(&mut row.message_key),
+            key: row.message_key.clone(),
             payload: std::mem::take(&mut row.payload),
             headers,
         });
         keep.push(row);
     }
     let outcomes = transport.send_batch(messages, deadline).await;
+    let order_breaks = acknowledged_after_a_failure(keep, &outcomes);
     let mut settlement = Settlement::default();
     let mut unavailable = None;
     for (row, outcome) in keep.iter().zip(outcomes) {
@@ -62,5 +65,32 @@ pub(super) async fn publish(
             }),
         }
     }
-    (settlement, unavailable)
+    if order_breaks > 0 {
+        tracing::error!(
+            order_breaks,
+            "the transport acknowledged messages after failing an earlier message of the same key: \
+             those keys may be out of order"
+        );
+    }
+    (settlement, unavailable, order_breaks)
+}
+
+/// Messages acknowledged although an earlier message of the same key in the batch was not
+/// delivered (unavailable; a rejected message is `dead`, and the later ones may go on).
+fn acknowledged_after_a_failure(
+    rows: &[ClaimedRow],
+    outcomes: &[Result<(), TransportError>],
+) -> u64 {
+    let mut broken: HashSet<&str> = HashSet::new();
+    let mut breaks = 0;
+    for (row, outcome) in rows.iter().zip(outcomes) {
+        match outcome {
+            Ok(()) if broken.contains(row.message_key.as_str()) => breaks += 1,
+            Err(e) if e.is_unavailable() => {
+                broken.insert(row.message_key.as_str());
+            }
+            _ => {}
+        }
+    }
+    breaks
 }

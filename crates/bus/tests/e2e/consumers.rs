@@ -163,7 +163,10 @@ async fn an_inbox_consumer_holds_the_partition_at_a_retryable_failure(t: TestDb)
         .unwrap()
         .unwrap();
     assert_eq!(dead.status, InboxStatus::Dead);
-    assert_eq!(dead.last_error.as_deref(), Some("downstream busy"));
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("gave up after 3 attempts: downstream busy")
+    );
     assert_eq!(chat_history::count(&w.t.db).await.unwrap(), 1);
     w.finish().await;
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use smartflow_bus::domain::{Envelope, OutboxStatus};
+use smartflow_bus::domain::{Envelope, KeyOrder, OutboxStatus};
 use smartflow_bus::HandlerRegistry;
 use smartflow_kafka::ProduceFault;
 use smartflow_storage::chat_history;
@@ -11,8 +11,9 @@ use smartflow_testkit::{on_every_backend, TestDb};
 use crate::delivery::as_delivered;
 use crate::fixture::*;
 
+/// `KeyOrder::Skip`: a retryable handler error sends the row back to be published again.
 async fn handler_errors_retry_then_die_and_poison_dies_at_once(t: TestDb) {
-    let w = World::new(t).await;
+    let w = World::ordered(t, KeyOrder::Skip).await;
     let ids = w.publish(&["retry", "poison", "fine"]).await;
     let relay = w.relay();
     let (runner, _) = w.consumer(handlers());
@@ -48,6 +49,43 @@ async fn handler_errors_retry_then_die_and_poison_dies_at_once(t: TestDb) {
     let stored = chat_history::list(&w.t.db, "conv-1", 10).await.unwrap();
     assert_eq!(stored.len(), 1, "failed handlers leave no writes behind");
     assert_eq!(stored[0].content, "fine");
+    w.finish().await;
+}
+
+/// `KeyOrder::Block` (the default): a retryable handler error is tried again in place, the
+/// batch stopping at it so nothing after it is applied first, until the retries run out; then
+/// the row is `dead` with the reason and the events after it are applied.
+async fn under_block_a_handler_error_is_tried_in_place_then_dies(t: TestDb) {
+    let w = World::new(t).await;
+    let ids = w.publish(&["retry", "fine"]).await;
+    let relay = w.relay();
+    w.relay_until_drained(&relay).await;
+    let (runner, _) = w.consumer(handlers());
+    let batch = as_delivered(&w, &ids).await;
+    for attempt in 1..fast_retry().max_retry {
+        let report = runner.process_batch(&batch).await.unwrap();
+        assert_eq!(report.stopped_at, Some(0), "attempt {attempt}");
+        assert_eq!(
+            report.applied, 0,
+            "nothing after the failing event is applied"
+        );
+        let row = w.table().find(&w.t.db, &ids[0]).await.unwrap().unwrap();
+        assert_eq!(row.status, OutboxStatus::Published, "not sent back");
+        assert_eq!(row.retry_count, 0);
+    }
+    let report = runner.process_batch(&batch).await.unwrap();
+    assert_eq!(
+        (report.stopped_at, report.dead, report.applied),
+        (None, 1, 1)
+    );
+    let dead = w.table().find(&w.t.db, &ids[0]).await.unwrap().unwrap();
+    assert_eq!(dead.status, OutboxStatus::Dead);
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("gave up after 3 attempts: downstream busy")
+    );
+    let fine = w.table().find(&w.t.db, &ids[1]).await.unwrap().unwrap();
+    assert_eq!(fine.status, OutboxStatus::Consumed);
     w.finish().await;
 }
 
@@ -143,6 +181,7 @@ async fn rejected_produce_requests_retry_or_die_by_error(t: TestDb) {
 
 on_every_backend!(
     handler_errors_retry_then_die_and_poison_dies_at_once,
+    under_block_a_handler_error_is_tried_in_place_then_dies,
     unknown_event_types_and_undecodable_messages_are_dead_with_a_reason,
     rejected_produce_requests_retry_or_die_by_error,
 );

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use smartflow_bus::domain::{
-    Envelope, EventContract, InboundTransport, IncomingMessage, RetryPolicy, RouteRegistry,
-    ServiceRoute,
+    Envelope, EventContract, InboundTransport, IncomingMessage, KeyOrder, RetryPolicy,
+    RouteRegistry, ServiceRoute,
 };
 use smartflow_bus::{
     ConsumerConfig, ConsumerRunner, DatabaseConnection, DatabaseTransaction, EventBus,
@@ -95,10 +95,17 @@ pub struct World {
 
 impl World {
     pub async fn new(t: TestDb) -> World {
+        Self::ordered(t, KeyOrder::Block).await
+    }
+
+    /// A world whose route has the ordering policy `key_order`.
+    pub async fn ordered(t: TestDb, key_order: KeyOrder) -> World {
         let broker = EmbeddedBroker::start(1).unwrap();
         let topic = t.unique("topic");
         broker.create_topic(&topic, 3).unwrap();
-        let route = ServiceRoute::new("agent", "agent_outbox", topic, t.unique("group")).unwrap();
+        let route = ServiceRoute::new("agent", "agent_outbox", topic, t.unique("group"))
+            .unwrap()
+            .with_key_order(key_order);
         let routes = RouteRegistry::builder()
             .service(route.clone())
             .event(Said::EVENT_TYPE, "agent")
@@ -133,11 +140,24 @@ impl World {
     }
 
     pub fn relay_on(&self, db: DatabaseConnection, config: RelayConfig) -> Relay {
-        let producer = KafkaProducer::new(&self.kafka).unwrap();
+        self.relay_through(
+            db,
+            config,
+            Arc::new(KafkaProducer::new(&self.kafka).unwrap()),
+        )
+    }
+
+    /// A relay sending through `transport` (a producer of its own, as a relay process has).
+    pub fn relay_through(
+        &self,
+        db: DatabaseConnection,
+        config: RelayConfig,
+        transport: Arc<dyn smartflow_bus::domain::OutboundTransport>,
+    ) -> Relay {
         Relay::new(
             db,
             &self.route.outbox_table,
-            Arc::new(producer),
+            transport,
             config,
             self.bus.wake_signal(),
             self.bus.metrics().clone(),

@@ -5,6 +5,7 @@ mod consumers;
 mod delivery;
 mod failures;
 mod fixture;
+mod order;
 mod outages;
 mod ownership;
 mod relays;

@@ -14,6 +14,8 @@ pub struct Model {
     pub event_type: String,
     pub event_version: i32,
     pub message_key: String,
+    /// The key's shard ([`key_shard`](crate::outbox::key_shard)), written with the row.
+    pub shard: i16,
     pub topic: String,
     #[sea_orm(column_type = "Text")]
     pub payload: String,

@@ -1,6 +1,7 @@
+use std::collections::HashMap;
 use std::time::Duration;
 
-use sea_orm::sea_query::{Expr, LockBehavior, LockType, Order, Query, SelectStatement};
+use sea_orm::sea_query::{Expr, Order, Query, SelectStatement};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, FromQueryResult,
     IsolationLevel, Statement, TransactionTrait,
@@ -12,14 +13,16 @@ use crate::entity::outbox::Column as Outbox;
 use crate::time::millis;
 use crate::StorageError;
 
-/// How a relay keeps other relays off the rows it is publishing.
+/// How a relay keeps other relays off the shards and rows it is publishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimMode {
-    /// `SELECT ... FOR UPDATE SKIP LOCKED` inside a transaction held until the batch is settled
-    /// (PostgreSQL, MySQL 8, MariaDB 10.6+). A dead relay's locks die with its connection.
+    /// `SELECT ... FOR UPDATE SKIP LOCKED` on the shard rows inside a transaction held until the
+    /// batch is settled (PostgreSQL, MySQL 8, MariaDB 10.6+); the outbox rows themselves are read
+    /// without locks. A dead relay's locks die with its connection.
     RowLocks,
-    /// `UPDATE ... SET locked_by, locked_until ... RETURNING` (SQLite, whose single writer must not
-    /// be held while Kafka answers). A dead relay's lease runs out and another relay takes over.
+    /// `UPDATE ... SET locked_by, locked_until ... RETURNING` on shards and rows (SQLite, whose
+    /// single writer must not be held while Kafka answers). A dead relay's lease runs out and
+    /// another relay takes over.
     Lease,
 }
 
@@ -32,10 +35,11 @@ impl ClaimMode {
     }
 }
 
-/// What one relay round asks for: separate budgets for fresh rows and due retries, so a pile of
-/// failing rows never starves new events.
+/// What one relay round asks for: some key shards no other round holds, and in them separate
+/// budgets for fresh rows and due retries, so a pile of failing rows never starves new events.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
+    /// Names the round in leases; two rounds that may run at once must not share it.
     pub owner: String,
     pub fresh_limit: u64,
     pub retry_limit: u64,
@@ -43,6 +47,35 @@ pub struct ClaimRequest {
     /// timeout that ends a cut-off relay's session.
     pub hold_for: Duration,
     pub now: i64,
+    /// How many shards the round takes at most ([`KEY_SHARDS`](super::KEY_SHARDS) for all).
+    pub shards: u64,
+    /// The shard the round starts looking at, so rounds that run at once spread over the shards.
+    pub first_shard: i16,
+    /// Topics whose waiting retries do not hold back the later rows of their key
+    /// (`KeyOrder::Skip`); on every other topic a key with a row waiting for its retry sends
+    /// nothing newer until that row is published or `dead`.
+    pub skip_topics: Vec<String>,
+}
+
+impl ClaimRequest {
+    /// A request over every shard, now, holding back waiting keys on every topic.
+    pub fn new(
+        owner: impl Into<String>,
+        fresh_limit: u64,
+        retry_limit: u64,
+        hold_for: Duration,
+    ) -> Self {
+        Self {
+            owner: owner.into(),
+            fresh_limit,
+            retry_limit,
+            hold_for,
+            now: crate::now_millis(),
+            shards: super::KEY_SHARDS as u64,
+            first_shard: 0,
+            skip_topics: Vec::new(),
+        }
+    }
 }
 
 /// A row handed to the relay for publishing: the outbox columns the relay needs
@@ -61,9 +94,14 @@ pub struct ClaimedRow {
     pub max_retry: i32,
 }
 
-/// Claimed rows and what keeps them claimed until `settle`.
+/// Claimed rows, in id order (so each key's rows are in the order they were written), and what
+/// keeps them claimed until `settle`.
 pub struct Claim {
     pub rows: Vec<ClaimedRow>,
+    /// The shards this claim holds.
+    pub shards: Vec<i16>,
+    /// Rows left out because an earlier row of their key waits for a retry.
+    pub held_back: u64,
     pub(super) hold: Hold,
 }
 
@@ -71,6 +109,17 @@ pub(super) enum Hold {
     Locks(DatabaseTransaction),
     Lease { owner: String },
     Nothing,
+}
+
+impl Claim {
+    fn nothing() -> Self {
+        Claim {
+            rows: Vec::new(),
+            shards: Vec::new(),
+            held_back: 0,
+            hold: Hold::Nothing,
+        }
+    }
 }
 
 impl std::fmt::Debug for Claim {
@@ -109,10 +158,17 @@ impl OutboxTable {
         }
     }
 
-    fn lane_queries(&self, req: &ClaimRequest, lease: bool) -> Vec<SelectStatement> {
+    fn lane_queries(
+        &self,
+        req: &ClaimRequest,
+        shards: &[i16],
+        lease: bool,
+    ) -> Vec<SelectStatement> {
+        let in_shards = || Expr::col(Outbox::Shard).is_in(shards.to_vec());
         let mut fresh = Query::select();
         fresh
             .from(self.alias())
+            .and_where(in_shards())
             .and_where(status_is(OutboxStatus::Pending))
             .and_where(Expr::col(Outbox::NextRetryAt).is_null())
             .order_by(Outbox::Id, Order::Asc)
@@ -120,6 +176,7 @@ impl OutboxTable {
         let mut retry = Query::select();
         retry
             .from(self.alias())
+            .and_where(in_shards())
             .and_where(status_is(OutboxStatus::Pending))
             .and_where(Expr::col(Outbox::NextRetryAt).lte(req.now))
             .order_by(Outbox::NextRetryAt, Order::Asc)
@@ -137,8 +194,11 @@ impl OutboxTable {
                         .or(Expr::col(Outbox::LockedUntil).lt(req.now)),
                 );
             } else {
-                q.columns(CLAIM_COLUMNS)
-                    .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+                // No row locks: the shard locks keep every other round off these rows, and the
+                // settle moves only rows still as claimed. (Row locks would be wrong on MySQL,
+                // where a scan locks every row it examines, even another shard's, and another
+                // round's `SKIP LOCKED` would then pass over rows of its own keys.)
+                q.columns(CLAIM_COLUMNS);
             }
             lanes.push(q);
         }
@@ -163,24 +223,33 @@ impl OutboxTable {
             ))
             .await?;
         }
+        let shards = self.lock_shards(&txn, req.first_shard, req.shards).await?;
         let backend = txn.get_database_backend();
         let mut rows = Vec::new();
-        for lane in self.lane_queries(req, false) {
-            rows.extend(
-                ClaimedRow::find_by_statement(backend.build(&lane))
-                    .all(&txn)
-                    .await?,
-            );
+        if !shards.is_empty() {
+            for lane in self.lane_queries(req, &shards, false) {
+                rows.extend(
+                    ClaimedRow::find_by_statement(backend.build(&lane))
+                        .all(&txn)
+                        .await?,
+                );
+            }
         }
+        rows.sort_by_key(|r| r.id);
+        let held_back = self
+            .hold_back_waiting_keys(&txn, req, &shards, &mut rows)
+            .await?;
         if rows.is_empty() {
             txn.commit().await?;
             return Ok(Claim {
-                rows,
-                hold: Hold::Nothing,
+                held_back,
+                ..Claim::nothing()
             });
         }
         Ok(Claim {
             rows,
+            shards,
+            held_back,
             hold: Hold::Locks(txn),
         })
     }
@@ -192,8 +261,14 @@ impl OutboxTable {
     ) -> Result<Claim, StorageError> {
         let backend = db.get_database_backend();
         let until = req.now.saturating_add(millis(req.hold_for));
+        let shards = self
+            .lease_shards(db, &req.owner, req.first_shard, req.shards, req.now, until)
+            .await?;
+        if shards.is_empty() {
+            return Ok(Claim::nothing());
+        }
         let mut rows = Vec::new();
-        for lane in self.lane_queries(req, true) {
+        for lane in self.lane_queries(req, &shards, true) {
             let mut update = Query::update();
             update
                 .table(self.alias())
@@ -205,13 +280,108 @@ impl OutboxTable {
             rows.extend(ClaimedRow::find_by_statement(stmt).all(db).await?);
         }
         rows.sort_by_key(|r| r.id);
-        let hold = if rows.is_empty() {
-            Hold::Nothing
-        } else {
-            Hold::Lease {
+        let mut held = rows.clone();
+        let held_back = self
+            .hold_back_waiting_keys(db, req, &shards, &mut rows)
+            .await?;
+        if held_back > 0 {
+            // Rows leased here but held back: their lease is given back at once.
+            held.retain(|r| rows.binary_search_by_key(&r.id, |k| k.id).is_err());
+            self.release_rows(db, &req.owner, held.iter().map(|r| r.id).collect())
+                .await?;
+        }
+        if rows.is_empty() {
+            self.release_shards(db, &req.owner, &shards).await?;
+            return Ok(Claim {
+                held_back,
+                ..Claim::nothing()
+            });
+        }
+        Ok(Claim {
+            rows,
+            shards,
+            held_back,
+            hold: Hold::Lease {
                 owner: req.owner.clone(),
-            }
-        };
-        Ok(Claim { rows, hold })
+            },
+        })
     }
+
+    /// Leaves out of `rows` (in id order) every row whose key has an earlier row, in these
+    /// shards and not in this claim, waiting for a retry (on topics outside `skip_topics`):
+    /// that key sends nothing newer until the waiting row is published or `dead`. Returns how
+    /// many rows were left out.
+    async fn hold_back_waiting_keys<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        req: &ClaimRequest,
+        shards: &[i16],
+        rows: &mut Vec<ClaimedRow>,
+    ) -> Result<u64, StorageError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let mut waiting = Query::select();
+        waiting
+            .column(Outbox::MessageKey)
+            .column(Outbox::Id)
+            .from(self.alias())
+            .and_where(Expr::col(Outbox::Shard).is_in(shards.to_vec()))
+            .and_where(status_is(OutboxStatus::Pending))
+            .and_where(Expr::col(Outbox::NextRetryAt).is_not_null())
+            .and_where(Expr::col(Outbox::Id).is_not_in(claimed));
+        if !req.skip_topics.is_empty() {
+            waiting.and_where(Expr::col(Outbox::Topic).is_not_in(req.skip_topics.clone()));
+        }
+        let backend = conn.get_database_backend();
+        let waiting = WaitingRow::find_by_statement(backend.build(&waiting))
+            .all(conn)
+            .await?;
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        // The earliest waiting row of each key: rows of the key after it wait too.
+        let mut first_waiting: HashMap<String, i64> = HashMap::new();
+        for w in waiting {
+            let first = first_waiting.entry(w.message_key).or_insert(w.id);
+            *first = (*first).min(w.id);
+        }
+        let before = rows.len();
+        rows.retain(|r| {
+            first_waiting
+                .get(&r.message_key)
+                .is_none_or(|&first| r.id < first)
+        });
+        Ok((before - rows.len()) as u64)
+    }
+
+    /// Gives back the lease on rows claimed but not sent.
+    pub(super) async fn release_rows<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        owner: &str,
+        ids: Vec<i64>,
+    ) -> Result<(), StorageError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let stmt = Query::update()
+            .table(self.alias())
+            .value(Outbox::LockedBy, sea_orm::Value::String(None))
+            .value(Outbox::LockedUntil, sea_orm::Value::BigInt(None))
+            .and_where(Expr::col(Outbox::Id).is_in(ids))
+            .and_where(Expr::col(Outbox::LockedBy).eq(owner))
+            .to_owned();
+        conn.execute(conn.get_database_backend().build(&stmt))
+            .await?;
+        Ok(())
+    }
+}
+
+/// A row waiting for its retry: what holds back the later rows of its key.
+#[derive(Debug, FromQueryResult)]
+struct WaitingRow {
+    message_key: String,
+    id: i64,
 }

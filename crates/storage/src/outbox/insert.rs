@@ -2,7 +2,7 @@ use sea_orm::sea_query::Query;
 use sea_orm::ConnectionTrait;
 use smartflow_domain::{Envelope, OutboxStatus};
 
-use super::{stored, OutboxTable};
+use super::{key_shard, stored, OutboxTable};
 use crate::entity::outbox::Column as Outbox;
 use crate::{now_millis, StorageError};
 
@@ -38,6 +38,7 @@ impl OutboxTable {
                 Outbox::EventType,
                 Outbox::EventVersion,
                 Outbox::MessageKey,
+                Outbox::Shard,
                 Outbox::Topic,
                 Outbox::Payload,
                 Outbox::Traceparent,
@@ -52,6 +53,7 @@ impl OutboxTable {
                 envelope.event_type.clone().into(),
                 (envelope.version as i32).into(),
                 envelope.message_key.clone().into(),
+                key_shard(&envelope.message_key).into(),
                 topic.into(),
                 encoded.into(),
                 envelope.traceparent().map(str::to_owned).into(),

@@ -12,6 +12,7 @@ mod consume;
 mod insert;
 mod inspect;
 mod settle;
+mod shards;
 mod wake;
 
 use sea_orm::sea_query::{Alias, Expr, SimpleExpr, Value};
@@ -25,22 +26,28 @@ pub use claim::{Claim, ClaimMode, ClaimRequest, ClaimedRow};
 pub use consume::FailureOutcome;
 pub use inspect::{OutboxRow, OutboxStats};
 pub use settle::{PublishFailure, SettleReport, Settlement};
+pub use shards::{key_shard, KEY_SHARDS};
 pub use wake::CommitListener;
 
 use crate::entity::outbox::{Column, Status};
 use crate::table_name::TableName;
 use crate::StorageError;
 
-/// One service's outbox table.
+/// One service's outbox table, and beside it the table of its key shards (`<name>_shards`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxTable {
     name: TableName,
+    shards: TableName,
 }
 
 impl OutboxTable {
     pub fn new(name: impl Into<String>) -> Result<Self, StorageError> {
         let name = TableName::checked("outbox table", name.into())?;
-        Ok(Self { name })
+        let shards = TableName::checked(
+            "outbox table (with its `_shards` suffix)",
+            shards::table_of(name.as_str()),
+        )?;
+        Ok(Self { name, shards })
     }
 
     pub fn name(&self) -> &str {

@@ -63,7 +63,9 @@ impl OutboxTable {
         policy: &RetryPolicy,
         republish_after: Option<Duration>,
     ) -> Result<SettleReport, StorageError> {
-        let Claim { rows, hold } = claim;
+        let Claim {
+            rows, hold, shards, ..
+        } = claim;
         let (txn, owner) = match hold {
             Hold::Nothing => return Ok(SettleReport::default()),
             Hold::Locks(txn) => (txn, None),
@@ -71,14 +73,31 @@ impl OutboxTable {
         };
         let backend = txn.get_database_backend();
         let now = now_millis();
-        let mine = |ids: Vec<i64>| -> SimpleExpr {
+        // Only rows still as claimed move: still `pending`, with the attempts they were claimed
+        // with (a consumer that recorded a failure meanwhile counted one more, and its decision
+        // stands), and under a lease still ours.
+        let mine = |ids: Vec<i64>, retry_count: i32| -> SimpleExpr {
             let mut cond = Expr::col(Outbox::Id)
                 .is_in(ids)
-                .and(status_is(OutboxStatus::Pending));
+                .and(status_is(OutboxStatus::Pending))
+                .and(Expr::col(Outbox::RetryCount).eq(retry_count));
             if let Some(owner) = &owner {
                 cond = cond.and(Expr::col(Outbox::LockedBy).eq(owner.clone()));
             }
             cond
+        };
+        let by_id: BTreeMap<i64, (i32, i32)> = rows
+            .iter()
+            .map(|r| (r.id, (r.retry_count, r.max_retry)))
+            .collect();
+        let by_attempts = |ids: Vec<i64>| -> BTreeMap<i32, Vec<i64>> {
+            let mut groups: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+            for id in ids {
+                if let Some(&(retry_count, _)) = by_id.get(&id) {
+                    groups.entry(retry_count).or_default().push(id);
+                }
+            }
+            groups
         };
         let mut report = SettleReport::default();
 
@@ -90,26 +109,21 @@ impl OutboxTable {
             (settlement.published, deadline),
             (settlement.handed_off, Value::BigInt(None).into()),
         ] {
-            if ids.is_empty() {
-                continue;
+            for (retry_count, ids) in by_attempts(ids) {
+                let stmt = Query::update()
+                    .table(self.alias())
+                    .value(Outbox::Status, stored(OutboxStatus::Published))
+                    .value(Outbox::PublishedAt, now)
+                    .value(Outbox::NextRetryAt, deadline.clone())
+                    .value(Outbox::LockedBy, Value::String(None))
+                    .value(Outbox::LockedUntil, Value::BigInt(None))
+                    .value(Outbox::UpdatedAt, now)
+                    .and_where(mine(ids, retry_count))
+                    .to_owned();
+                report.published += txn.execute(backend.build(&stmt)).await?.rows_affected();
             }
-            let stmt = Query::update()
-                .table(self.alias())
-                .value(Outbox::Status, stored(OutboxStatus::Published))
-                .value(Outbox::PublishedAt, now)
-                .value(Outbox::NextRetryAt, deadline)
-                .value(Outbox::LockedBy, Value::String(None))
-                .value(Outbox::LockedUntil, Value::BigInt(None))
-                .value(Outbox::UpdatedAt, now)
-                .and_where(mine(ids))
-                .to_owned();
-            report.published += txn.execute(backend.build(&stmt)).await?.rows_affected();
         }
 
-        let by_id: BTreeMap<i64, (i32, i32)> = rows
-            .iter()
-            .map(|r| (r.id, (r.retry_count, r.max_retry)))
-            .collect();
         // Rows with the same attempt count and error get the same decision: one statement each.
         let mut groups: BTreeMap<(i32, Option<Duration>, String), Vec<i64>> = BTreeMap::new();
         for failure in settlement.failed {
@@ -126,15 +140,10 @@ impl OutboxTable {
                 .or_default()
                 .push(failure.id);
         }
-        if !settlement.unavailable.is_empty() && owner.is_some() {
+        if let Some(owner) = &owner {
             // Under row locks the commit below releases them; a lease must be given back.
-            let stmt = Query::update()
-                .table(self.alias())
-                .value(Outbox::LockedBy, Value::String(None))
-                .value(Outbox::LockedUntil, Value::BigInt(None))
-                .and_where(mine(settlement.unavailable.clone()))
-                .to_owned();
-            txn.execute(backend.build(&stmt)).await?;
+            self.release_rows(&txn, owner, settlement.unavailable.clone())
+                .await?;
         }
         report.released = settlement.unavailable.len() as u64;
         for ((retry_count, retry_in, error), ids) in groups {
@@ -156,7 +165,7 @@ impl OutboxTable {
                 .value(Outbox::LockedBy, Value::String(None))
                 .value(Outbox::LockedUntil, Value::BigInt(None))
                 .value(Outbox::UpdatedAt, now)
-                .and_where(mine(ids))
+                .and_where(mine(ids, retry_count))
                 .to_owned();
             let moved = txn.execute(backend.build(&stmt)).await?.rows_affected();
             if dead {
@@ -164,6 +173,9 @@ impl OutboxTable {
             } else {
                 report.retrying += moved;
             }
+        }
+        if let Some(owner) = &owner {
+            self.release_shards(&txn, owner, &shards).await?;
         }
         txn.commit().await?;
         Ok(report)
@@ -204,16 +216,9 @@ impl OutboxTable {
             Hold::Nothing => Ok(()),
             Hold::Locks(txn) => Ok(txn.rollback().await?),
             Hold::Lease { owner } => {
-                let ids: Vec<i64> = claim.rows.iter().map(|r| r.id).collect();
-                let stmt = Query::update()
-                    .table(self.alias())
-                    .value(Outbox::LockedBy, Value::String(None))
-                    .value(Outbox::LockedUntil, Value::BigInt(None))
-                    .and_where(Expr::col(Outbox::Id).is_in(ids))
-                    .and_where(Expr::col(Outbox::LockedBy).eq(owner))
-                    .to_owned();
-                db.execute(db.get_database_backend().build(&stmt)).await?;
-                Ok(())
+                let ids = claim.rows.iter().map(|r| r.id).collect();
+                self.release_rows(db, &owner, ids).await?;
+                self.release_shards(db, &owner, &claim.shards).await
             }
         }
     }
