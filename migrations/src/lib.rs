@@ -15,6 +15,7 @@ mod legacy;
 #[cfg(feature = "notification")]
 pub mod notification;
 mod outbox_table;
+mod redrive_history;
 mod run;
 mod shared;
 #[cfg(feature = "userauth")]
@@ -23,6 +24,7 @@ pub mod userauth;
 pub use inbox_table::{create_inbox_table, drop_inbox_table};
 pub use legacy::LEGACY_MIGRATION_TABLE;
 pub use outbox_table::{create_key_shards, create_outbox_table, drop_outbox_table, KEY_SHARDS};
+pub use redrive_history::{add_redrive_history, drop_redrive_history};
 pub use run::run_migrator;
 pub use sea_orm_migration::MigratorTrait;
 

@@ -16,6 +16,11 @@ pub enum StorageError {
     Db(#[from] DbErr),
     #[error("row in `{table}` holds an invalid value: {reason}")]
     Corrupt { table: String, reason: String },
+    #[error(
+        "`{table}` has no redrive history (columns `redrive_count`, `last_redriven_at`); add them \
+         with `smartflow_migrations::add_redrive_history` in a migration of its service"
+    )]
+    NoRedriveHistory { table: String },
     #[error(transparent)]
     Domain(#[from] smartflow_domain::DomainError),
 }

@@ -14,12 +14,14 @@
 //! sea-query written against the entity's columns, decoded into `FromQueryResult` types.
 
 mod apps;
+pub mod catalog;
 pub mod conflict;
 pub mod connect;
 mod entity;
 pub mod error;
 mod error_text;
 pub mod inbox;
+pub mod inbox_admin;
 pub mod outbox;
 mod table_name;
 mod time;

@@ -86,7 +86,10 @@ pub struct Migrator;
 #[async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateBillingTables)]
+        vec![
+            Box::new(CreateBillingTables),
+            Box::new(crate::m20261201_000002_outbox_redrive_history::Migration),
+        ]
     }
 
     fn migration_table_name() -> DynIden {

@@ -8,9 +8,12 @@
 //! - `lib.rs` (this file): its event, its route, its configuration and its start-up.
 //! - `invoices.rs`: its table (a sea-orm entity and the migration, which also takes the bus's
 //!   tables with one call each) and the handler.
+//! - `m20261201_000002_outbox_redrive_history.rs`: the outbox's redrive history, which
+//!   `smartflow outbox redrive --table billing_outbox` records redrives in.
 //! - `main.rs`: the binary.
 
 pub mod invoices;
+mod m20261201_000002_outbox_redrive_history;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

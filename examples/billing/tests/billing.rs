@@ -134,6 +134,10 @@ async fn usage_is_invoiced_once_and_each_invoice_is_published(t: TestDb) {
     // Each invoice's event leaves billing's own outbox for billing's topic, and ends there:
     // billing does not consume its own events.
     let outbox = OutboxTable::new(OUTBOX_TABLE).unwrap();
+    assert!(
+        outbox.has_redrive_history(&t.db).await.unwrap(),
+        "billing's migration gives its outbox the admin redrive's history"
+    );
     wait_until("every invoice event is published", || async {
         let stats = outbox.stats(&t.db).await.unwrap();
         stats.published == USAGE_EVENTS as u64 && stats.pending == 0

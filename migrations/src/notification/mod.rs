@@ -8,6 +8,7 @@ use sea_orm_migration::prelude::*;
 use crate::shared::m20261123_000002_create_inbox as inbox;
 use crate::shared::m20261123_000030_outbox_fresh_lane_index as fresh_lane;
 use crate::shared::m20261201_000001_outbox_key_shards as key_shards;
+use crate::shared::m20261201_000002_outbox_redrive_history as redrive_history;
 
 /// The notification service's migrations, tracked in `seaql_migrations_notification`.
 pub struct Migrator;
@@ -23,6 +24,9 @@ impl MigratorTrait for Migrator {
                 tables: &["notification_outbox"],
             }),
             Box::new(key_shards::Migration {
+                tables: &["notification_outbox"],
+            }),
+            Box::new(redrive_history::Migration {
                 tables: &["notification_outbox"],
             }),
         ]

@@ -7,3 +7,5 @@ pub(crate) mod m20261123_000002_create_inbox;
 pub(crate) mod m20261123_000030_outbox_fresh_lane_index;
 #[cfg(any(feature = "agent", feature = "notification"))]
 pub(crate) mod m20261201_000001_outbox_key_shards;
+#[cfg(any(feature = "agent", feature = "notification"))]
+pub(crate) mod m20261201_000002_outbox_redrive_history;

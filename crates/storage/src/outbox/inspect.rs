@@ -100,7 +100,7 @@ impl OutboxTable {
         Ok(rows.into_iter().map(OutboxRow::from).collect())
     }
 
-    fn select_rows(&self) -> SelectStatement {
+    pub(super) fn select_rows(&self) -> SelectStatement {
         Query::select()
             .columns(Outbox::iter())
             .from(self.alias())

@@ -6,6 +6,7 @@
 //! `consumed`, after which the relay publishes it again. One index on
 //! `(status, next_retry_at, id)` serves all three scans.
 
+pub(crate) mod admin;
 mod claim;
 mod consume;
 mod insert;
@@ -17,6 +18,10 @@ mod wake;
 use sea_orm::sea_query::{Alias, Expr, SimpleExpr, Value};
 use smartflow_domain::OutboxStatus;
 
+pub use admin::{
+    OutboxFilter, OutboxPurge, OutboxRecord, OutboxReport, RedriveHistory, SettledStatus,
+    MAX_BATCH, TOP_REASONS,
+};
 pub use claim::{Claim, ClaimMode, ClaimRequest, ClaimedRow};
 pub use consume::FailureOutcome;
 pub use inspect::{OutboxRow, OutboxStats};

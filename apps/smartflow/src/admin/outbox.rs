@@ -1,0 +1,565 @@
+//! `smartflow outbox stats | list | show | redrive | purge`.
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use smartflow_domain::OutboxStatus;
+use smartflow_storage::now_millis;
+use smartflow_storage::outbox::{
+    OutboxFilter, OutboxPurge, OutboxRecord, OutboxTable, SettledStatus, MAX_BATCH,
+};
+
+use super::duration::{parse_age, show_age};
+use super::text_table::{cell, TextTable};
+use super::{
+    print_json, print_reasons, purge_tables, reasons_json, show_time, tables, ChangeArgs, Db,
+    Failure, Target,
+};
+
+/// The outboxes of the built-in services, the default tables.
+const BUILT_IN: [&str; 2] = [
+    smartflow_agent::events::OUTBOX_TABLE,
+    smartflow_notification::events::OUTBOX_TABLE,
+];
+
+/// Rows a dry run prints per table (all their ids go into `--json`).
+const DRY_RUN_SHOWN: usize = 50;
+
+#[derive(Subcommand)]
+pub enum OutboxCommand {
+    /// Rows per status, the oldest pending row's age, the retry histogram, dead rows by reason.
+    Stats,
+    /// Rows matching the filters, oldest first.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Only rows in this status: pending, published, consumed or dead.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<OutboxStatus>,
+        /// At most this many rows per table.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// One row in full, payload included: by row id (a number) or event id.
+    Show {
+        /// The row's id, or its event id.
+        id: String,
+    },
+    /// Sends `dead` rows again (`dead` -> `pending`, attempts reset, due now), each redrive
+    /// counted in the row (`redrive_count`, `last_redriven_at`). Rows in any other status are
+    /// never touched.
+    Redrive {
+        /// A row to redrive, by id (repeatable).
+        #[arg(long = "id", value_name = "ID")]
+        ids: Vec<i64>,
+        #[command(flatten)]
+        filter: FilterArgs,
+        /// Every dead row (of the tables), when no --id or filter narrows them.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Deletes `consumed` and `dead` rows settled longer ago than --older-than, in bounded
+    /// batches, each a short statement of its own.
+    Purge {
+        /// Rows last changed (consumed, or given up on) longer ago than this: 30s, 15m, 2h, 7d, 2w.
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Duration,
+        /// Only rows in this status (repeatable; default: consumed and dead).
+        #[arg(long = "status", value_enum)]
+        statuses: Vec<PurgeStatus>,
+        /// Rows per delete statement.
+        #[arg(long, default_value_t = 500,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_BATCH))]
+        batch_size: u64,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+}
+
+/// The filters `list` and `redrive` share.
+#[derive(Args, Clone, Debug, Default)]
+pub struct FilterArgs {
+    /// Only rows of this event type.
+    #[arg(long)]
+    event_type: Option<String>,
+    /// Only rows of this message key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Only rows created longer ago than this: 30s, 15m, 2h, 7d, 2w.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    older_than: Option<Duration>,
+    /// Only rows whose last error contains this text (any letter case).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(&self, status: Option<OutboxStatus>, ids: &[i64]) -> OutboxFilter {
+        OutboxFilter {
+            status,
+            event_type: self.event_type.clone(),
+            message_key: self.key.clone(),
+            created_before: self.older_than.map(before_now),
+            reason_contains: self.reason.clone(),
+            ids: ids.to_vec(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.event_type.is_none()
+            && self.key.is_none()
+            && self.older_than.is_none()
+            && self.reason.is_none()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PurgeStatus {
+    Consumed,
+    Dead,
+}
+
+fn parse_status(text: &str) -> Result<OutboxStatus, String> {
+    text.parse().map_err(|_| {
+        let known: Vec<&str> = OutboxStatus::ALL.iter().map(|s| s.as_str()).collect();
+        format!("unknown status `{text}` (one of: {})", known.join(", "))
+    })
+}
+
+/// The instant `age` ago, in Unix milliseconds.
+pub(super) fn before_now(age: Duration) -> i64 {
+    now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(), Failure> {
+    let names = tables(db, target, &BUILT_IN, "outbox").await?;
+    let tables: Vec<OutboxTable> = names
+        .iter()
+        .map(|name| OutboxTable::new(name.as_str()))
+        .collect::<Result<_, _>>()?;
+    match command {
+        OutboxCommand::Stats => stats(db, &tables, target.json).await,
+        OutboxCommand::List {
+            filter,
+            status,
+            limit,
+        } => list(db, &tables, &filter.filter(status, &[]), limit, target.json).await,
+        OutboxCommand::Show { id } => show(db, &tables, &id, target.json).await,
+        OutboxCommand::Redrive {
+            ids,
+            filter,
+            all,
+            change,
+        } => {
+            if ids.is_empty() && filter.is_empty() && !all {
+                return Err(Failure::Usage(
+                    "name the rows to redrive: --id ID, a filter (--event-type, --key, \
+                     --older-than, --reason), or --all for every dead row"
+                        .into(),
+                ));
+            }
+            if !ids.is_empty() && tables.len() > 1 {
+                return Err(Failure::Usage(format!(
+                    "row ids are per table, and this would redrive in {}: name one with --table",
+                    names.join(", ")
+                )));
+            }
+            redrive(
+                db,
+                &tables,
+                &filter.filter(None, &ids),
+                &change,
+                target.json,
+            )
+            .await
+        }
+        OutboxCommand::Purge {
+            older_than,
+            statuses,
+            batch_size,
+            change,
+        } => {
+            let mut statuses: Vec<SettledStatus> = statuses
+                .iter()
+                .map(|s| match s {
+                    PurgeStatus::Consumed => SettledStatus::Consumed,
+                    PurgeStatus::Dead => SettledStatus::Dead,
+                })
+                .collect();
+            if statuses.is_empty() {
+                statuses = vec![SettledStatus::Consumed, SettledStatus::Dead];
+            }
+            statuses.dedup();
+            let purge = OutboxPurge {
+                statuses,
+                settled_before: before_now(older_than),
+            };
+            purge_rows(db, &tables, &purge, batch_size, &change, target.json).await
+        }
+    }
+}
+
+async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failure> {
+    let now = now_millis();
+    let mut out = Vec::new();
+    for (i, table) in tables.iter().enumerate() {
+        let report = table.report(db).await?;
+        let c = report.counts;
+        let oldest = c.oldest_pending_created_at;
+        if json {
+            out.push(json!({
+                "table": table.name(),
+                "rows": {
+                    "pending": c.pending,
+                    "published": c.published,
+                    "consumed": c.consumed,
+                    "dead": c.dead,
+                },
+                "oldest_pending_created_at": oldest,
+                "oldest_pending_age_ms": oldest.map(|t| (now - t).max(0)),
+                "retries": report.retries.iter()
+                    .map(|(retries, rows)| json!({"retry_count": retries, "rows": rows}))
+                    .collect::<Vec<_>>(),
+                "dead_reasons": reasons_json(&report.dead_reasons),
+            }));
+            continue;
+        }
+        if i > 0 {
+            println!();
+        }
+        println!("{}", table.name());
+        let mut counts = TextTable::new(&["status", "rows"], &["rows"]);
+        for (status, n) in [
+            (OutboxStatus::Pending, c.pending),
+            (OutboxStatus::Published, c.published),
+            (OutboxStatus::Consumed, c.consumed),
+            (OutboxStatus::Dead, c.dead),
+        ] {
+            counts.row(vec![status.to_string(), n.to_string()]);
+        }
+        print!("{counts}");
+        match oldest {
+            Some(t) => println!(
+                "oldest pending: {} ({} ago)",
+                show_time(Some(t)),
+                show_age(now - t)
+            ),
+            None => println!("oldest pending: -"),
+        }
+        if !report.retries.is_empty() {
+            let mut retries = TextTable::new(&["retries", "rows"], &["retries", "rows"]);
+            for (n, rows) in &report.retries {
+                retries.row(vec![n.to_string(), rows.to_string()]);
+            }
+            println!("retries of the rows not consumed:");
+            print!("{retries}");
+        }
+        print_reasons(&report.dead_reasons);
+    }
+    if json {
+        print_json(&json!({ "tables": out }));
+    }
+    Ok(())
+}
+
+async fn list(
+    db: &Db,
+    tables: &[OutboxTable],
+    filter: &OutboxFilter,
+    limit: u64,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut out = Vec::new();
+    for (i, table) in tables.iter().enumerate() {
+        let matched = table.count_matching(db, filter).await?;
+        let rows = table.list_matching(db, filter, limit).await?;
+        if json {
+            out.push(json!({
+                "table": table.name(),
+                "matched": matched,
+                "rows": rows.iter().map(|r| row_json(r, false)).collect::<Vec<_>>(),
+            }));
+            continue;
+        }
+        if i > 0 {
+            println!();
+        }
+        println!(
+            "{}: {matched} rows match, {} shown",
+            table.name(),
+            rows.len()
+        );
+        if !rows.is_empty() {
+            print!("{}", rows_table(&rows));
+        }
+    }
+    if json {
+        print_json(&json!({ "tables": out }));
+    }
+    Ok(())
+}
+
+async fn show(db: &Db, tables: &[OutboxTable], id: &str, json: bool) -> Result<(), Failure> {
+    let mut found = Vec::new();
+    for table in tables {
+        let record = match id.parse::<i64>() {
+            Ok(row_id) => table.record_by_id(db, row_id).await?,
+            Err(_) => table.record_by_event_id(db, id).await?,
+        };
+        if let Some(record) = record {
+            found.push((table, record));
+        }
+    }
+    if found.is_empty() {
+        let names: Vec<&str> = tables.iter().map(OutboxTable::name).collect();
+        return Err(Failure::Failed(anyhow::anyhow!(
+            "no row `{id}` in {}",
+            names.join(", ")
+        )));
+    }
+    if json {
+        let out: Vec<Value> = found
+            .iter()
+            .map(|(table, r)| json!({"table": table.name(), "row": row_json(r, true)}))
+            .collect();
+        print_json(&json!({ "tables": out }));
+        return Ok(());
+    }
+    for (i, (table, r)) in found.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let row = &r.row;
+        let mut fields = TextTable::new(&["field", "value"], &[]);
+        let mut field = |name: &str, value: String| fields.row(vec![name.to_owned(), value]);
+        field("table", table.name().to_owned());
+        field("id", row.id.to_string());
+        field("event_id", row.event_id.clone());
+        field("event_type", row.event_type.clone());
+        field("event_version", r.event_version.to_string());
+        field("message_key", row.message_key.clone());
+        field("topic", r.topic.clone());
+        field("status", row.status.to_string());
+        field(
+            "retry_count",
+            format!("{} of {}", row.retry_count, row.max_retry),
+        );
+        field("next_retry_at", show_time(row.next_retry_at));
+        field(
+            "last_error",
+            row.last_error.clone().unwrap_or_else(|| "-".into()),
+        );
+        field(
+            "locked_by",
+            row.locked_by.clone().unwrap_or_else(|| "-".into()),
+        );
+        field("locked_until", show_time(r.locked_until));
+        field("created_at", show_time(Some(row.created_at)));
+        field("published_at", show_time(row.published_at));
+        field("consumed_at", show_time(row.consumed_at));
+        field("updated_at", show_time(Some(r.updated_at)));
+        match r.redrive {
+            Some(h) => {
+                field("redrive_count", h.redrive_count.to_string());
+                field("last_redriven_at", show_time(h.last_redriven_at));
+            }
+            None => field(
+                "redrive_count",
+                "- (no redrive history in this table)".into(),
+            ),
+        }
+        field(
+            "traceparent",
+            r.traceparent.clone().unwrap_or_else(|| "-".into()),
+        );
+        print!("{fields}");
+        println!("payload:\n{}", row.payload);
+    }
+    Ok(())
+}
+
+async fn redrive(
+    db: &Db,
+    tables: &[OutboxTable],
+    filter: &OutboxFilter,
+    change: &ChangeArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut planned = Vec::new();
+    for table in tables {
+        let ids = table.dead_ids(db, filter).await?;
+        // Also in a dry run, which would otherwise promise what the real one refuses.
+        if !ids.is_empty() && !table.has_redrive_history(db).await? {
+            return Err(smartflow_storage::StorageError::NoRedriveHistory {
+                table: table.name().to_owned(),
+            }
+            .into());
+        }
+        planned.push((table, ids));
+    }
+    let total: u64 = planned.iter().map(|(_, ids)| ids.len() as u64).sum();
+    if change.dry_run {
+        let mut out = Vec::new();
+        for (i, (table, ids)) in planned.iter().enumerate() {
+            let shown = OutboxFilter {
+                ids: ids.iter().copied().take(DRY_RUN_SHOWN).collect(),
+                ..OutboxFilter::default()
+            };
+            let rows = if ids.is_empty() {
+                Vec::new()
+            } else {
+                table
+                    .list_matching(db, &shown, DRY_RUN_SHOWN as u64)
+                    .await?
+            };
+            if json {
+                out.push(json!({
+                    "table": table.name(),
+                    "matched": ids.len(),
+                    "ids": ids,
+                    "redriven": 0,
+                }));
+                continue;
+            }
+            if i > 0 {
+                println!();
+            }
+            println!(
+                "{}: would redrive {} dead rows (dead -> pending, attempts reset)",
+                table.name(),
+                ids.len()
+            );
+            if !rows.is_empty() {
+                print!("{}", rows_table(&rows));
+            }
+            if ids.len() > rows.len() {
+                println!("... and {} more", ids.len() - rows.len());
+            }
+        }
+        if json {
+            print_json(&json!({ "dry_run": true, "tables": out }));
+        }
+        return Ok(());
+    }
+    let names: Vec<&str> = planned.iter().map(|(t, _)| t.name()).collect();
+    change.confirmation().check(
+        total,
+        &format!("redrive {total} dead rows of {}", names.join(", ")),
+        json,
+    )?;
+    let mut out = Vec::new();
+    for (table, ids) in &planned {
+        let moved = table.redrive_recorded(db, ids).await?;
+        if json {
+            out.push(json!({
+                "table": table.name(),
+                "matched": ids.len(),
+                "ids": ids,
+                "redriven": moved,
+            }));
+        } else {
+            println!(
+                "{}: redrove {moved} of {} dead rows matched",
+                table.name(),
+                ids.len()
+            );
+        }
+    }
+    if json {
+        print_json(&json!({ "dry_run": false, "tables": out }));
+    }
+    Ok(())
+}
+
+async fn purge_rows(
+    db: &Db,
+    tables: &[OutboxTable],
+    purge: &OutboxPurge,
+    batch: u64,
+    change: &ChangeArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let statuses: Vec<String> = purge
+        .statuses
+        .iter()
+        .map(|s| s.status().to_string())
+        .collect();
+    let rows = format!("{} rows", statuses.join("/"));
+    let which = format!(
+        "{rows} settled before {}",
+        show_time(Some(purge.settled_before))
+    );
+    purge_tables(
+        tables,
+        OutboxTable::name,
+        async |table: &OutboxTable| table.count_purgeable(db, purge).await,
+        async |table: &OutboxTable| table.purge(db, purge, batch).await,
+        &rows,
+        &which,
+        change,
+        json,
+    )
+    .await
+}
+
+fn rows_table(rows: &[OutboxRecord]) -> TextTable {
+    let mut table = TextTable::new(
+        &[
+            "id",
+            "status",
+            "event_type",
+            "key",
+            "retries",
+            "created_at",
+            "last_error",
+        ],
+        &["id", "retries"],
+    );
+    for r in rows {
+        let row = &r.row;
+        table.row(vec![
+            row.id.to_string(),
+            row.status.to_string(),
+            row.event_type.clone(),
+            cell(&row.message_key, 40),
+            row.retry_count.to_string(),
+            show_time(Some(row.created_at)),
+            cell(row.last_error.as_deref().unwrap_or("-"), 60),
+        ]);
+    }
+    table
+}
+
+/// One row in the JSON output; the payload only where asked for (`show`).
+fn row_json(r: &OutboxRecord, payload: bool) -> Value {
+    let row = &r.row;
+    let mut value = json!({
+        "id": row.id,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "event_version": r.event_version,
+        "message_key": row.message_key,
+        "topic": r.topic,
+        "status": row.status.as_str(),
+        "retry_count": row.retry_count,
+        "max_retry": row.max_retry,
+        "next_retry_at": row.next_retry_at,
+        "last_error": row.last_error,
+        "locked_by": row.locked_by,
+        "locked_until": r.locked_until,
+        "created_at": row.created_at,
+        "published_at": row.published_at,
+        "consumed_at": row.consumed_at,
+        "updated_at": r.updated_at,
+        "redrive_count": r.redrive.map(|h| h.redrive_count),
+        "last_redriven_at": r.redrive.and_then(|h| h.last_redriven_at),
+        "traceparent": r.traceparent,
+    });
+    if payload {
+        value["payload"] = Value::String(row.payload.clone());
+    }
+    value
+}
