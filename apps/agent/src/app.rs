@@ -71,12 +71,19 @@ impl Agent {
         let handlers = handlers::registry(bus.clone()).context("registering the event handlers")?;
         start.consume(ConsumerPlan::own_route(route, handlers).only_handled_event_types())?;
 
-        let auth = match &config.userauth_url {
-            Some(url) => Some(
-                UserauthClient::new(url, USERAUTH_TIMEOUT)
+        let auth = match (&config.userauth_url, &config.userauth_token) {
+            (Some(url), Some(token)) => Some(
+                UserauthClient::new(url, USERAUTH_TIMEOUT, token.expose())
                     .with_context(|| format!("SMARTFLOW_USERAUTH_URL {url}"))?,
             ),
-            None => {
+            (Some(_), None) => bail!(
+                "SMARTFLOW_USERAUTH_URL is set but SMARTFLOW_USERAUTH_TOKEN is not: userauth \
+                 answers the agent's token checks only for a service credential"
+            ),
+            (None, Some(_)) => bail!(
+                "SMARTFLOW_USERAUTH_TOKEN is set without SMARTFLOW_USERAUTH_URL; set both or neither"
+            ),
+            (None, None) => {
                 tracing::warn!(
                     "SMARTFLOW_USERAUTH_URL is not set: requests are not authenticated and anyone \
                      may post as any user; set it outside local development"
@@ -89,7 +96,7 @@ impl Agent {
             bus,
             max_content_chars: config.max_content_chars,
             auth,
-            service_token: config.service_token.clone(),
+            credentials: start.credentials().clone(),
         });
         start.serve(routes, ()).await
     }

@@ -3,10 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::Parser;
-use smartflow_service::{ServiceSettings, LOOPBACK_ANY_PORT};
+use smartflow_service::{Secret, ServiceSettings, LOOPBACK_ANY_PORT};
 
 use crate::events::DEFAULT_TOPIC;
-use crate::service_token::ServiceToken;
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 900 * 1024;
@@ -39,11 +38,11 @@ pub struct AgentConfig {
     #[arg(long, env = "SMARTFLOW_USERAUTH_URL")]
     pub userauth_url: Option<String>,
 
-    /// The service credential (at least 32 bytes): a request that carries it in
-    /// `X-Smartflow-Service-Token` may post `assistant` and `system` messages into the
-    /// conversation of the user it acts for. Unset: only `user` messages are accepted.
-    #[arg(long, env = "SMARTFLOW_SERVICE_TOKEN", hide_env_values = true)]
-    pub service_token: Option<ServiceToken>,
+    /// The service credential the agent presents to userauth's `GET /v1/auth/authorize` (the
+    /// secret of one of userauth's SMARTFLOW_SERVICE_TOKENS). Required with
+    /// SMARTFLOW_USERAUTH_URL.
+    #[arg(long, env = "SMARTFLOW_USERAUTH_TOKEN", hide_env_values = true)]
+    pub userauth_token: Option<Secret>,
 
     /// The notification service's topic, where first-message notification requests go.
     #[arg(long, env = "SMARTFLOW_NOTIFICATION_TOPIC", default_value = smartflow_notification_contracts::DEFAULT_TOPIC)]
@@ -71,7 +70,7 @@ impl Default for AgentConfig {
             topic: DEFAULT_TOPIC.to_owned(),
             notification_topic: smartflow_notification_contracts::DEFAULT_TOPIC.to_owned(),
             userauth_url: None,
-            service_token: None,
+            userauth_token: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_content_chars: DEFAULT_MAX_CONTENT_CHARS,
             service: ServiceSettings::default(),
@@ -125,10 +124,11 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_hides_the_password_and_the_service_token() {
+    fn debug_output_hides_the_password_and_the_service_tokens() {
         let mut config = AgentConfig::embedded("postgres://app:s3cret@db:5432/app");
         let secret = "the-service-token-that-must-not-leak";
-        config.service_token = Some(secret.parse().unwrap());
+        config.userauth_token = Some(Secret::new(secret));
+        config.service.service_tokens = Some(Secret::new(format!("assistant={secret}")));
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(!shown.contains(secret), "{shown}");

@@ -4,7 +4,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `POST /v1/conversations/{id}/messages` [`PostMessage`] | 202 [`Accepted`]; 403 `service_credential_required` for a role other than `user` without the service credential; 404 `not_found` if another user started the conversation |
+//! | `POST /v1/conversations/{id}/messages` [`PostMessage`] | 202 [`Accepted`]; 403 `service_credential_required` for a role other than `user` without a service credential (`SMARTFLOW_SERVICE_TOKENS`); 404 `not_found` if another user started the conversation |
 //! | `GET /v1/conversations/{id}/messages?limit=&before=` | 200 [`MessageList`]: the newest page first, each page oldest message first; 404 `not_found` if the conversation is not the user's or does not exist |
 //!
 //! Ownership: a conversation belongs to the user whose post started it (the `conversations`
@@ -25,7 +25,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::{BusError, EventBus};
 use smartflow_domain::DomainError;
-use smartflow_service::HttpError;
+use smartflow_service::{HttpError, ServiceCredentials};
 use smartflow_storage::chat_history::{self, ChatMessage, HistoryPosition};
 use smartflow_storage::conflict::is_transient_conflict;
 use smartflow_storage::conversations::{self, Ownership};
@@ -34,7 +34,6 @@ use smartflow_userauth_contracts::{AuthorizeError, UserauthClient};
 use uuid::Uuid;
 
 use crate::events::{ChatMessageAppended, Role};
-use crate::service_token::ServiceToken;
 
 /// Messages per history page when the request names no `limit`.
 pub const DEFAULT_PAGE_SIZE: u64 = 50;
@@ -44,7 +43,7 @@ pub const MAX_PAGE_SIZE: u64 = 200;
 pub const MAX_ID_CHARS: usize = 128;
 /// The header a trusted service sends its credential in, next to the user's token, to post
 /// `assistant` and `system` messages.
-pub const SERVICE_TOKEN_HEADER: &str = "x-smartflow-service-token";
+pub use smartflow_service::SERVICE_TOKEN_HEADER;
 /// How often a post is tried when its transaction loses to a concurrent one (a deadlock between
 /// two first posts of one conversation on MySQL, a busy SQLite database).
 const POST_ATTEMPTS: usize = 3;
@@ -57,8 +56,9 @@ pub struct ApiState {
     pub max_content_chars: usize,
     /// Userauth's verifier; `None` runs without authentication (local development).
     pub auth: Option<UserauthClient>,
-    /// The credential that allows roles other than `user`; `None` allows none.
-    pub service_token: Option<ServiceToken>,
+    /// The service credentials that allow roles other than `user` (`SMARTFLOW_SERVICE_TOKENS`);
+    /// none configured allows none.
+    pub credentials: ServiceCredentials,
 }
 
 /// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON
@@ -236,8 +236,9 @@ fn conversation_not_found() -> HttpError {
     HttpError::new(StatusCode::NOT_FOUND, "not_found", "no such conversation")
 }
 
-/// A role other than `user` without the service credential.
-fn service_credential_required() -> HttpError {
+/// A role other than `user` without a service credential: the user is known, the request well
+/// formed, but this caller may not do it (403, not the 401 of a service-only route).
+fn role_needs_service_credential() -> HttpError {
     HttpError::new(
         StatusCode::FORBIDDEN,
         "service_credential_required",
@@ -245,16 +246,22 @@ fn service_credential_required() -> HttpError {
     )
 }
 
-/// Clients post `user` messages; the other roles need the configured service credential in
+/// Clients post `user` messages; the other roles need a configured service credential in
 /// [`SERVICE_TOKEN_HEADER`]. With none configured they are always refused.
 fn check_role(state: &ApiState, headers: &HeaderMap, role: Role) -> Result<(), HttpError> {
     if role == Role::User {
         return Ok(());
     }
-    let presented = headers.get(SERVICE_TOKEN_HEADER).map(|v| v.as_bytes());
-    match (&state.service_token, presented) {
-        (Some(token), Some(presented)) if token.is_presented_by(presented) => Ok(()),
-        _ => Err(service_credential_required()),
+    match state.credentials.caller(headers) {
+        Some(caller) => {
+            tracing::debug!(
+                service = caller.name(),
+                role = role.as_str(),
+                "a service posts"
+            );
+            Ok(())
+        }
+        None => Err(role_needs_service_credential()),
     }
 }
 

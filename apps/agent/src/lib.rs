@@ -9,10 +9,8 @@ pub mod config;
 pub mod events;
 pub mod handlers;
 pub mod http;
-pub mod service_token;
 
 pub use app::{Agent, RunningAgent};
 pub use config::AgentConfig;
 pub use events::{ChatMessageAppended, Role};
 pub use handlers::PersistChatMessage;
-pub use service_token::ServiceToken;

@@ -49,8 +49,9 @@ impl Channel {
 }
 
 /// A service asks for a notification. Handled by the notification service's consumer, which
-/// records it once per `(channel, dedupe_key)` and then sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// records it once per `(channel, dedupe_key)` and then sends it. `Debug` hides the target: a
+/// webhook URL carries the bot's token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotificationRequested {
     /// `feishu`; anything else ends the event `dead` with the reason.
     pub channel: String,
@@ -66,6 +67,20 @@ pub struct NotificationRequested {
     pub requested_by: String,
     #[serde(default)]
     pub user_id: Option<String>,
+}
+
+impl std::fmt::Debug for NotificationRequested {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotificationRequested")
+            .field("channel", &self.channel)
+            .field("target", &self.target.as_ref().map(|_| "<hidden>"))
+            .field("title", &self.title)
+            .field("text", &self.text)
+            .field("dedupe_key", &self.dedupe_key)
+            .field("requested_by", &self.requested_by)
+            .field("user_id", &self.user_id)
+            .finish()
+    }
 }
 
 impl EventContract for NotificationRequested {
@@ -168,6 +183,15 @@ pub fn routes(topic: &str) -> Result<RouteRegistry, DomainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_the_webhook_token() {
+        let mut request = request();
+        request.target = Some("https://open.feishu.cn/open-apis/bot/v2/hook/token-s3cret".into());
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<hidden>"), "{shown}");
+    }
 
     fn request() -> NotificationRequested {
         NotificationRequested {

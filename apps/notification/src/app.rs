@@ -95,6 +95,7 @@ impl Notification {
                 .context("the notification service's bus was not built")?
                 .clone(),
             targets,
+            credentials: start.credentials().clone(),
         });
         start.serve(routes, NotificationParts { dispatcher }).await
     }

@@ -12,10 +12,11 @@ use smartflow_storage::notification::{self, NewNotification, RequestOutcome};
 use smartflow_storage::now_millis;
 
 use crate::events::{NotificationRequested, Validate};
-use crate::provider::{redact_target, OutgoingNotification, TargetPolicy};
+use crate::provider::{redact_target, OutgoingNotification, ShownTarget, TargetPolicy};
 
-/// What a record's `payload` column holds: the message and where it goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a record's `payload` column holds: the message and where it goes. `Debug` hides the
+/// webhook's token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredNotification {
     #[serde(default)]
     pub target: Option<String>,
@@ -24,6 +25,18 @@ pub struct StoredNotification {
     pub requested_by: String,
     #[serde(default)]
     pub user_id: Option<String>,
+}
+
+impl std::fmt::Debug for StoredNotification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredNotification")
+            .field("target", &ShownTarget(self.target.as_deref()))
+            .field("title", &self.title)
+            .field("text", &self.text)
+            .field("requested_by", &self.requested_by)
+            .field("user_id", &self.user_id)
+            .finish()
+    }
 }
 
 impl StoredNotification {

@@ -1,6 +1,10 @@
 //! The HTTP API: requesting a notification through the outbox, reading a record's status, and
 //! the records' gauges on `/metrics` (the skeleton adds `/healthz` and the bus's metrics).
 //! Bodies are types of this module, never storage rows.
+//!
+//! Both routes are services' calls, never an end user's: they need a service credential
+//! (`SMARTFLOW_SERVICE_TOKENS`, in `X-Smartflow-Service-Token`; 401 `service_credential_required`
+//! without one), and a request's `requested_by` is the credential's name.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -13,15 +17,12 @@ use futures::FutureExt as _;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::EventBus;
-use smartflow_service::{write_gauge, Gauges, HttpError};
+use smartflow_service::{write_gauge, Gauges, HttpError, ServiceCaller, ServiceCredentials};
 use smartflow_storage::notification::{self, NotificationRecord};
 
 use crate::events::{Channel, NotificationRequested, Validate, MAX_TEXT_CHARS};
 use crate::handler::StoredNotification;
-use crate::provider::TargetPolicy;
-
-/// Who the HTTP API names as the requester when the body does not say.
-pub const HTTP_REQUESTER: &str = "http-api";
+use crate::provider::{ShownTarget, TargetPolicy};
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -29,6 +30,8 @@ pub struct ApiState {
     pub db: DatabaseConnection,
     pub bus: EventBus,
     pub targets: TargetPolicy,
+    /// Who may call the API (`SMARTFLOW_SERVICE_TOKENS`).
+    pub credentials: ServiceCredentials,
 }
 
 /// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON
@@ -36,17 +39,22 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     // A valid body is at most the text (6 bytes per character when escaped) plus the rest.
     let body_limit = MAX_TEXT_CHARS * 6 + 64 * 1024;
+    let services_only = axum::middleware::from_fn_with_state(
+        state.credentials.clone(),
+        ServiceCredentials::require,
+    );
     Router::new()
         .route(
             "/v1/notifications",
             get(find_notification).post(request_notification),
         )
+        .route_layer(services_only)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-/// The body of `POST /v1/notifications`.
-#[derive(Debug, Clone, Deserialize)]
+/// The body of `POST /v1/notifications`. `Debug` hides the webhook's token.
+#[derive(Clone, Deserialize)]
 pub struct PostNotification {
     pub channel: String,
     #[serde(default)]
@@ -57,9 +65,23 @@ pub struct PostNotification {
     pub dedupe_key: String,
     #[serde(default)]
     pub user_id: Option<String>,
-    /// Defaults to `http-api`.
+    /// The caller's credential names the requester; a body that names another is refused.
     #[serde(default)]
     pub requested_by: Option<String>,
+}
+
+impl std::fmt::Debug for PostNotification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostNotification")
+            .field("channel", &self.channel)
+            .field("target", &ShownTarget(self.target.as_deref()))
+            .field("title", &self.title)
+            .field("text", &self.text)
+            .field("dedupe_key", &self.dedupe_key)
+            .field("user_id", &self.user_id)
+            .field("requested_by", &self.requested_by)
+            .finish()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -107,19 +129,28 @@ pub struct Found {
 #[tracing::instrument(skip_all, fields(dedupe_key))]
 async fn request_notification(
     State(state): State<ApiState>,
+    caller: ServiceCaller,
     body: Result<Json<PostNotification>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>), HttpError> {
     let Json(body) = body?;
     tracing::Span::current().record("dedupe_key", body.dedupe_key.as_str());
+    if body
+        .requested_by
+        .as_deref()
+        .is_some_and(|named| named != caller.name())
+    {
+        return Err(HttpError::invalid_request(format!(
+            "requested_by must be `{}`, the service of the presented credential",
+            caller.name()
+        )));
+    }
     let event = NotificationRequested {
         channel: body.channel,
         target: body.target,
         title: body.title,
         text: body.text,
         dedupe_key: body.dedupe_key,
-        requested_by: body
-            .requested_by
-            .unwrap_or_else(|| HTTP_REQUESTER.to_owned()),
+        requested_by: caller.name().to_owned(),
         user_id: body.user_id,
     };
     event

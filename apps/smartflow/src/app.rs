@@ -2,18 +2,21 @@
 //! stopped in the reverse one (the skeleton's [`ServiceGroup`]).
 
 use std::future::Future;
+use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use smartflow_agent::{Agent, AgentConfig};
 use smartflow_kafka::EmbeddedBroker;
 use smartflow_notification::{Notification, NotificationConfig};
 use smartflow_service::{
-    blocking_drop, HostedService, RunningService, ServiceGroup, ServiceLaunch, ServiceSettings,
+    blocking_drop, HostedService, RunningService, Secret, ServiceGroup, ServiceLaunch,
+    ServiceSettings, SERVICE_TOKENS_SETTING,
 };
 use smartflow_userauth::Userauth;
 
-use crate::config::AllConfig;
+use crate::config::{AllConfig, AGENT_CREDENTIAL};
 
 /// Starts userauth, the agent and the notification service on one database and one Kafka.
 ///
@@ -21,8 +24,13 @@ use crate::config::AllConfig;
 /// with the agent's and the notification service's topics), so the agent and userauth share it
 /// (userauth consumes the agent's token-usage events); then the services of [`launches`]. If
 /// one fails, what already started is shut down and the error names the service.
+///
+/// The service credentials are wired here ([`Wiring`]): a fresh one the agent checks tokens at
+/// userauth with, and the operator's (configured, or generated and written to
+/// `SMARTFLOW_OPERATOR_TOKEN_FILE`), which every service accepts.
 pub async fn start_all(config: AllConfig) -> anyhow::Result<RunningAll> {
     tracing::info!(?config, "starting smartflow: userauth, agent, notification");
+    let wiring = Wiring::new(&config)?;
     let (kafka_brokers, broker) = match config.service.brokers() {
         Some(brokers) => (brokers.to_owned(), None),
         None => {
@@ -32,8 +40,10 @@ pub async fn start_all(config: AllConfig) -> anyhow::Result<RunningAll> {
     };
     // The services are told the embedded broker is an ordinary cluster; `new_broker` has them
     // send again what their outboxes say went to an earlier one.
-    let service = config.service_on(&kafka_brokers, broker.is_some());
-    let services = match ServiceGroup::start(launches(&config, service)).await {
+    let mut service = config.service_on(&kafka_brokers, broker.is_some());
+    service.service_tokens = Some(wiring.accepted.clone());
+    let services = match ServiceGroup::start(launches(&config, service, wiring.agent.clone())).await
+    {
         Ok(services) => services,
         Err(e) => {
             if let Some(broker) = broker {
@@ -58,14 +68,95 @@ pub async fn start_all(config: AllConfig) -> anyhow::Result<RunningAll> {
     Ok(RunningAll {
         services,
         kafka_brokers,
+        operator_token: wiring.operator,
         broker,
     })
+}
+
+/// The service credentials of the process.
+struct Wiring {
+    /// What every service accepts (`SMARTFLOW_SERVICE_TOKENS` of each): the operator's and
+    /// the agent's.
+    accepted: Secret,
+    /// The agent's, for userauth's `GET /v1/auth/authorize`; new at every start.
+    agent: Secret,
+    /// The operator's, when it was generated here.
+    operator: Option<Secret>,
+}
+
+impl Wiring {
+    fn new(config: &AllConfig) -> anyhow::Result<Self> {
+        if config.service.admin_addr.is_some() {
+            bail!(
+                "SMARTFLOW_ADMIN_ADDR is for a service's own binary; the all-in-one binary serves \
+                 /metrics on each service's address"
+            );
+        }
+        let configured = config
+            .service
+            .credentials()
+            .with_context(|| format!("{SERVICE_TOKENS_SETTING} is not usable"))?;
+        if configured.names().contains(&AGENT_CREDENTIAL) {
+            bail!(
+                "{SERVICE_TOKENS_SETTING} must not name `{AGENT_CREDENTIAL}`: the all-in-one binary \
+                 makes the agent's credential itself"
+            );
+        }
+        let agent = Secret::random();
+        let (operator, operators) = match &config.service.service_tokens {
+            Some(list) if !configured.is_empty() => (None, list.expose().to_owned()),
+            _ => {
+                let operator = Secret::random();
+                let entry = format!("operator={}", operator.expose());
+                (Some(operator), entry)
+            }
+        };
+        if let (Some(operator), Some(path)) = (&operator, &config.operator_token_file) {
+            write_private(path, operator.expose()).with_context(|| {
+                format!(
+                    "writing the operator credential to SMARTFLOW_OPERATOR_TOKEN_FILE {}",
+                    path.display()
+                )
+            })?;
+            tracing::info!(
+                file = %path.display(),
+                "the operator credential (X-Smartflow-Service-Token for /metrics and \
+                 /v1/notifications) is in this file"
+            );
+        }
+        let accepted = Secret::new(format!("{operators},{AGENT_CREDENTIAL}={}", agent.expose()));
+        Ok(Self {
+            accepted,
+            agent,
+            operator,
+        })
+    }
+}
+
+/// Writes `contents` to a new file at `path` that only its owner may read (mode 0600 on Unix),
+/// replacing what was there.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
 }
 
 /// The services in start order: userauth, whose bound address the agent needs to check
 /// tokens; the agent; the notification service, which only needs the database the agent writes
 /// its requests into. Each start's error names the address setting of the service.
-fn launches(config: &AllConfig, service: ServiceSettings) -> Vec<ServiceLaunch> {
+fn launches(
+    config: &AllConfig,
+    service: ServiceSettings,
+    agent_credential: Secret,
+) -> Vec<ServiceLaunch> {
     let userauth = config.userauth(service.clone());
     let notification = config.notification(service.clone());
     let all = config.clone();
@@ -88,7 +179,7 @@ fn launches(config: &AllConfig, service: ServiceSettings) -> Vec<ServiceLaunch> 
                 let userauth_url = started.get("userauth").map(|u| local_url(u.local_addr()));
                 async move {
                     let url = userauth_url.context("userauth starts before the agent")?;
-                    Agent::start(all.agent(service, url)).await
+                    Agent::start(all.agent(service, url, agent_credential)).await
                 }
             },
         ),
@@ -118,6 +209,7 @@ fn entry_points(service: &str) -> &'static str {
 pub struct RunningAll {
     services: ServiceGroup,
     kafka_brokers: String,
+    operator_token: Option<Secret>,
     // Last, so that on a plain drop the services' clients go before the broker they talk to.
     broker: Option<EmbeddedBroker>,
 }
@@ -136,6 +228,12 @@ impl RunningAll {
     /// The bootstrap servers all of them use: the configured ones, or the embedded broker's.
     pub fn kafka_brokers(&self) -> &str {
         &self.kafka_brokers
+    }
+
+    /// The operator's service credential, when it was generated at start (no
+    /// `SMARTFLOW_SERVICE_TOKENS`).
+    pub fn operator_token(&self) -> Option<&Secret> {
+        self.operator_token.as_ref()
     }
 
     /// The embedded broker, when no brokers were configured.
@@ -223,9 +321,40 @@ mod tests {
     }
 
     #[test]
+    fn the_operators_credential_is_configured_or_made_and_the_agents_always_made() {
+        let own = "an-operators-own-credential-0123456789ab";
+        let mut config = AllConfig::embedded("sqlite::memory:");
+        config.service.service_tokens = Some(Secret::new(format!("ops={own}")));
+        let wiring = Wiring::new(&config).unwrap();
+        assert!(wiring.operator.is_none());
+        let accepted =
+            smartflow_service::ServiceCredentials::parse(wiring.accepted.expose()).unwrap();
+        assert_eq!(accepted.names(), ["ops", "agent"]);
+        assert_eq!(accepted.identify(own.as_bytes()).unwrap().name(), "ops");
+        let agent = accepted.identify(wiring.agent.expose().as_bytes()).unwrap();
+        assert_eq!(agent.name(), "agent");
+
+        let made = Wiring::new(&AllConfig::embedded("sqlite::memory:")).unwrap();
+        let operator = made.operator.expect("made when none is configured");
+        let accepted =
+            smartflow_service::ServiceCredentials::parse(made.accepted.expose()).unwrap();
+        assert_eq!(
+            accepted
+                .identify(operator.expose().as_bytes())
+                .unwrap()
+                .name(),
+            "operator"
+        );
+        assert_ne!(
+            made.agent, wiring.agent,
+            "the agent's is new at every start"
+        );
+    }
+
+    #[test]
     fn the_services_start_userauth_first_and_notification_last() {
         let config = AllConfig::embedded("sqlite::memory:");
-        let names: Vec<&str> = launches(&config, config.service.clone())
+        let names: Vec<&str> = launches(&config, config.service.clone(), Secret::random())
             .iter()
             .map(ServiceLaunch::name)
             .collect();

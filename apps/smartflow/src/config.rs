@@ -3,16 +3,20 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 use smartflow_agent::AgentConfig;
 use smartflow_notification::NotificationConfig;
-use smartflow_service::{ServiceSettings, LOOPBACK_ANY_PORT};
+use smartflow_service::{Secret, ServiceSettings, LOOPBACK_ANY_PORT};
 use smartflow_userauth::UserauthConfig;
 
 pub const DEFAULT_AGENT_ADDR: SocketAddr = smartflow_agent::config::DEFAULT_HTTP_ADDR;
 pub const DEFAULT_NOTIFICATION_ADDR: SocketAddr = smartflow_notification::config::DEFAULT_HTTP_ADDR;
 pub const DEFAULT_USERAUTH_ADDR: SocketAddr = smartflow_userauth::config::DEFAULT_HTTP_ADDR;
+pub const DEFAULT_OPERATOR_TOKEN_FILE: &str = "smartflow-operator.token";
+/// The name of the credential the agent checks tokens at userauth with; reserved here.
+pub const AGENT_CREDENTIAL: &str = "agent";
 
 /// What the all-in-one process needs: one database and one Kafka for all three services (with
 /// the start-up waits, the stop's grace and the reliability settings every service takes), an
@@ -65,6 +69,12 @@ pub struct AllConfig {
     #[arg(long, env = "SMARTFLOW_FEISHU_ALLOWED_TARGETS")]
     pub feishu_allowed_targets: Option<String>,
 
+    /// Where the generated `operator` service credential is written (mode 0600) when
+    /// SMARTFLOW_SERVICE_TOKENS is unset: send its contents in `X-Smartflow-Service-Token` to
+    /// `/metrics` and `/v1/notifications`. Overwritten at every start.
+    #[arg(long, env = "SMARTFLOW_OPERATOR_TOKEN_FILE", default_value = DEFAULT_OPERATOR_TOKEN_FILE)]
+    pub operator_token_file: Option<PathBuf>,
+
     /// The database and the Kafka cluster of all three services (absent brokers: one embedded
     /// broker runs in this process and all three use it), start-up waits, the stop's grace and
     /// the bus's reliability.
@@ -85,6 +95,7 @@ impl AllConfig {
             feishu_webhook_url: None,
             feishu_secret: None,
             feishu_allowed_targets: None,
+            operator_token_file: None,
             service: ServiceSettings::on_database(database_url),
         }
     }
@@ -114,11 +125,18 @@ impl AllConfig {
         }
     }
 
-    /// The agent's configuration, checking tokens with the userauth at `userauth_url`.
-    pub fn agent(&self, service: ServiceSettings, userauth_url: String) -> AgentConfig {
+    /// The agent's configuration, checking tokens with the userauth at `userauth_url` with the
+    /// credential `userauth_token`.
+    pub fn agent(
+        &self,
+        service: ServiceSettings,
+        userauth_url: String,
+        userauth_token: Secret,
+    ) -> AgentConfig {
         AgentConfig {
             http_addr: self.agent_addr,
             userauth_url: Some(userauth_url),
+            userauth_token: Some(userauth_token),
             service,
             ..AgentConfig::default()
         }
@@ -159,6 +177,7 @@ impl fmt::Debug for AllConfig {
             )
             .field("feishu_secret", &hidden(&self.feishu_secret))
             .field("feishu_allowed_targets", &self.feishu_allowed_targets)
+            .field("operator_token_file", &self.operator_token_file)
             .field("service", &self.service)
             .finish()
     }
@@ -196,7 +215,11 @@ mod tests {
         ])
         .unwrap();
         let service = config.service_on("k:9092", false);
-        let agent = config.agent(service.clone(), "http://127.0.0.1:9002".into());
+        let agent = config.agent(
+            service.clone(),
+            "http://127.0.0.1:9002".into(),
+            Secret::new("x".repeat(32)),
+        );
         let notification = config.notification(service.clone());
         let userauth = config.userauth(service);
         assert_eq!(agent.http_addr.port(), 9000);

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use smartflow_cli::{start_all, AllConfig, RunningAll};
-use smartflow_service::HostedService;
+use smartflow_service::{HostedService, Secret, SERVICE_TOKEN_HEADER};
 
 /// Bound on waiting for background work (consumer groups alone take seconds to form on the
 /// embedded broker); reached only when the test fails. No assertion is about how long anything
@@ -130,19 +130,35 @@ async fn the_walkthrough_runs_end_to_end_in_one_process() {
     let mut config = AllConfig::embedded(dir.sqlite_url());
     config.feishu_allowed_targets = Some(webhook.prefix.clone());
     config.feishu_webhook_url = Some(format!("{}walkthrough-token", webhook.prefix));
+    // As the command line's default does: the operator credential is written to a file.
+    let token_file = dir.0.join("smartflow-operator.token");
+    config.operator_token_file = Some(token_file.clone());
     let all = match start_all(config).await {
         Ok(all) => all,
         Err(e) => panic!("smartflow did not start: {e:#}"),
     };
-    every_service_answers_health_and_metrics(&all).await;
-    walkthrough(&all, &webhook).await;
+    let operator = all
+        .operator_token()
+        .expect("an operator credential was made")
+        .clone();
+    let written = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(written.trim(), operator.expose());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    every_service_answers_health_and_metrics(&all, &operator).await;
+    walkthrough(&all, &webhook, &operator).await;
     tokio::time::timeout(PATIENCE, all.shutdown())
         .await
         .expect("shutdown returns");
 }
 
-/// Every service of the list answers the skeleton's `/healthz` and `/metrics`.
-async fn every_service_answers_health_and_metrics(all: &RunningAll) {
+/// Every service of the list answers the skeleton's `/healthz`, and `/metrics` to the operator
+/// only.
+async fn every_service_answers_health_and_metrics(all: &RunningAll, operator: &Secret) {
     let names: Vec<&str> = all.services().iter().map(|s| s.name()).collect();
     assert_eq!(names, ["userauth", "agent", "notification"]);
     let http = reqwest::Client::new();
@@ -157,8 +173,20 @@ async fn every_service_answers_health_and_metrics(all: &RunningAll) {
             (response.status() == StatusCode::OK).then_some(())
         })
         .await;
+        let anonymous = http
+            .get(format!("{}/metrics", started.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            anonymous.status(),
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            started.name()
+        );
         let metrics = http
             .get(format!("{}/metrics", started.base_url()))
+            .header(SERVICE_TOKEN_HEADER, operator.expose())
             .send()
             .await
             .unwrap();
@@ -172,7 +200,7 @@ async fn every_service_answers_health_and_metrics(all: &RunningAll) {
     }
 }
 
-async fn walkthrough(all: &RunningAll, webhook: &FakeWebhook) {
+async fn walkthrough(all: &RunningAll, webhook: &FakeWebhook, operator: &Secret) {
     let http = reqwest::Client::new();
     let userauth = service(all, "userauth").base_url();
     let agent = service(all, "agent").base_url();
@@ -243,6 +271,7 @@ async fn walkthrough(all: &RunningAll, webhook: &FakeWebhook) {
     let record = eventually("the notification to be sent", || async {
         let (status, body) = json_of(
             http.get(format!("{notification}/v1/notifications"))
+                .header(SERVICE_TOKEN_HEADER, operator.expose())
                 .query(&[("channel", "feishu"), ("dedupe_key", dedupe_key.as_str())])
                 .send()
                 .await
@@ -264,6 +293,7 @@ async fn walkthrough(all: &RunningAll, webhook: &FakeWebhook) {
     })
     .await;
     assert_eq!(record["user_id"], user_id.as_str());
+    assert_eq!(record["requested_by"], "agent");
     assert!(webhook.calls.load(Ordering::SeqCst) >= 1);
 
     // The message's tokens reach userauth's ledger through the agent's topic.
@@ -338,4 +368,46 @@ async fn a_failed_start_names_the_service_and_returns() {
         "{error}"
     );
     assert!(error.contains("cannot listen"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_settings_the_process_cannot_use_fail_start_by_name() {
+    smartflow_testkit::init_tracing();
+    let dir = TempDir::new();
+    let secret = "an-operators-own-credential-0123456789ab";
+    type Configure = fn(&mut AllConfig);
+    let cases: [(Configure, &str); 3] = [
+        (
+            |c| c.service.admin_addr = Some(smartflow_service::LOOPBACK_ANY_PORT),
+            "SMARTFLOW_ADMIN_ADDR",
+        ),
+        (
+            |c| {
+                c.service.service_tokens = Some(Secret::new(
+                    "agent=an-operators-own-credential-0123456789ab",
+                ))
+            },
+            "must not name `agent`",
+        ),
+        (
+            |c| c.service.service_tokens = Some(Secret::new("ops=too-short")),
+            "SMARTFLOW_SERVICE_TOKENS is not usable",
+        ),
+    ];
+    for (configure, expected) in cases {
+        let mut config = AllConfig::embedded(dir.sqlite_url());
+        configure(&mut config);
+        let error = match start_all(config).await {
+            Ok(all) => {
+                all.shutdown().await;
+                panic!("smartflow started; expected `{expected}`")
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(error.contains(expected), "{error}");
+        assert!(
+            !error.contains(secret) && !error.contains("too-short"),
+            "{error}"
+        );
+    }
 }

@@ -3,6 +3,10 @@
 //! service that authenticates its users through userauth depends on this crate, never on
 //! `smartflow-userauth`.
 //!
+//! `GET /v1/auth/authorize` is a service's call, not an end user's: the client presents its
+//! service credential (one of userauth's `SMARTFLOW_SERVICE_TOKENS`) in
+//! [`SERVICE_TOKEN_HEADER`], and userauth answers 401 `service_credential_required` without it.
+//!
 //! Why over HTTP rather than reading userauth's tables: the signing secret, the blacklist and the
 //! usage ledger stay userauth's alone (no second copy of the secret, no other service coupled to
 //! these tables or to sharing a database with userauth), and a revocation is seen by every
@@ -13,6 +17,11 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+pub use smartflow_domain::SERVICE_TOKEN_HEADER;
+
+/// The code of userauth's 401 to a request without an accepted service credential.
+const SERVICE_CREDENTIAL_REQUIRED: &str = "service_credential_required";
 
 /// What `GET /v1/auth/authorize` answers for a user who may go on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,18 +75,41 @@ pub enum AuthorizeError {
     Unavailable(String),
 }
 
-/// Asks a userauth service whether an access token may be served.
-#[derive(Debug, Clone)]
+/// Asks a userauth service whether an access token may be served. `Debug` hides the service
+/// credential.
+#[derive(Clone)]
 pub struct UserauthClient {
     http: reqwest::Client,
     authorize_url: String,
     me_url: String,
+    service_token: reqwest::header::HeaderValue,
+}
+
+impl std::fmt::Debug for UserauthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserauthClient")
+            .field("authorize_url", &self.authorize_url)
+            .field("me_url", &self.me_url)
+            .field("service_token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl UserauthClient {
-    /// A client for the userauth at `base_url` (e.g. `http://127.0.0.1:8081`), giving up on a
-    /// request after `timeout`.
-    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, AuthorizeError> {
+    /// A client for the userauth at `base_url` (e.g. `http://127.0.0.1:8081`), presenting the
+    /// service credential `service_token`, giving up on a request after `timeout`.
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        service_token: &str,
+    ) -> Result<Self, AuthorizeError> {
+        let mut service_token =
+            reqwest::header::HeaderValue::from_str(service_token).map_err(|_| {
+                AuthorizeError::Unavailable(
+                    "the service credential is not a valid header value".to_owned(),
+                )
+            })?;
+        service_token.set_sensitive(true);
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -87,6 +119,7 @@ impl UserauthClient {
             http,
             authorize_url: format!("{base_url}/v1/auth/authorize"),
             me_url: format!("{base_url}/v1/auth/me"),
+            service_token,
         })
     }
 
@@ -114,6 +147,7 @@ impl UserauthClient {
             .http
             .get(url)
             .bearer_auth(access_token)
+            .header(SERVICE_TOKEN_HEADER, self.service_token.clone())
             .send()
             .await
             .map_err(|e| AuthorizeError::Unavailable(format!("GET {url}: {e}")))?;
@@ -128,6 +162,12 @@ impl UserauthClient {
             let body = response.json::<ErrorAnswer>().await.map_err(|e| {
                 AuthorizeError::Unavailable(format!("unreadable {status} answer: {e}"))
             })?;
+            if body.error.code == SERVICE_CREDENTIAL_REQUIRED {
+                // Not the user's fault: this service's own credential was refused.
+                return Err(AuthorizeError::Unavailable(
+                    "userauth refused this service's credential".to_owned(),
+                ));
+            }
             return Err(AuthorizeError::Rejected {
                 status: status.as_u16(),
                 code: body.error.code,

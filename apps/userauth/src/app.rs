@@ -18,6 +18,7 @@ use crate::http;
 use crate::jwt::AccessTokens;
 use crate::passwords::PasswordHasher;
 use crate::service::{AuthService, AuthSettings};
+use crate::throttle::Throttle;
 use crate::usage;
 
 /// How often expired blacklist entries and refresh tokens are deleted.
@@ -60,6 +61,7 @@ impl Userauth {
         let passwords = PasswordHasher::new(
             config.password_hash_memory_kib,
             config.password_hash_iterations,
+            config.password_hash_queue,
         )
         .map_err(|e| anyhow::anyhow!("{e}: check SMARTFLOW_PASSWORD_HASH_*"))?;
 
@@ -101,9 +103,17 @@ impl Userauth {
                 default_token_quota: config.default_token_quota,
             },
         );
-        let pruning = service.clone();
+        let throttle = Throttle::new(
+            config.auth_address_attempts_per_minute,
+            config.auth_account_attempts_per_minute,
+        );
+        let pruning = (service.clone(), throttle.clone());
         start.run_alongside("prune", |shutdown| prune(pruning, shutdown));
-        let routes = http::router(service.clone());
+        let routes = http::router(http::ApiState {
+            service: service.clone(),
+            throttle,
+            credentials: start.credentials().clone(),
+        });
         start.serve(routes, UserauthParts { service }).await
     }
 }
@@ -125,9 +135,11 @@ fn signing_secret(config: &UserauthConfig) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Deletes expired blacklist entries and refresh tokens now and every `PRUNE_INTERVAL`.
-async fn prune(service: AuthService, shutdown: CancellationToken) {
+/// Deletes expired blacklist entries and refresh tokens now and every `PRUNE_INTERVAL`, and
+/// lets the rate limiters forget the clients whose budget is full again.
+async fn prune((service, throttle): (AuthService, Throttle), shutdown: CancellationToken) {
     loop {
+        throttle.forget_idle();
         match service.prune_expired().await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(rows = n, "pruned expired tokens"),

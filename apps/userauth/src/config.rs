@@ -8,6 +8,7 @@ use clap::Parser;
 use smartflow_service::{ServiceSettings, LOOPBACK_ANY_PORT};
 
 use crate::events::DEFAULT_AGENT_TOPIC;
+use crate::throttle::{DEFAULT_ACCOUNT_ATTEMPTS_PER_MINUTE, DEFAULT_ADDRESS_ATTEMPTS_PER_MINUTE};
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
 pub const DEFAULT_ACCESS_TOKEN_TTL_SECS: u64 = 15 * 60;
@@ -19,6 +20,9 @@ pub const DEFAULT_TOKEN_QUOTA: i64 = 100_000;
 /// OWASP's recommended Argon2id setting: 19 MiB, 2 passes, 1 lane.
 pub const DEFAULT_PASSWORD_HASH_MEMORY_KIB: u32 = 19 * 1024;
 pub const DEFAULT_PASSWORD_HASH_ITERATIONS: u32 = 2;
+/// Log-ins, registrations and password changes that may wait for a hashing slot; more are
+/// refused with 503 `busy`.
+pub const DEFAULT_PASSWORD_HASH_QUEUE: usize = 64;
 /// The shortest signing secret accepted: HS256 wants at least as many bytes as the hash.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
@@ -77,6 +81,24 @@ pub struct UserauthConfig {
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub password_hash_iterations: u32,
 
+    /// Requests that may wait for one of the Argon2 slots (two per core) at once; one more is
+    /// answered 503 `busy` with `Retry-After`, so a flood cannot queue real log-ins behind it.
+    #[arg(long, env = "SMARTFLOW_PASSWORD_HASH_QUEUE", default_value_t = DEFAULT_PASSWORD_HASH_QUEUE)]
+    pub password_hash_queue: usize,
+
+    /// Log-ins, registrations and refreshes per minute from one client address, each route
+    /// its own budget (a burst of this many, then one every 60/n seconds); more get 429
+    /// `rate_limited` with `Retry-After`. 0: no limit (behind a proxy that limits).
+    #[arg(long, env = "SMARTFLOW_AUTH_ADDRESS_ATTEMPTS_PER_MINUTE",
+          default_value_t = DEFAULT_ADDRESS_ATTEMPTS_PER_MINUTE)]
+    pub auth_address_attempts_per_minute: u32,
+
+    /// The same per account (the email of a log-in or registration, the user of a refresh
+    /// token), whatever addresses the attempts come from. 0: no limit.
+    #[arg(long, env = "SMARTFLOW_AUTH_ACCOUNT_ATTEMPTS_PER_MINUTE",
+          default_value_t = DEFAULT_ACCOUNT_ATTEMPTS_PER_MINUTE)]
+    pub auth_account_attempts_per_minute: u32,
+
     /// The database, the broker (the agent's: without one, an embedded broker runs that only
     /// an agent in this same process can reach), start-up waits, the stop's grace and the bus's
     /// reliability.
@@ -97,6 +119,9 @@ impl Default for UserauthConfig {
             default_token_quota: DEFAULT_TOKEN_QUOTA,
             password_hash_memory_kib: DEFAULT_PASSWORD_HASH_MEMORY_KIB,
             password_hash_iterations: DEFAULT_PASSWORD_HASH_ITERATIONS,
+            password_hash_queue: DEFAULT_PASSWORD_HASH_QUEUE,
+            auth_address_attempts_per_minute: DEFAULT_ADDRESS_ATTEMPTS_PER_MINUTE,
+            auth_account_attempts_per_minute: DEFAULT_ACCOUNT_ATTEMPTS_PER_MINUTE,
             service: ServiceSettings::default(),
         }
     }
@@ -140,6 +165,15 @@ impl fmt::Debug for UserauthConfig {
             .field("default_token_quota", &self.default_token_quota)
             .field("password_hash_memory_kib", &self.password_hash_memory_kib)
             .field("password_hash_iterations", &self.password_hash_iterations)
+            .field("password_hash_queue", &self.password_hash_queue)
+            .field(
+                "auth_address_attempts_per_minute",
+                &self.auth_address_attempts_per_minute,
+            )
+            .field(
+                "auth_account_attempts_per_minute",
+                &self.auth_account_attempts_per_minute,
+            )
             .field("service", &self.service)
             .finish()
     }
@@ -168,8 +202,17 @@ mod tests {
             "60",
             "--default-token-quota",
             "5",
+            "--auth-address-attempts-per-minute",
+            "7",
+            "--auth-account-attempts-per-minute",
+            "0",
+            "--password-hash-queue",
+            "3",
         ])
         .unwrap();
+        assert_eq!(config.auth_address_attempts_per_minute, 7);
+        assert_eq!(config.auth_account_attempts_per_minute, 0);
+        assert_eq!(config.password_hash_queue, 3);
         assert_eq!(config.http_addr.port(), 9001);
         assert_eq!(config.agent_topic, "custom.agent");
         assert_eq!(config.access_token_ttl(), Duration::from_secs(60));
@@ -184,6 +227,8 @@ mod tests {
             ["--kafka-partitions", "0"],
             ["--password-hash-iterations", "0"],
             ["--session-max-lifetime-secs", "59"],
+            ["--auth-address-attempts-per-minute", "-1"],
+            ["--password-hash-queue", "many"],
         ] {
             let mut argv = vec!["smartflow-userauth"];
             argv.extend(args);

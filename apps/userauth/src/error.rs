@@ -3,6 +3,7 @@
 //! reaches the caller as a bare "internal error".
 
 use std::error::Error as StdError;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use smartflow_storage::StorageError;
@@ -54,6 +55,13 @@ pub enum AuthError {
     SessionExpired,
     #[error("token quota used up: {usage} of {quota} tokens")]
     QuotaExceeded { usage: i64, quota: i64 },
+    /// Too many log-ins, registrations or refreshes from one client address or for one account.
+    #[error("too many attempts; try again in {} seconds", retry_after_secs(*.retry_after))]
+    RateLimited { retry_after: Duration },
+    /// Every password-hashing slot and its queue are taken: the flood is refused rather than
+    /// queued, so the requests already waiting are served.
+    #[error("too many log-ins at once; try again shortly")]
+    HashingBusy,
     #[error("no such resource")]
     NotFound,
     #[error("method not allowed on this resource")]
@@ -90,6 +98,8 @@ impl AuthError {
             AuthError::WrongPassword => "wrong_password",
             AuthError::SessionExpired => "session_expired",
             AuthError::QuotaExceeded { .. } => "quota_exceeded",
+            AuthError::RateLimited { .. } => "rate_limited",
+            AuthError::HashingBusy => "busy",
             AuthError::NotFound => "not_found",
             AuthError::MethodNotAllowed => "method_not_allowed",
             AuthError::Unavailable(_) => "unavailable",
@@ -116,11 +126,23 @@ impl AuthError {
             | AuthError::SessionExpired => StatusCode::UNAUTHORIZED,
             // The access token is fine; the request is refused for the password it carries.
             AuthError::WrongPassword => StatusCode::FORBIDDEN,
-            AuthError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AuthError::QuotaExceeded { .. } | AuthError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            AuthError::HashingBusy => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::NotFound => StatusCode::NOT_FOUND,
             AuthError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `Retry-After` of the answer, in whole seconds, when the caller should wait.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AuthError::RateLimited { retry_after } => Some(retry_after_secs(*retry_after)),
+            AuthError::HashingBusy => Some(1),
+            _ => None,
         }
     }
 
@@ -134,6 +156,11 @@ impl AuthError {
                 | AuthError::TokenRevoked
         )
     }
+}
+
+/// A wait in whole seconds, rounded up and at least one, as `Retry-After` wants it.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 impl AuthError {
@@ -191,6 +218,32 @@ mod tests {
             (e.status(), e.code()),
             (StatusCode::UNAUTHORIZED, "invalid_credentials")
         );
+    }
+
+    #[test]
+    fn throttling_says_when_to_come_back() {
+        let e = AuthError::RateLimited {
+            retry_after: Duration::from_millis(2_100),
+        };
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+        );
+        assert_eq!(e.retry_after_secs(), Some(3));
+        let e = AuthError::RateLimited {
+            retry_after: Duration::ZERO,
+        };
+        assert_eq!(e.retry_after_secs(), Some(1));
+        let e = AuthError::RateLimited {
+            retry_after: Duration::from_secs(4),
+        };
+        assert_eq!(e.retry_after_secs(), Some(4));
+        assert_eq!(
+            AuthError::HashingBusy.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(AuthError::HashingBusy.retry_after_secs(), Some(1));
+        assert_eq!(AuthError::InvalidCredentials.retry_after_secs(), None);
     }
 
     #[test]

@@ -9,34 +9,67 @@
 //! | `POST /v1/auth/logout-all` | `Authorization: Bearer` | 204: every session of the account revoked |
 //! | `POST /v1/auth/password` | `Authorization: Bearer`, `{"current_password", "new_password"}` | 204: the other sessions revoked |
 //! | `GET /v1/auth/me` | `Authorization: Bearer` | 200 [`MeResponse`] |
-//! | `GET /v1/auth/authorize` | `Authorization: Bearer` | 200 [`AuthorizeResponse`], or 429 `quota_exceeded` |
+//! | `GET /v1/auth/authorize` | `Authorization: Bearer`, a service credential in `X-Smartflow-Service-Token` | 200 [`AuthorizeResponse`], or 429 `quota_exceeded`; 401 `service_credential_required` without the credential |
+//!
+//! Log-in, registration and refresh are rate limited per client address and per account
+//! ([`Throttle`]): 429 `rate_limited` with `Retry-After`. Password hashing has a bounded queue:
+//! past it, 503 `busy` with `Retry-After`.
 //!
 //! Every answer of these routes carries `Cache-Control: no-store` and `Pragma: no-cache`: they
 //! hold tokens or account data (RFC 6749 5.1, ASVS 8.2.1).
 //!
 //! The skeleton adds `GET /healthz` and `GET /metrics`, as in every service. Every failure is `{"error": {"code", "message"}}` with the status of [`AuthError::status`].
 
+use std::net::SocketAddr;
+
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
-use smartflow_service::HttpError;
+use smartflow_service::{HttpError, ServiceCredentials};
 use smartflow_storage::users::User;
 
 use crate::error::{AuthError, ErrorChain};
 use crate::service::{AuthService, Principal, TokenPair};
+use crate::throttle::{Attempt, Throttle};
+use crate::validation::normalize_email;
 pub use smartflow_userauth_contracts::{bearer_token, AuthorizeResponse};
 
 /// Request bodies are a few hundred bytes; anything over this is refused before it is read whole.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
-/// The API's own routes over `service` (the skeleton adds `/healthz`, `/metrics` and the JSON
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub service: AuthService,
+    pub throttle: Throttle,
+    /// The services that may call `GET /v1/auth/authorize` (`SMARTFLOW_SERVICE_TOKENS`).
+    pub credentials: ServiceCredentials,
+}
+
+impl FromRef<ApiState> for AuthService {
+    fn from_ref(state: &ApiState) -> Self {
+        state.service.clone()
+    }
+}
+
+impl FromRef<ApiState> for Throttle {
+    fn from_ref(state: &ApiState) -> Self {
+        state.throttle.clone()
+    }
+}
+
+/// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON
 /// fallbacks).
-pub fn router(service: AuthService) -> Router {
+pub fn router(state: ApiState) -> Router {
+    let services_only = axum::middleware::from_fn_with_state(
+        state.credentials.clone(),
+        ServiceCredentials::require,
+    );
     Router::new()
         .route("/v1/auth/register", post(register))
         .route("/v1/auth/login", post(login))
@@ -45,10 +78,19 @@ pub fn router(service: AuthService) -> Router {
         .route("/v1/auth/logout-all", post(logout_everywhere))
         .route("/v1/auth/password", post(change_password))
         .route("/v1/auth/me", get(me))
-        .route("/v1/auth/authorize", get(authorize))
+        .route(
+            "/v1/auth/authorize",
+            get(authorize).route_layer(services_only),
+        )
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(axum::middleware::map_response(not_stored))
-        .with_state(service)
+        .with_state(state)
+}
+
+/// The account a log-in or registration is for: its email as stored, or as sent when it
+/// cannot be normalized (the attempt fails anyway, but counts).
+fn account_of(email: &str) -> String {
+    normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase())
 }
 
 /// Tells clients and proxies to keep no copy of the answer.
@@ -69,6 +111,11 @@ impl IntoResponse for AuthError {
         }
         let mut response =
             HttpError::new(self.status(), self.code(), self.to_string()).into_response();
+        if let Some(secs) = self.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.is_bearer_failure() {
             // RFC 6750: a refused bearer token is answered with a challenge naming the problem.
             let error = if matches!(self, AuthError::MissingToken) {
@@ -174,9 +221,13 @@ fn presented_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 
 async fn register(
     State(service): State<AuthService>,
+    State(throttle): State<Throttle>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RegisterResponse>), AuthError> {
+    throttle.check_address(Attempt::Register, peer.ip())?;
     let Json(body) = body?;
+    throttle.check_account(Attempt::Register, &account_of(&body.email))?;
     let user = service.register(&body.email, &body.password).await?;
     tracing::info!(user_id = %user.id, "registered");
     Ok((
@@ -190,18 +241,28 @@ async fn register(
 
 async fn login(
     State(service): State<AuthService>,
+    State(throttle): State<Throttle>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<Credentials>, JsonRejection>,
 ) -> Result<Json<TokenResponse>, AuthError> {
+    throttle.check_address(Attempt::Login, peer.ip())?;
     let Json(body) = body?;
+    throttle.check_account(Attempt::Login, &account_of(&body.email))?;
     let pair = service.login(&body.email, &body.password).await?;
     Ok(Json(pair.into()))
 }
 
 async fn refresh(
     State(service): State<AuthService>,
+    State(throttle): State<Throttle>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<RefreshRequest>, JsonRejection>,
 ) -> Result<Json<TokenResponse>, AuthError> {
+    throttle.check_address(Attempt::Refresh, peer.ip())?;
     let Json(body) = body?;
+    if let Some(user_id) = service.owner_of_refresh_token(&body.refresh_token).await? {
+        throttle.check_account(Attempt::Refresh, &user_id)?;
+    }
     let pair = service.refresh(&body.refresh_token).await?;
     Ok(Json(pair.into()))
 }

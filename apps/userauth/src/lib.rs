@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod passwords;
 pub mod refresh_token;
 pub mod service;
+pub mod throttle;
 pub mod usage;
 pub mod validation;
 

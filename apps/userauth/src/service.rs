@@ -249,6 +249,17 @@ impl AuthService {
         retry_on_conflict("refresh", || self.refresh_once(&hash)).await
     }
 
+    /// The user whose refresh token `presented` is (retired and revoked ones included), so that
+    /// refreshes can be rate limited per account; `None` for a token that was never issued.
+    pub async fn owner_of_refresh_token(
+        &self,
+        presented: &str,
+    ) -> Result<Option<String>, AuthError> {
+        check_token_bounds(presented, "refresh_token")?;
+        let row = refresh_tokens::find(&self.db, &hash_refresh_token(presented)).await?;
+        Ok(row.map(|row| row.user_id))
+    }
+
     async fn refresh_once(&self, hash: &str) -> Result<TokenPair, AuthError> {
         let now = now_millis();
         let Some(row) = refresh_tokens::find(&self.db, hash).await? else {

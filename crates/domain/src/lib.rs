@@ -2,6 +2,7 @@
 //! contracts, routes, the retry policy and the transport port traits. No I/O lives here.
 
 pub mod contract;
+pub mod credential;
 pub mod envelope;
 pub mod error;
 pub mod retry;
@@ -10,6 +11,7 @@ pub mod status;
 pub mod transport;
 
 pub use contract::EventContract;
+pub use credential::SERVICE_TOKEN_HEADER;
 pub use envelope::{
     Envelope, EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, SOURCE_HEADER,
     TRACEPARENT_HEADER,

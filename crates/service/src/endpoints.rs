@@ -1,6 +1,7 @@
 //! The routes every service answers beside its own: `GET /healthz` ([`health_check`]),
 //! `GET /metrics` (the bus's counters, the backlog of each outbox the service owns, and the
-//! service's own [`Gauges`]), and the JSON answers to unknown paths and methods.
+//! service's own [`Gauges`]; only for a service credential), and the JSON answers to unknown
+//! paths and methods. With an admin address, `/metrics` moves to a router of its own.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use sea_orm::DatabaseConnection;
 use smartflow_bus::Metrics;
 use smartflow_storage::outbox::OutboxTable;
 
+use crate::credentials::ServiceCredentials;
 use crate::health::{health_check, HealthBody};
 use crate::http_error::{method_not_allowed, not_found, HttpError};
 
@@ -42,16 +44,36 @@ pub struct Observed {
     pub gauges: Option<Arc<dyn Gauges>>,
 }
 
-/// A service's own `routes` with `/healthz`, `/metrics` and the JSON fallbacks added.
-pub fn with_service_endpoints(routes: Router, observed: Observed) -> Router {
-    let endpoints = Router::new()
+/// A service's own `routes` with `/healthz`, `/metrics` (behind `credentials`) and the JSON
+/// fallbacks added; with `separate_admin`, `/metrics` is left out of them and served, with
+/// `/healthz`, by the second router returned, for the admin address.
+pub fn with_service_endpoints(
+    routes: Router,
+    observed: Observed,
+    credentials: ServiceCredentials,
+    separate_admin: bool,
+) -> (Router, Option<Router>) {
+    let health = Router::new()
         .route("/healthz", get(healthz))
+        .with_state(observed.clone());
+    let metrics = Router::new()
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            credentials,
+            ServiceCredentials::require,
+        ))
         .with_state(observed);
-    routes
-        .merge(endpoints)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    let finish = |router: Router| {
+        router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+    };
+    if separate_admin {
+        let admin = finish(health.clone().merge(metrics));
+        (finish(routes.merge(health)), Some(admin))
+    } else {
+        (finish(routes.merge(health).merge(metrics)), None)
+    }
 }
 
 async fn healthz(State(observed): State<Observed>) -> (StatusCode, Json<HealthBody>) {

@@ -11,7 +11,9 @@ use clap::Args;
 use smartflow_storage::connect::redact;
 
 use crate::broker::BrokerSettings;
+use crate::credentials::{CredentialError, Secret, ServiceCredentials};
 use crate::database::DatabaseSettings;
+use crate::http_server::HttpLimits;
 use crate::reliability::ReliabilitySettings;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://smartflow.db?mode=rwc";
@@ -80,6 +82,23 @@ pub struct ServiceSettings {
     #[arg(skip)]
     pub new_broker: bool,
 
+    /// The service credentials this service accepts, `name=secret` (each secret at least 32
+    /// bytes), comma-separated: a request carrying one in `X-Smartflow-Service-Token` is that
+    /// service's. Routes only services may call (`/metrics`, and the service's own) refuse every
+    /// other request with 401. Unset: none is accepted.
+    #[arg(long, env = "SMARTFLOW_SERVICE_TOKENS", hide_env_values = true)]
+    pub service_tokens: Option<Secret>,
+
+    /// A second address for `/metrics` (and `/healthz`), for a network only operators reach.
+    /// Unset: they are served on SMARTFLOW_HTTP_ADDR with the API. `/metrics` needs a service
+    /// credential either way.
+    #[arg(long, env = "SMARTFLOW_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// The HTTP server's header-read and request deadlines and its connection limit.
+    #[command(flatten)]
+    pub http: HttpLimits,
+
     /// Retry policy, deadlines, timeouts and batch sizes of the bus (see `--help`).
     #[command(flatten)]
     pub reliability: ReliabilitySettings,
@@ -100,6 +119,9 @@ impl Default for ServiceSettings {
             broker_wait_secs: DEFAULT_BROKER_WAIT_SECS,
             shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
             new_broker: false,
+            service_tokens: None,
+            admin_addr: None,
+            http: HttpLimits::default(),
             reliability: ReliabilitySettings::default(),
         }
     }
@@ -153,6 +175,14 @@ impl ServiceSettings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+
+    /// The service credentials `SMARTFLOW_SERVICE_TOKENS` lists (none when unset).
+    pub fn credentials(&self) -> Result<ServiceCredentials, CredentialError> {
+        match &self.service_tokens {
+            Some(list) => ServiceCredentials::parse(list.expose()),
+            None => Ok(ServiceCredentials::default()),
+        }
+    }
 }
 
 /// One librdkafka property from the command line. `Debug` shows the key only: values include
@@ -196,6 +226,12 @@ impl fmt::Debug for ServiceSettings {
             .field("broker_wait_secs", &self.broker_wait_secs)
             .field("shutdown_grace_secs", &self.shutdown_grace_secs)
             .field("new_broker", &self.new_broker)
+            .field(
+                "service_tokens",
+                &self.credentials().map(|c| c.names().join(",")).ok(),
+            )
+            .field("admin_addr", &self.admin_addr)
+            .field("http", &self.http)
             .field("reliability", &self.reliability)
             .finish()
     }
@@ -276,6 +312,48 @@ mod tests {
         assert!(!logged.contains("s3cret"), "{logged}");
         let err = parse(&["--kafka-option", "no-equals-sign"]).err().unwrap();
         assert!(err.to_string().contains("key=value"), "{err}");
+    }
+
+    #[test]
+    fn service_tokens_http_limits_and_the_admin_address_are_read() {
+        let secret = "an-operator-credential-of-32-bytes-or-more";
+        let settings = parse(&[
+            "--service-tokens",
+            &format!("operator={secret}"),
+            "--admin-addr",
+            "127.0.0.1:9100",
+            "--http-header-read-timeout-ms",
+            "500",
+            "--http-request-timeout-ms",
+            "700",
+            "--http-max-connections",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(settings.credentials().unwrap().names(), ["operator"]);
+        assert_eq!(settings.admin_addr.map(|a| a.port()), Some(9100));
+        assert_eq!(
+            settings.http.header_read_timeout(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(settings.http.request_timeout(), Duration::from_millis(700));
+        assert_eq!(settings.http.http_max_connections, 3);
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("operator"), "{shown}");
+        for bad in [
+            ["--http-max-connections", "0"],
+            ["--http-header-read-timeout-ms", "0"],
+            ["--http-request-timeout-ms", "0"],
+            ["--admin-addr", "nowhere"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
+        // A bad list parses (clap never repeats a secret) and is refused where it is used.
+        let settings = parse(&["--service-tokens", "operator=too-short-s3cret"]).unwrap();
+        let err = settings.credentials().unwrap_err().to_string();
+        assert!(err.contains("operator") && !err.contains("s3cret"), "{err}");
+        assert!(!format!("{settings:?}").contains("s3cret"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The one start-up and shutdown of every service: database (validated, connected with
 //! retries) -> migrations -> broker (reached or started, topic created) -> bus -> consumers ->
 //! relay (built once the consumers say which of the outbox's events they mark) -> HTTP
-//! listener -> supervised tasks, and a [`Running`] handle whose shutdown stops
+//! listener (and the admin one, when configured), served within the HTTP limits -> supervised
+//! tasks, and a [`Running`] handle whose shutdown stops
 //! the tasks and then releases the clients in the order that loses nothing.
 //!
 //! A service calls [`ServiceStart::begin`] with its [`ServicePlan`], builds what is its own from
@@ -34,8 +35,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::broker::prepare_broker;
+use crate::credentials::{ServiceCredentials, SERVICE_TOKENS_SETTING};
 use crate::database::connect_with_retries;
 use crate::endpoints::{with_service_endpoints, Gauges, Observed};
+use crate::http_server::{serve_http, HttpLimits};
 use crate::run::RunningService;
 use crate::settings::ServiceSettings;
 use crate::tasks::{release_clients, stop_tasks, supervise, Task};
@@ -189,6 +192,9 @@ impl ConsumerPlan {
 pub struct ServiceStart {
     name: &'static str,
     http_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    http_limits: HttpLimits,
+    credentials: ServiceCredentials,
     topic: String,
     database_url: String,
     grace: Duration,
@@ -227,6 +233,14 @@ impl ServiceStart {
         reliability
             .validate()
             .context("the reliability settings do not fit together")?;
+        let credentials = settings
+            .credentials()
+            .with_context(|| format!("{SERVICE_TOKENS_SETTING} is not usable"))?;
+        if settings.admin_addr == Some(http_addr) && http_addr.port() != 0 {
+            anyhow::bail!(
+                "SMARTFLOW_ADMIN_ADDR {http_addr} is SMARTFLOW_HTTP_ADDR too; give it another address"
+            );
+        }
 
         let db = connect_with_retries(settings.database()).await?;
         migrations(&db)
@@ -247,6 +261,9 @@ impl ServiceStart {
         let mut start = Self {
             name,
             http_addr,
+            admin_addr: settings.admin_addr,
+            http_limits: settings.http,
+            credentials,
             topic: topic.to_owned(),
             database_url: settings.database_url.clone(),
             grace: settings.shutdown_grace(),
@@ -322,6 +339,12 @@ impl ServiceStart {
             }
         }
         Ok(Some(relay))
+    }
+
+    /// The service credentials the service accepts (`SMARTFLOW_SERVICE_TOKENS`), for its own
+    /// routes that only services may call.
+    pub fn credentials(&self) -> &ServiceCredentials {
+        &self.credentials
     }
 
     /// The migrated database.
@@ -425,8 +448,8 @@ impl ServiceStart {
         self.gauges = Some(Arc::new(gauges));
     }
 
-    /// Binds the HTTP listener, serves `routes` with `/healthz`, `/metrics` and the JSON
-    /// fallbacks, and spawns the relay, the consumers, the service's tasks and the HTTP server
+    /// Binds the HTTP listener (and the admin listener, when configured), serves `routes` with
+    /// `/healthz`, `/metrics` and the JSON fallbacks within the HTTP limits, and spawns the relay, the consumers, the service's tasks and the HTTP server
     /// under one cancellation token. `parts` is what the service keeps for its callers.
     pub async fn serve<P>(mut self, routes: Router, parts: P) -> anyhow::Result<Running<P>> {
         let relay = self.relay().await?;
@@ -436,7 +459,20 @@ impl ServiceStart {
         let local_addr = listener
             .local_addr()
             .context("reading the HTTP listener's address")?;
-        let router = with_service_endpoints(
+        let admin_listener = match self.admin_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on SMARTFLOW_ADMIN_ADDR {addr}"))?,
+            ),
+            None => None,
+        };
+        let admin_addr = admin_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .context("reading the admin listener's address")?;
+        let (router, admin_router) = with_service_endpoints(
             routes,
             Observed {
                 db: self.db.clone(),
@@ -444,12 +480,13 @@ impl ServiceStart {
                 outboxes: self.bus.iter().map(|bus| bus.outbox().clone()).collect(),
                 gauges: self.gauges,
             },
+            self.credentials.clone(),
+            admin_listener.is_some(),
         );
 
         let name = self.name;
         let shutdown = self.shutdown;
-        let server = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let limits = self.http_limits;
         let mut tasks = Vec::new();
         if let Some(relay) = relay {
             tasks.push(supervise(
@@ -470,13 +507,23 @@ impl ServiceStart {
         for (task, work) in self.extra_tasks {
             tasks.push(supervise(task, name, &shutdown, work));
         }
-        tasks.push(supervise("http", name, &shutdown, async move {
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "the HTTP server failed");
-            }
-        }));
+        tasks.push(supervise(
+            "http",
+            name,
+            &shutdown,
+            serve_http(listener, router, limits, shutdown.clone()),
+        ));
+        if let (Some(listener), Some(router)) = (admin_listener, admin_router) {
+            tasks.push(supervise(
+                "admin-http",
+                name,
+                &shutdown,
+                serve_http(listener, router, limits, shutdown.clone()),
+            ));
+        }
         tracing::info!(
             http = %local_addr,
+            admin = ?admin_addr,
             database = %redact(&self.database_url),
             brokers = %self.kafka.brokers,
             embedded_broker = self.broker.is_some(),
@@ -486,6 +533,7 @@ impl ServiceStart {
         Ok(Running {
             name,
             local_addr,
+            admin_addr,
             db: self.db,
             bus: self.bus,
             metrics: self.metrics,
@@ -508,6 +556,7 @@ impl ServiceStart {
 pub struct Running<P> {
     name: &'static str,
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     db: DatabaseConnection,
     bus: Option<EventBus>,
     metrics: Arc<Metrics>,
@@ -536,6 +585,11 @@ impl<P> Running<P> {
     /// `http://ADDR`, the prefix of every API URL.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.local_addr)
+    }
+
+    /// `http://ADDR` of the admin listener (`/metrics`, `/healthz`), when one was configured.
+    pub fn admin_url(&self) -> Option<String> {
+        self.admin_addr.map(|addr| format!("http://{addr}"))
     }
 
     pub fn db(&self) -> &DatabaseConnection {

@@ -104,6 +104,10 @@ impl Api {
         let response = self
             .http
             .get(format!("{}/metrics", self.notification))
+            .header(
+                "x-smartflow-service-token",
+                super::scenario::OPERATOR_CREDENTIAL,
+            )
             .send()
             .await
             .context("GET /metrics of notification")?;

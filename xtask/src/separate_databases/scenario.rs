@@ -201,7 +201,13 @@ async fn drive(settings: &Settings, backend: BackendArg, dbs: &ServiceDatabases)
     outcome
 }
 
-/// Starts userauth, the agent and notification, each on its own database.
+/// The service credential the run reads notification's `/metrics` with.
+pub const OPERATOR_CREDENTIAL: &str = "separate-databases-operator-credential-0123";
+/// The one the agent checks tokens at userauth with.
+const AGENT_CREDENTIAL: &str = "separate-databases-agent-credential-0123456";
+
+/// Starts userauth, the agent and notification, each on its own database; every service
+/// accepts the operator's and the agent's credentials.
 async fn start_services(
     settings: &Settings,
     dir: &Path,
@@ -218,6 +224,10 @@ async fn start_services(
         ("SMARTFLOW_NOTIFICATION_TOPIC", notification_topic),
         ("SMARTFLOW_SHUTDOWN_GRACE_SECS", "10"),
         ("RUST_LOG", "info"),
+        (
+            "SMARTFLOW_SERVICE_TOKENS",
+            format!("operator={OPERATOR_CREDENTIAL},agent={AGENT_CREDENTIAL}").as_str(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -233,7 +243,10 @@ async fn start_services(
                 ("SMARTFLOW_PASSWORD_HASH_MEMORY_KIB", "1024".into()),
                 ("SMARTFLOW_PASSWORD_HASH_ITERATIONS", "1".into()),
             ],
-            Service::Agent => vec![("SMARTFLOW_USERAUTH_URL", userauth_url.clone())],
+            Service::Agent => vec![
+                ("SMARTFLOW_USERAUTH_URL", userauth_url.clone()),
+                ("SMARTFLOW_USERAUTH_TOKEN", AGENT_CREDENTIAL.into()),
+            ],
             Service::Notification => vec![
                 ("SMARTFLOW_FEISHU_WEBHOOK_URL", webhook.url()),
                 ("SMARTFLOW_FEISHU_ALLOWED_TARGETS", webhook.allowed_prefix()),

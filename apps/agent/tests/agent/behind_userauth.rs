@@ -11,6 +11,9 @@ use smartflow_userauth::{RunningUserauth, Userauth, UserauthConfig};
 use crate::support::*;
 
 /// Userauth and an agent that checks tokens with it.
+/// The credential the agent checks tokens at userauth with.
+pub const AGENT_AT_USERAUTH: &str = "the-agents-credential-at-userauth-0123456";
+
 pub struct Stack {
     pub broker: EmbeddedBroker,
     pub userauth: RunningUserauth,
@@ -30,6 +33,11 @@ impl Stack {
         userauth_config.service.kafka_brokers = Some(broker.bootstrap_servers());
         userauth_config.agent_topic = topic.clone();
         userauth_config.jwt_secret = Some("agent-test-secret-agent-test-secret-0123".into());
+        userauth_config.service.service_tokens =
+            Some(Secret::new(format!("agent={AGENT_AT_USERAUTH}")));
+        // These tests log in many users from one address; the limits have tests of their own.
+        userauth_config.auth_address_attempts_per_minute = 0;
+        userauth_config.auth_account_attempts_per_minute = 0;
         let userauth = Userauth::start(userauth_config)
             .await
             .unwrap_or_else(|e| panic!("userauth: {e:#}"));
@@ -39,6 +47,7 @@ impl Stack {
         agent_config.service.kafka_brokers = Some(broker.bootstrap_servers());
         agent_config.topic = topic;
         agent_config.userauth_url = Some(userauth.base_url());
+        agent_config.userauth_token = Some(Secret::new(AGENT_AT_USERAUTH));
         configure(&mut agent_config);
         let agent = start(agent_config).await;
         Stack {

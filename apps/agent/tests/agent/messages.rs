@@ -93,8 +93,21 @@ async fn messages_come_back_in_order_and_outbox_rows_end_consumed() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
+    let anonymous = client()
+        .get(format!("{}/metrics", agent.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(anonymous).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            "service_credential_required".to_owned()
+        )
+    );
     let metrics = client()
         .get(format!("{}/metrics", agent.base_url()))
+        .header(SERVICE_TOKEN_HEADER, SERVICE_TOKEN)
         .send()
         .await
         .unwrap();

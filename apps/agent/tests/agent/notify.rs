@@ -67,9 +67,13 @@ impl Webhook {
     }
 }
 
+/// The credential the test reads notification records with.
+const OPERATOR: &str = "the-notification-operator-credential-0123";
+
 async fn status_of(service: &RunningNotification, key: &str) -> Option<String> {
     let response = client()
         .get(format!("{}/v1/notifications", service.base_url()))
+        .header(SERVICE_TOKEN_HEADER, OPERATOR)
         .query(&[("channel", "feishu"), ("dedupe_key", key)])
         .send()
         .await
@@ -96,6 +100,7 @@ async fn first_messages_notify_once_per_conversation(t: TestDb) {
     notification_config.feishu_allowed_targets = webhook.prefix.clone();
     notification_config.feishu_webhook_url = Some(webhook.url.clone());
     notification_config.scan_interval_ms = 100;
+    notification_config.service.service_tokens = Some(Secret::new(format!("operator={OPERATOR}")));
     let notifications = Notification::start(notification_config)
         .await
         .unwrap_or_else(|e| panic!("notification service: {e:#}"));

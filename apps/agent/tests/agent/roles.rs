@@ -68,7 +68,7 @@ async fn only_a_service_posts_assistant_and_system_messages() {
 async fn without_a_configured_credential_only_user_messages_are_accepted() {
     let dir = TempDir::new();
     let mut config = sqlite_config(&dir);
-    config.service_token = None;
+    config.service.service_tokens = None;
     let agent = start(config).await;
     let url = messages_url(&agent, "roles-2");
     for credential in [SERVICE_TOKEN, ""] {

@@ -104,3 +104,29 @@ async fn shutdown_is_graceful_and_a_restart_on_the_same_file_keeps_the_history()
     assert_eq!(ids, [first.as_str(), second.as_str()]);
     stop(agent).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_credential_settings_that_cannot_work_fail_start_by_name() {
+    let dir = TempDir::new();
+    let mut config = sqlite_config(&dir);
+    config.userauth_url = Some("http://127.0.0.1:1".into());
+    let err = start_error(config).await;
+    assert!(err.contains("SMARTFLOW_USERAUTH_TOKEN is not"), "{err}");
+
+    let mut config = sqlite_config(&dir);
+    config.userauth_token = Some(Secret::new("the-agents-credential-at-userauth-0123456"));
+    let err = start_error(config).await;
+    assert!(err.contains("without SMARTFLOW_USERAUTH_URL"), "{err}");
+
+    let mut config = sqlite_config(&dir);
+    config.service.service_tokens = Some(Secret::new("assistant=short-s3cret"));
+    let err = start_error(config).await;
+    assert!(
+        err.contains("SMARTFLOW_SERVICE_TOKENS is not usable"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`assistant`") && !err.contains("s3cret"),
+        "{err}"
+    );
+}

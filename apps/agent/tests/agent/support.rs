@@ -4,7 +4,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 pub use smartflow_agent::http::SERVICE_TOKEN_HEADER;
 use smartflow_agent::http::{Accepted, MessageList, MessageView};
-use smartflow_agent::{Agent, AgentConfig, RunningAgent, ServiceToken};
+use smartflow_agent::{Agent, AgentConfig, RunningAgent};
+pub use smartflow_service::Secret;
 use smartflow_testkit::TestDb;
 
 /// Bound on waiting for something the agent does in the background (the embedded broker's group
@@ -35,12 +36,13 @@ impl Drop for TempDir {
     }
 }
 
-/// The service credential the tests' agents are configured with (`SMARTFLOW_SERVICE_TOKEN`).
+/// The service credential the tests' agents accept (`SMARTFLOW_SERVICE_TOKENS`, as
+/// `assistant`).
 pub const SERVICE_TOKEN: &str = "the-agent-tests-service-credential-0123";
 
-/// Configures [`SERVICE_TOKEN`] as the agent's service credential.
+/// Configures [`SERVICE_TOKEN`] as the credential of the `assistant` service.
 pub fn with_service_token(config: &mut AgentConfig) {
-    config.service_token = Some(ServiceToken::new(SERVICE_TOKEN).unwrap());
+    config.service.service_tokens = Some(Secret::new(format!("assistant={SERVICE_TOKEN}")));
 }
 
 /// An agent on a SQLite file of its own, with an embedded broker, a free port and the tests'

@@ -14,13 +14,35 @@ use smartflow_notification_contracts::Channel;
 
 pub use feishu::{FeishuConfig, FeishuWebhook};
 
-/// One notification as a provider sends it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One notification as a provider sends it. `Debug` hides the webhook's token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct OutgoingNotification {
     /// The webhook URL, or `None` for the provider's configured default.
     pub target: Option<String>,
     pub title: String,
     pub text: String,
+}
+
+impl std::fmt::Debug for OutgoingNotification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutgoingNotification")
+            .field("target", &ShownTarget(self.target.as_deref()))
+            .field("title", &self.title)
+            .field("text", &self.text)
+            .finish()
+    }
+}
+
+/// A webhook target in `Debug` output: [`redact_target`]ed, `None` for the default.
+pub struct ShownTarget<'a>(pub Option<&'a str>);
+
+impl std::fmt::Debug for ShownTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(target) => write!(f, "Some({:?})", redact_target(target)),
+            None => f.write_str("None"),
+        }
+    }
 }
 
 /// What the provider answered when it accepted a notification, kept in the record.
@@ -111,10 +133,24 @@ impl Providers {
 
 /// Which webhook URLs notifications may be sent to, and the default one. Requests name their
 /// target, so without this list the service would POST to any address a caller chooses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` shows the prefixes and hides the default webhook's token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct TargetPolicy {
     allowed: Vec<Url>,
     default: Option<Url>,
+}
+
+impl std::fmt::Debug for TargetPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let allowed: Vec<&str> = self.allowed.iter().map(Url::as_str).collect();
+        f.debug_struct("TargetPolicy")
+            .field("allowed", &allowed)
+            .field(
+                "default",
+                &ShownTarget(self.default.as_ref().map(Url::as_str)),
+            )
+            .finish()
+    }
 }
 
 /// A target or prefix that cannot be used.
@@ -232,6 +268,53 @@ mod tests {
     use super::*;
 
     const HOOK: &str = "https://open.feishu.cn/open-apis/bot/v2/hook/";
+
+    #[test]
+    fn no_debug_output_shows_a_webhooks_token() {
+        let target = format!("{HOOK}token-s3cret");
+        let policy = TargetPolicy::new(vec![HOOK.into()], Some(target.clone())).unwrap();
+        let outgoing = OutgoingNotification {
+            target: Some(target.clone()),
+            title: "t".into(),
+            text: "x".into(),
+        };
+        let event = crate::events::NotificationRequested {
+            channel: "feishu".into(),
+            target: Some(target.clone()),
+            title: "t".into(),
+            text: "x".into(),
+            dedupe_key: "k".into(),
+            requested_by: "agent".into(),
+            user_id: None,
+        };
+        let stored = crate::handler::StoredNotification::from_event(&event);
+        let posted: crate::http::PostNotification = serde_json::from_value(serde_json::json!({
+            "channel": "feishu", "target": target, "text": "x", "dedupe_key": "k"
+        }))
+        .unwrap();
+        let feishu = FeishuConfig {
+            targets: policy.clone(),
+            secret: Some("sign-s3cret".into()),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let recorder = crate::handler::RecordNotification {
+            targets: policy.clone(),
+            max_attempts: 1,
+        };
+        for shown in [
+            format!("{policy:?}"),
+            format!("{outgoing:?}"),
+            format!("{event:?}"),
+            format!("{stored:?}"),
+            format!("{posted:?}"),
+            format!("{feishu:?}"),
+            format!("{recorder:?}"),
+        ] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+        }
+        // What is shown still says where it goes.
+        assert!(format!("{outgoing:?}").contains("open.feishu.cn"));
+    }
 
     #[test]
     fn only_targets_under_an_allowed_prefix_pass() {

@@ -6,12 +6,15 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use smartflow_notification::http::{Accepted, Found};
 use smartflow_notification::{Notification, NotificationConfig, RunningNotification};
+use smartflow_service::{Secret, LOOPBACK_ANY_PORT, SERVICE_TOKEN_HEADER};
 use smartflow_storage::outbox::OutboxTable;
 use smartflow_testkit::{on_every_backend, TestDb};
 
 use crate::support::*;
 
 const SECRET: &str = "SEC-service-test";
+/// The credential the tests call the API with, as the service `billing`.
+const CALLER: &str = "the-billing-services-credential-0123456";
 
 fn config_for(t: &TestDb, fake: &FakeFeishu) -> NotificationConfig {
     let mut config = NotificationConfig::embedded(t.config.url.clone());
@@ -24,6 +27,7 @@ fn config_for(t: &TestDb, fake: &FakeFeishu) -> NotificationConfig {
     config.notify_retry_base_ms = 100;
     config.notify_retry_max_ms = 400;
     config.scan_interval_ms = 100;
+    config.service.service_tokens = Some(Secret::new(format!("billing={CALLER}")));
     config
 }
 
@@ -37,6 +41,7 @@ async fn start(config: NotificationConfig) -> RunningNotification {
 async fn post(service: &RunningNotification, body: Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{}/v1/notifications", service.base_url()))
+        .header(SERVICE_TOKEN_HEADER, CALLER)
         .json(&body)
         .send()
         .await
@@ -46,6 +51,7 @@ async fn post(service: &RunningNotification, body: Value) -> reqwest::Response {
 async fn find(service: &RunningNotification, channel: &str, key: &str) -> reqwest::Response {
     reqwest::Client::new()
         .get(format!("{}/v1/notifications", service.base_url()))
+        .header(SERVICE_TOKEN_HEADER, CALLER)
         .query(&[("channel", channel), ("dedupe_key", key)])
         .send()
         .await
@@ -62,7 +68,9 @@ async fn error_code(response: reqwest::Response) -> (StatusCode, String) {
 async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
     let fake = FakeFeishu::start(Some(SECRET)).await;
     fake.script([Answer::Status(502)]);
-    let service = start(config_for(&t, &fake)).await;
+    let mut config = config_for(&t, &fake);
+    config.service.admin_addr = Some(LOOPBACK_ANY_PORT);
+    let service = start(config).await;
 
     let request = serde_json::json!({
         "channel": "feishu",
@@ -96,7 +104,8 @@ async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
     let view = found.notification;
     assert_eq!(view.attempts, 2, "{view:?}");
     assert_eq!(view.title, "New conversation");
-    assert_eq!(view.requested_by, "http-api");
+    // The requester is the credential's service, whatever the body says.
+    assert_eq!(view.requested_by, "billing");
     assert_eq!(view.user_id.as_deref(), Some("u-1"));
     assert_eq!(view.target, None, "sent to the default webhook");
     assert!(view.sent_at.is_some());
@@ -131,8 +140,38 @@ async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
         error_code(post(&service, outside).await).await,
         (StatusCode::BAD_REQUEST, "invalid_request".to_owned())
     );
+    let mut forged = request.clone();
+    forged["requested_by"] = "agent".into();
+    assert_eq!(
+        error_code(post(&service, forged).await).await,
+        (StatusCode::BAD_REQUEST, "invalid_request".to_owned())
+    );
+    // Without a credential (or with a wrong one) the API is closed, reading and writing.
+    for credential in [None, Some("the-billing-services-credential-012345X")] {
+        let http = reqwest::Client::new();
+        let mut read = http
+            .get(format!("{}/v1/notifications", service.base_url()))
+            .query(&[("channel", "feishu"), ("dedupe_key", "conversation:c-1")]);
+        let mut write = http
+            .post(format!("{}/v1/notifications", service.base_url()))
+            .json(&request);
+        if let Some(credential) = credential {
+            read = read.header(SERVICE_TOKEN_HEADER, credential);
+            write = write.header(SERVICE_TOKEN_HEADER, credential);
+        }
+        for refused in [read, write] {
+            assert_eq!(
+                error_code(refused.send().await.unwrap()).await,
+                (
+                    StatusCode::UNAUTHORIZED,
+                    "service_credential_required".to_owned()
+                )
+            );
+        }
+    }
     let missing = reqwest::Client::new()
         .get(format!("{}/v1/notifications", service.base_url()))
+        .header(SERVICE_TOKEN_HEADER, CALLER)
         .send()
         .await
         .unwrap();
@@ -144,7 +183,32 @@ async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
         .await
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let metrics = reqwest::get(format!("{}/metrics", service.base_url()))
+    // `/metrics` is on the admin address only, and only for a service credential.
+    let admin = service
+        .admin_url()
+        .expect("an admin address was configured");
+    assert_eq!(
+        error_code(
+            reqwest::get(format!("{}/metrics", service.base_url()))
+                .await
+                .unwrap()
+        )
+        .await,
+        (StatusCode::NOT_FOUND, "not_found".to_owned())
+    );
+    assert_eq!(
+        error_code(reqwest::get(format!("{admin}/metrics")).await.unwrap()).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            "service_credential_required".to_owned()
+        )
+    );
+    let admin_health = reqwest::get(format!("{admin}/healthz")).await.unwrap();
+    assert_eq!(admin_health.status(), StatusCode::OK);
+    let metrics = reqwest::Client::new()
+        .get(format!("{admin}/metrics"))
+        .header(SERVICE_TOKEN_HEADER, CALLER)
+        .send()
         .await
         .unwrap()
         .text()

@@ -64,7 +64,20 @@ async fn health_and_metrics_are_the_skeletons(t: TestDb) {
         "{body}"
     );
 
-    let metrics = client().get(url(&app, "/metrics")).send().await.unwrap();
+    // Metrics are for services and operators only.
+    let anonymous = client().get(url(&app, "/metrics")).send().await.unwrap();
+    assert_error(
+        anonymous,
+        StatusCode::UNAUTHORIZED,
+        "service_credential_required",
+    )
+    .await;
+    let metrics = client()
+        .get(url(&app, "/metrics"))
+        .header(SERVICE_TOKEN_HEADER, AGENT_CREDENTIAL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
     assert!(metrics.headers()["content-type"]
         .to_str()

@@ -6,5 +6,6 @@ mod accounts;
 mod families;
 mod sessions;
 mod support;
+mod throttling;
 mod tokens;
 mod usage;

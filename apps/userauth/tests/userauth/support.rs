@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use smartflow_service::Secret;
+pub use smartflow_service::SERVICE_TOKEN_HEADER;
 use smartflow_storage::users;
 use smartflow_testkit::TestDb;
 use smartflow_userauth::http::{MeResponse, RegisterResponse, TokenResponse};
@@ -18,6 +20,8 @@ pub use smartflow_testkit::PATIENCE;
 pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 pub const PASSWORD: &str = "correct horse 9";
 pub const QUOTA: i64 = 1000;
+/// The service credential the tests call `GET /v1/auth/authorize` with, as the agent does.
+pub const AGENT_CREDENTIAL: &str = "the-userauth-tests-agent-credential-0123";
 
 /// A userauth on the test's database, an OS-chosen port and its own embedded broker, with light
 /// Argon2 parameters so tests do not spend their time hashing.
@@ -29,6 +33,10 @@ pub fn config_for(t: &TestDb) -> UserauthConfig {
     config.password_hash_iterations = 1;
     config.default_token_quota = QUOTA;
     config.service.shutdown_grace_secs = 10;
+    config.service.service_tokens = Some(Secret::new(format!("agent={AGENT_CREDENTIAL}")));
+    // The suites log in a lot from one address; `throttling.rs` proves the limits bite.
+    config.auth_address_attempts_per_minute = 0;
+    config.auth_account_attempts_per_minute = 0;
     config
 }
 
@@ -85,13 +93,13 @@ pub async fn post_with(
         .unwrap()
 }
 
+/// `GET path` with the bearer token; `/v1/auth/authorize`, a service's call, as the agent.
 pub async fn get_with(app: &RunningUserauth, path: &str, access_token: &str) -> reqwest::Response {
-    client()
-        .get(url(app, path))
-        .bearer_auth(access_token)
-        .send()
-        .await
-        .unwrap()
+    let mut request = client().get(url(app, path)).bearer_auth(access_token);
+    if path == "/v1/auth/authorize" {
+        request = request.header(SERVICE_TOKEN_HEADER, AGENT_CREDENTIAL);
+    }
+    request.send().await.unwrap()
 }
 
 pub async fn register(app: &RunningUserauth, email: &str) -> RegisterResponse {

@@ -293,7 +293,8 @@ async fn tampered_and_foreign_key_tokens_are_refused(t: TestDb) {
     )
     .sign(&claims)
     .unwrap();
-    let verifier = UserauthClient::new(&app.base_url(), Duration::from_secs(10)).unwrap();
+    let verifier =
+        UserauthClient::new(&app.base_url(), Duration::from_secs(10), AGENT_CREDENTIAL).unwrap();
     for forged in [as_mallory, longer, foreign] {
         for path in ["/v1/auth/me", "/v1/auth/authorize"] {
             assert_error(
@@ -338,7 +339,8 @@ async fn expired_tokens_are_refused(t: TestDb) {
         )
         .await;
     }
-    let verifier = UserauthClient::new(&app.base_url(), Duration::from_secs(10)).unwrap();
+    let verifier =
+        UserauthClient::new(&app.base_url(), Duration::from_secs(10), AGENT_CREDENTIAL).unwrap();
     assert!(matches!(
         verifier.authorize(&expired).await,
         Err(AuthorizeError::Rejected { status: 401, ref code, .. }) if code == "token_expired"
