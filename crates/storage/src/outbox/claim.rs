@@ -243,7 +243,8 @@ impl OutboxTable {
         rows.sort_by_key(|r| r.id);
         let held_back = self
             .hold_back_waiting_keys(&txn, req, &shards, &mut rows)
-            .await?;
+            .await?
+            .len() as u64;
         if rows.is_empty() {
             txn.commit().await?;
             return Ok(Claim::empty(held_back));
@@ -282,16 +283,12 @@ impl OutboxTable {
             rows.extend(ClaimedRow::find_by_statement(stmt).all(db).await?);
         }
         rows.sort_by_key(|r| r.id);
-        let mut held = rows.clone();
-        let held_back = self
+        let held = self
             .hold_back_waiting_keys(db, req, &shards, &mut rows)
             .await?;
-        if held_back > 0 {
-            // Rows leased here but held back: their lease is given back at once.
-            held.retain(|r| rows.binary_search_by_key(&r.id, |k| k.id).is_err());
-            self.release_rows(db, &req.owner, held.iter().map(|r| r.id).collect())
-                .await?;
-        }
+        let held_back = held.len() as u64;
+        // Rows leased here but held back: their lease is given back at once.
+        self.release_rows(db, &req.owner, held).await?;
         if rows.is_empty() {
             self.release_shards(db, &req.owner, &shards).await?;
             return Ok(Claim::empty(held_back));
@@ -308,17 +305,17 @@ impl OutboxTable {
 
     /// Leaves out of `rows` (in id order) every row whose key has an earlier row, in these
     /// shards and not in this claim, waiting for a retry (on topics outside `skip_topics`):
-    /// that key sends nothing newer until the waiting row is published or `dead`. Returns how
-    /// many rows were left out.
+    /// that key sends nothing newer until the waiting row is published or `dead`. Returns the
+    /// ids of the rows left out.
     async fn hold_back_waiting_keys<C: ConnectionTrait>(
         &self,
         conn: &C,
         req: &ClaimRequest,
         shards: &[i16],
         rows: &mut Vec<ClaimedRow>,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Vec<i64>, StorageError> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut waiting = Query::select();
@@ -338,7 +335,7 @@ impl OutboxTable {
             .all(conn)
             .await?;
         if waiting.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         // The earliest waiting row of each key: rows of the key after it wait too.
         let mut first_waiting: HashMap<String, i64> = HashMap::new();
@@ -346,13 +343,17 @@ impl OutboxTable {
             let first = first_waiting.entry(w.message_key).or_insert(w.id);
             *first = (*first).min(w.id);
         }
-        let before = rows.len();
+        let mut held = Vec::new();
         rows.retain(|r| {
-            first_waiting
+            let goes = first_waiting
                 .get(&r.message_key)
-                .is_none_or(|&first| r.id < first)
+                .is_none_or(|&first| r.id < first);
+            if !goes {
+                held.push(r.id);
+            }
+            goes
         });
-        Ok((before - rows.len()) as u64)
+        Ok(held)
     }
 
     /// Gives back the lease on rows claimed but not sent.
