@@ -51,6 +51,23 @@ pub trait EventHandler: Send + Sync {
         txn: &DatabaseTransaction,
         envelope: &Envelope,
     ) -> Result<(), HandlerError>;
+
+    /// Applies several events of this handler's type at once, in the order given (a run of
+    /// consecutive events of one batch; each one not applied before). The default applies them
+    /// one by one with [`handle`](Self::handle); a handler overrides it to write them with
+    /// set-based statements. An error rolls back every event of the call, and the bus then
+    /// applies them again one by one, each in its own savepoint, to find out which one failed:
+    /// the writes of one call must depend on nothing but `txn`.
+    async fn handle_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        envelopes: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        for envelope in envelopes {
+            self.handle(txn, envelope).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A handler for one typed event; the registry decodes the payload before calling it.
@@ -63,6 +80,18 @@ pub trait TypedHandler<E: EventContract>: Send + Sync {
         event: E,
         envelope: &Envelope,
     ) -> Result<(), HandlerError>;
+
+    /// As [`EventHandler::handle_batch`], with the payloads already decoded.
+    async fn handle_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        events: Vec<(E, &Envelope)>,
+    ) -> Result<(), HandlerError> {
+        for (event, envelope) in events {
+            self.handle(txn, event, envelope).await?;
+        }
+        Ok(())
+    }
 }
 
 struct Decoding<E, H> {
@@ -77,11 +106,26 @@ impl<E: EventContract, H: TypedHandler<E>> EventHandler for Decoding<E, H> {
         txn: &DatabaseTransaction,
         envelope: &Envelope,
     ) -> Result<(), HandlerError> {
-        let event = envelope
-            .decode::<E>()
-            .map_err(|e| HandlerError::Permanent(format!("undecodable payload: {e}")))?;
-        self.handler.handle(txn, event, envelope).await
+        self.handler.handle(txn, decode(envelope)?, envelope).await
     }
+
+    async fn handle_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        envelopes: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let events = envelopes
+            .iter()
+            .map(|envelope| Ok((decode(envelope)?, *envelope)))
+            .collect::<Result<Vec<_>, HandlerError>>()?;
+        self.handler.handle_batch(txn, events).await
+    }
+}
+
+fn decode<E: EventContract>(envelope: &Envelope) -> Result<E, HandlerError> {
+    envelope
+        .decode::<E>()
+        .map_err(|e| HandlerError::Permanent(format!("undecodable payload: {e}")))
 }
 
 /// The immutable map `event_type -> handler`, built once at start-up.

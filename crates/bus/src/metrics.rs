@@ -28,6 +28,13 @@ pub struct Metrics {
     /// in one batch: the one way a key's order could break, which the transports promise never
     /// to do. Watched so a broken promise is seen.
     pub order_breaks: AtomicU64,
+    /// Consumer batches applied whole: one savepoint, set-based dedupe marks, handlers called
+    /// once per run of one event type.
+    pub batches_whole: AtomicU64,
+    /// Consumer batches applied one event at a time, each in its own savepoint: a batch with an
+    /// undecodable message, an unknown type or a single message, or one whose whole attempt
+    /// failed (a handler error) and was rolled back.
+    pub batches_one_by_one: AtomicU64,
 }
 
 impl Metrics {
@@ -90,6 +97,11 @@ impl Metrics {
             ),
             ("held_back", self.held_back.load(Ordering::Relaxed)),
             ("order_breaks", self.order_breaks.load(Ordering::Relaxed)),
+            ("batches_whole", self.batches_whole.load(Ordering::Relaxed)),
+            (
+                "batches_one_by_one",
+                self.batches_one_by_one.load(Ordering::Relaxed),
+            ),
             ("relay_pauses", self.relay_pauses.load(Ordering::Relaxed)),
             (
                 "consumer_stalls",

@@ -5,7 +5,7 @@ use sea_orm::{DatabaseTransaction, TransactionTrait};
 use smartflow_domain::{
     DomainError, Envelope, EventContract, RouteRegistry, SOURCE_HEADER, TRACEPARENT_HEADER,
 };
-use smartflow_storage::outbox::OutboxTable;
+use smartflow_storage::outbox::{EncodedRow, OutboxTable};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -118,8 +118,62 @@ impl EventBus {
     pub async fn publish_envelope(
         &self,
         txn: &DatabaseTransaction,
-        mut envelope: Envelope,
+        envelope: Envelope,
     ) -> Result<Uuid, BusError> {
+        let ids = self.publish_envelopes(txn, vec![envelope]).await?;
+        Ok(ids[0])
+    }
+
+    /// As [`publish`](Self::publish) for several events of one type, `(message_key, event)`, with
+    /// as few statements as the database allows (one multi-row insert per thousand rows): for a
+    /// handler that applies a batch of events at once. Returns the event ids in order. If any
+    /// event cannot be published (no route, too large), nothing is written.
+    pub async fn publish_all<E: EventContract>(
+        &self,
+        txn: &DatabaseTransaction,
+        events: &[(&str, &E)],
+    ) -> Result<Vec<Uuid>, BusError> {
+        let envelopes = events
+            .iter()
+            .map(|(key, event)| Envelope::for_event(*key, *event))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.publish_envelopes(txn, envelopes).await
+    }
+
+    /// As [`publish_envelope`](Self::publish_envelope) for several envelopes at once.
+    pub async fn publish_envelopes(
+        &self,
+        txn: &DatabaseTransaction,
+        envelopes: Vec<Envelope>,
+    ) -> Result<Vec<Uuid>, BusError> {
+        if envelopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let prepared = envelopes
+            .into_iter()
+            .map(|envelope| self.prepare(envelope))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows: Vec<EncodedRow<'_>> = prepared
+            .iter()
+            .map(|(envelope, encoded, topic)| EncodedRow {
+                envelope,
+                encoded,
+                topic,
+            })
+            .collect();
+        self.inner
+            .table
+            .insert_all(txn, &rows, self.inner.config.max_retry)
+            .await?;
+        // Relays in other processes hear of it when (and only if) `txn` commits.
+        self.inner.table.announce(txn).await?;
+        Ok(prepared.iter().map(|(e, _, _)| e.event_id).collect())
+    }
+
+    /// The envelope as it is stored, its encoding and its topic: the route resolved (unknown
+    /// types are an error), the trace context started if missing, the source set, the size
+    /// checked.
+    fn prepare(&self, mut envelope: Envelope) -> Result<(Envelope, String, &str), BusError> {
         let route = self.inner.routes.resolve(&envelope.event_type)?;
         envelope
             .headers
@@ -139,19 +193,7 @@ impl EventBus {
             }
             .into());
         }
-        self.inner
-            .table
-            .insert_encoded(
-                txn,
-                &envelope,
-                encoded,
-                &route.topic,
-                self.inner.config.max_retry,
-            )
-            .await?;
-        // Relays in other processes hear of it when (and only if) `txn` commits.
-        self.inner.table.announce(txn).await?;
-        Ok(envelope.event_id)
+        Ok((envelope, encoded, route.topic.as_str()))
     }
 
     /// Commits `txn` and wakes this process's relays at once, so a new row does not wait for

@@ -3,7 +3,9 @@
 //! changes nothing. A service may keep its inbox under any name
 //! (`smartflow_migrations::create_inbox_table`); this workspace's services share [`DEFAULT_INBOX_TABLE`].
 
-use sea_orm::sea_query::{Expr, Query, Value};
+use std::collections::HashSet;
+
+use sea_orm::sea_query::{Expr, InsertStatement, Query, Value};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, Iterable, TransactionTrait};
 
 pub use crate::entity::inbox::{InboxStatus, Model as InboxEntry};
@@ -15,6 +17,15 @@ use crate::{now_millis, StorageError};
 
 /// The inbox of this workspace's services.
 pub const DEFAULT_INBOX_TABLE: &str = "inbox";
+
+/// Rows per statement of a set-based record: 6 parameters a row, well inside every backend's
+/// limit.
+const ROWS_PER_STATEMENT: usize = 1000;
+
+#[derive(FromQueryResult)]
+struct KnownEvent {
+    event_id: String,
+}
 
 /// One inbox table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,26 +64,13 @@ impl InboxTable {
         status: InboxStatus,
         error: Option<&str>,
     ) -> Result<bool, StorageError> {
-        let status: Value = status.into();
-        let stmt = Query::insert()
-            .into_table(self.name.alias())
-            .columns([
-                Inbox::Consumer,
-                Inbox::EventId,
-                Inbox::EventType,
-                Inbox::Status,
-                Inbox::LastError,
-                Inbox::HandledAt,
-            ])
-            .values_panic([
-                consumer.into(),
-                event_id.into(),
-                event_type.into(),
-                status.into(),
-                error.map(truncate).into(),
-                now_millis().into(),
-            ])
-            .to_owned();
+        let stmt = self.insert_statement(
+            consumer,
+            &[(event_id, event_type)],
+            status,
+            error,
+            now_millis(),
+        );
         let savepoint = txn.begin().await?;
         let result = savepoint
             .execute(savepoint.get_database_backend().build(&stmt))
@@ -89,6 +87,87 @@ impl InboxTable {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Records at once that `consumer` handled each of `events` (`(event_id, event_type)`), as
+    /// [`record`](Self::record) does one by one: returns the ids recorded now (the others were
+    /// recorded already). `None` means a concurrent writer recorded one of them between this
+    /// call's two statements; the statement failed, so the caller must roll back to a savepoint
+    /// it took before, and go one by one.
+    pub async fn record_handled_all<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        consumer: &str,
+        events: &[(&str, &str)],
+    ) -> Result<Option<HashSet<String>>, StorageError> {
+        let backend = conn.get_database_backend();
+        let mut fresh = HashSet::new();
+        let now = now_millis();
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let select = Query::select()
+                .column(Inbox::EventId)
+                .from(self.name.alias())
+                .and_where(Expr::col(Inbox::Consumer).eq(consumer))
+                .and_where(Expr::col(Inbox::EventId).is_in(chunk.iter().map(|(id, _)| *id)))
+                .to_owned();
+            let known: HashSet<String> = KnownEvent::find_by_statement(backend.build(&select))
+                .all(conn)
+                .await?
+                .into_iter()
+                .map(|r| r.event_id)
+                .collect();
+            let new: Vec<(&str, &str)> = chunk
+                .iter()
+                .copied()
+                .filter(|(id, _)| !known.contains(*id))
+                .collect();
+            if new.is_empty() {
+                continue;
+            }
+            let stmt = self.insert_statement(consumer, &new, InboxStatus::Handled, None, now);
+            match conn
+                .execute(backend.build(&stmt))
+                .await
+                .map_err(StorageError::from)
+            {
+                Ok(_) => fresh.extend(new.iter().map(|(id, _)| (*id).to_owned())),
+                Err(e) if e.is_unique_violation() => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(fresh))
+    }
+
+    fn insert_statement(
+        &self,
+        consumer: &str,
+        events: &[(&str, &str)],
+        status: InboxStatus,
+        error: Option<&str>,
+        now: i64,
+    ) -> InsertStatement {
+        let status: Value = status.into();
+        let error: Value = error.map(truncate).into();
+        let mut stmt = Query::insert();
+        stmt.into_table(self.name.alias()).columns([
+            Inbox::Consumer,
+            Inbox::EventId,
+            Inbox::EventType,
+            Inbox::Status,
+            Inbox::LastError,
+            Inbox::HandledAt,
+        ]);
+        for (event_id, event_type) in events {
+            stmt.values_panic([
+                consumer.into(),
+                (*event_id).into(),
+                (*event_type).into(),
+                status.clone().into(),
+                error.clone().into(),
+                now.into(),
+            ]);
+        }
+        stmt
     }
 
     /// The inbox row of one event for one consumer.

@@ -1,7 +1,7 @@
 //! Migrations that landed once for several services and now belong to each of their migrators,
 //! under the same names.
 
-#[cfg(any(feature = "notification", feature = "userauth"))]
+#[cfg(any(feature = "agent", feature = "notification", feature = "userauth"))]
 pub(crate) mod m20261123_000002_create_inbox;
 #[cfg(any(feature = "agent", feature = "notification"))]
 pub(crate) mod m20261123_000030_outbox_fresh_lane_index;

@@ -4,6 +4,7 @@
 
 mod auth;
 mod backends;
+mod batches;
 mod behind_userauth;
 mod messages;
 mod notify;

@@ -1,7 +1,10 @@
+use std::collections::HashSet;
+
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use smartflow_domain::{Envelope, IncomingMessage, KeyOrder, EVENT_ID_HEADER, EVENT_TYPE_HEADER};
 use smartflow_storage::inbox::InboxStatus;
 use smartflow_storage::outbox::FailureOutcome;
+use tracing::Instrument;
 
 use super::{ConsumerRunner, Mark};
 use crate::{BusError, HandlerError, Metrics};
@@ -29,12 +32,151 @@ enum Applied {
 }
 
 impl ConsumerRunner {
-    /// Applies a batch in one database transaction: each message in its own savepoint, where the
-    /// dedupe mark and the handler's writes commit together or not at all. Failures are recorded
-    /// in the same transaction. Offsets are the caller's to commit once this returns `Ok`.
+    /// Applies a batch in one database transaction, where each event's dedupe mark and its
+    /// handler's writes commit together or not at all, and failures are recorded. Offsets are
+    /// the caller's to commit once this returns `Ok`.
+    ///
+    /// First the whole batch is tried at once in one savepoint: the marks of all its events set
+    /// by a few statements (`mark_consumed_all`, `record_handled_all`), then each run of
+    /// consecutive events of one type handed to its handler's `handle_batch`. If that cannot
+    /// work (an undecodable message, an unknown type) or fails (a handler's error, a concurrent
+    /// consumer's mark), it is rolled back, and every message is applied on its own, each in its
+    /// own savepoint, which tells the failing event from the others: they are applied once,
+    /// never twice and never lost.
     #[tracing::instrument(skip_all, fields(messages = batch.len()))]
     pub async fn process_batch(&self, batch: &[IncomingMessage]) -> Result<BatchReport, BusError> {
         let txn = self.db.begin().await?;
+        let report = match self.apply_whole(&txn, batch).await? {
+            Some(report) => {
+                Metrics::add(&self.metrics.batches_whole, 1);
+                report
+            }
+            None => {
+                Metrics::add(&self.metrics.batches_one_by_one, 1);
+                self.apply_each(&txn, batch).await?
+            }
+        };
+        txn.commit().await?;
+        let m = &self.metrics;
+        Metrics::add(&m.consumed, report.applied);
+        Metrics::add(&m.duplicates, report.duplicates);
+        Metrics::add(&m.handler_retries, report.retrying);
+        Metrics::add(&m.handler_dead, report.dead);
+        Ok(report)
+    }
+
+    /// The whole batch at once, in a savepoint of `txn`. `None` (the savepoint rolled back,
+    /// nothing written) when it cannot or did not work.
+    async fn apply_whole(
+        &self,
+        txn: &DatabaseTransaction,
+        batch: &[IncomingMessage],
+    ) -> Result<Option<BatchReport>, BusError> {
+        if batch.len() < 2 {
+            return Ok(None);
+        }
+        let mut envelopes = Vec::with_capacity(batch.len());
+        for message in batch {
+            let Some(Ok(envelope)) = message.payload.as_deref().map(Envelope::from_slice) else {
+                return Ok(None);
+            };
+            if self.handlers.get(&envelope.event_type).is_none() {
+                return Ok(None);
+            }
+            envelopes.push(envelope);
+        }
+        let savepoint = txn.begin().await?;
+        match self.try_whole(&savepoint, &envelopes).await {
+            Ok(Some(report)) => {
+                savepoint.commit().await?;
+                for envelope in &envelopes {
+                    self.forget_attempts(&envelope.event_id.to_string());
+                }
+                Ok(Some(report))
+            }
+            Ok(None) => {
+                savepoint.rollback().await?;
+                Ok(None)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "the batch failed as a whole; applying its events one by one");
+                savepoint.rollback().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn try_whole(
+        &self,
+        savepoint: &DatabaseTransaction,
+        envelopes: &[Envelope],
+    ) -> Result<Option<BatchReport>, HandlerError> {
+        let ids: Vec<String> = envelopes.iter().map(|e| e.event_id.to_string()).collect();
+        // Each event's mark: its outbox row, or its inbox row (a copy delivered twice in one
+        // batch is marked, and applied, once).
+        let mut seen = HashSet::new();
+        let mut outbox_ids: Vec<&str> = Vec::new();
+        let mut inbox_events: Vec<(&str, &str)> = Vec::new();
+        let mut outbox_table = None;
+        for (envelope, id) in envelopes.iter().zip(&ids) {
+            if !seen.insert(id.as_str()) {
+                continue;
+            }
+            match self.dedupe.mark_for(envelope.source()) {
+                Mark::Outbox(table) => {
+                    outbox_table = Some(table);
+                    outbox_ids.push(id);
+                }
+                Mark::Inbox { .. } => inbox_events.push((id, &envelope.event_type)),
+            }
+        }
+        let mut fresh: HashSet<String> = HashSet::new();
+        if let Some(table) = outbox_table {
+            match table.mark_consumed_all(savepoint, &outbox_ids).await? {
+                Some(marked) => fresh.extend(marked),
+                None => return Ok(None),
+            }
+        }
+        if !inbox_events.is_empty() {
+            let (table, consumer) = self.dedupe.inbox();
+            match table
+                .record_handled_all(savepoint, consumer, &inbox_events)
+                .await?
+            {
+                Some(recorded) => fresh.extend(recorded),
+                None => return Ok(None),
+            }
+        }
+        let mut report = BatchReport::default();
+        let mut applying: Vec<&Envelope> = Vec::with_capacity(envelopes.len());
+        for (envelope, id) in envelopes.iter().zip(&ids) {
+            if fresh.remove(id) {
+                applying.push(envelope);
+            } else {
+                report.duplicates += 1;
+            }
+        }
+        for run in applying.chunk_by(|a, b| a.event_type == b.event_type) {
+            let event_type = &run[0].event_type;
+            let span = tracing::info_span!("handle_batch", %event_type, events = run.len());
+            // Checked above: every event type has its handler.
+            if let Some(handler) = self.handlers.get(event_type) {
+                handler
+                    .handle_batch(savepoint, run)
+                    .instrument(span)
+                    .await?;
+            }
+        }
+        report.applied = applying.len() as u64;
+        Ok(Some(report))
+    }
+
+    /// Each message on its own, in its own savepoint.
+    async fn apply_each(
+        &self,
+        txn: &DatabaseTransaction,
+        batch: &[IncomingMessage],
+    ) -> Result<BatchReport, BusError> {
         let mut report = BatchReport::default();
         for (index, message) in batch.iter().enumerate() {
             let envelope = match message.payload.as_deref().map(Envelope::from_slice) {
@@ -44,21 +186,15 @@ impl ConsumerRunner {
                         Some(Err(e)) => e.to_string(),
                         _ => "message has no value".to_owned(),
                     };
-                    self.poison(&txn, message, &reason, &mut report).await?;
+                    self.poison(txn, message, &reason, &mut report).await?;
                     continue;
                 }
             };
-            if let Applied::TryAgainLater = self.apply_one(&txn, &envelope, &mut report).await? {
+            if let Applied::TryAgainLater = self.apply_one(txn, &envelope, &mut report).await? {
                 report.stopped_at = Some(index);
                 break;
             }
         }
-        txn.commit().await?;
-        let m = &self.metrics;
-        Metrics::add(&m.consumed, report.applied);
-        Metrics::add(&m.duplicates, report.duplicates);
-        Metrics::add(&m.handler_retries, report.retrying);
-        Metrics::add(&m.handler_dead, report.dead);
         Ok(report)
     }
 

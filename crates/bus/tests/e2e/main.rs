@@ -1,6 +1,7 @@
 //! Bus scenarios against a real database (SQLite, PostgreSQL, MariaDB) and the in-process
 //! Kafka-protocol broker. Each scenario is written once and runs on every backend.
 
+mod batches;
 mod consumers;
 mod delivery;
 mod failures;

@@ -1,4 +1,6 @@
-use sea_orm::sea_query::{Expr, Query, Value};
+use std::collections::HashSet;
+
+use sea_orm::sea_query::{Expr, Query, SimpleExpr, UpdateStatement, Value};
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use smartflow_domain::{OutboxStatus, RetryPolicy};
 
@@ -23,6 +25,14 @@ pub enum FailureOutcome {
     Untouched,
 }
 
+/// Event ids per statement of a set-based mark: a bounded `IN` list on every backend.
+pub(crate) const IDS_PER_STATEMENT: usize = 1000;
+
+#[derive(FromQueryResult)]
+pub(crate) struct EventIdRow {
+    pub(crate) event_id: String,
+}
+
 /// What a failure is counted against.
 #[derive(FromQueryResult)]
 struct Attempts {
@@ -40,8 +50,57 @@ impl OutboxTable {
         conn: &C,
         event_id: &str,
     ) -> Result<bool, StorageError> {
+        let stmt = self.mark_consumed_statement(Expr::col(Outbox::EventId).eq(event_id));
+        let res = conn
+            .execute(conn.get_database_backend().build(&stmt))
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Marks the rows of `event_ids` `consumed` at once, as [`mark_consumed`](Self::mark_consumed)
+    /// does one by one: returns the ids this transaction now owns the effect of (the others were
+    /// applied already, or have no row). `None` means another writer changed one of them between
+    /// this call's two statements (a concurrent consumer of a rebalanced partition): nothing can
+    /// be told apart then, and the caller rolls back to a savepoint and goes one by one.
+    pub async fn mark_consumed_all<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        event_ids: &[&str],
+    ) -> Result<Option<HashSet<String>>, StorageError> {
+        let backend = conn.get_database_backend();
+        let mut fresh = HashSet::new();
+        for chunk in event_ids.chunks(IDS_PER_STATEMENT) {
+            let select = Query::select()
+                .column(Outbox::EventId)
+                .from(self.alias())
+                .and_where(Expr::col(Outbox::EventId).is_in(chunk.iter().copied()))
+                .and_where(may_move_to(OutboxStatus::Consumed))
+                .to_owned();
+            let found: Vec<String> = EventIdRow::find_by_statement(backend.build(&select))
+                .all(conn)
+                .await?
+                .into_iter()
+                .map(|r| r.event_id)
+                .collect();
+            if found.is_empty() {
+                continue;
+            }
+            let update = self.mark_consumed_statement(
+                Expr::col(Outbox::EventId).is_in(found.iter().map(String::as_str)),
+            );
+            let moved = conn.execute(backend.build(&update)).await?.rows_affected();
+            if moved != found.len() as u64 {
+                return Ok(None);
+            }
+            fresh.extend(found);
+        }
+        Ok(Some(fresh))
+    }
+
+    /// `consumed` for the rows `which` selects that may move there.
+    fn mark_consumed_statement(&self, which: SimpleExpr) -> UpdateStatement {
         let now = now_millis();
-        let stmt = Query::update()
+        Query::update()
             .table(self.alias())
             .value(Outbox::Status, stored(OutboxStatus::Consumed))
             .value(Outbox::ConsumedAt, now)
@@ -49,13 +108,9 @@ impl OutboxTable {
             .value(Outbox::LockedBy, Value::String(None))
             .value(Outbox::LockedUntil, Value::BigInt(None))
             .value(Outbox::UpdatedAt, now)
-            .and_where(Expr::col(Outbox::EventId).eq(event_id))
+            .and_where(which)
             .and_where(may_move_to(OutboxStatus::Consumed))
-            .to_owned();
-        let res = conn
-            .execute(conn.get_database_backend().build(&stmt))
-            .await?;
-        Ok(res.rows_affected() == 1)
+            .to_owned()
     }
 
     /// Records a failed handling of `event_id`: back to `pending` with backoff when `retryable`

@@ -6,6 +6,19 @@ use super::{key_shard, stored, OutboxTable};
 use crate::entity::outbox::Column as Outbox;
 use crate::{now_millis, StorageError};
 
+/// One row for [`OutboxTable::insert_all`]: the envelope, its encoding (measured by the caller)
+/// and its topic.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodedRow<'a> {
+    pub envelope: &'a Envelope,
+    pub encoded: &'a str,
+    pub topic: &'a str,
+}
+
+/// Rows per `INSERT` statement: well inside every backend's limit on bound parameters (13 per
+/// row; SQLite allows 32,766 and PostgreSQL and MySQL 65,535).
+const ROWS_PER_INSERT: usize = 1000;
+
 impl OutboxTable {
     /// Inserts one `pending` row for the envelope through `conn`, which is normally the caller's
     /// open transaction: the row exists exactly when that transaction commits.
@@ -30,10 +43,27 @@ impl OutboxTable {
         topic: &str,
         max_retry: u32,
     ) -> Result<(), StorageError> {
+        let row = EncodedRow {
+            envelope,
+            encoded: &encoded,
+            topic,
+        };
+        self.insert_all(conn, &[row], max_retry).await
+    }
+
+    /// Inserts one `pending` row per entry, in the order given (so in id order), with as few
+    /// statements as the backend's parameter limit allows.
+    pub async fn insert_all<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        rows: &[EncodedRow<'_>],
+        max_retry: u32,
+    ) -> Result<(), StorageError> {
         let now = now_millis();
-        let stmt = Query::insert()
-            .into_table(self.alias())
-            .columns([
+        let max_retry = max_retry.min(i32::MAX as u32) as i32;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut stmt = Query::insert();
+            stmt.into_table(self.alias()).columns([
                 Outbox::EventId,
                 Outbox::EventType,
                 Outbox::EventVersion,
@@ -47,25 +77,28 @@ impl OutboxTable {
                 Outbox::MaxRetry,
                 Outbox::CreatedAt,
                 Outbox::UpdatedAt,
-            ])
-            .values_panic([
-                envelope.event_id.to_string().into(),
-                envelope.event_type.clone().into(),
-                (envelope.version as i32).into(),
-                envelope.message_key.clone().into(),
-                key_shard(&envelope.message_key).into(),
-                topic.into(),
-                encoded.into(),
-                envelope.traceparent().map(str::to_owned).into(),
-                stored(OutboxStatus::Pending).into(),
-                0i32.into(),
-                (max_retry.min(i32::MAX as u32) as i32).into(),
-                now.into(),
-                now.into(),
-            ])
-            .to_owned();
-        conn.execute(conn.get_database_backend().build(&stmt))
-            .await?;
+            ]);
+            for row in chunk {
+                let envelope = row.envelope;
+                stmt.values_panic([
+                    envelope.event_id.to_string().into(),
+                    envelope.event_type.clone().into(),
+                    (envelope.version as i32).into(),
+                    envelope.message_key.clone().into(),
+                    key_shard(&envelope.message_key).into(),
+                    row.topic.into(),
+                    row.encoded.into(),
+                    envelope.traceparent().map(str::to_owned).into(),
+                    stored(OutboxStatus::Pending).into(),
+                    0i32.into(),
+                    max_retry.into(),
+                    now.into(),
+                    now.into(),
+                ]);
+            }
+            conn.execute(conn.get_database_backend().build(&stmt))
+                .await?;
+        }
         Ok(())
     }
 }

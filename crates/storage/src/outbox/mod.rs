@@ -24,6 +24,7 @@ pub use admin::{
 };
 pub use claim::{Claim, ClaimMode, ClaimRequest, ClaimedRow};
 pub use consume::FailureOutcome;
+pub use insert::EncodedRow;
 pub use inspect::{OutboxRow, OutboxStats};
 pub use settle::{PublishFailure, SettleReport, Settlement};
 pub use shards::{key_shard, KEY_SHARDS};

@@ -1,5 +1,7 @@
 //! The agent's chat history: the business table its consumer fills from outbox events.
 
+use std::collections::HashSet;
+
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect,
@@ -21,22 +23,65 @@ pub struct NewChatMessage {
     pub created_at: i64,
 }
 
+impl NewChatMessage {
+    fn row(&self) -> ActiveModel {
+        ActiveModel {
+            event_id: Set(self.event_id.clone()),
+            conversation_id: Set(self.conversation_id.clone()),
+            user_id: Set(self.user_id.clone()),
+            role: Set(self.role.clone()),
+            content: Set(self.content.clone()),
+            created_at: Set(self.created_at),
+            ..Default::default()
+        }
+    }
+}
+
 /// Inserts one message. `event_id` is unique, so the same event can never store twice.
 pub async fn insert<C: ConnectionTrait>(
     conn: &C,
     msg: &NewChatMessage,
 ) -> Result<(), StorageError> {
-    let row = ActiveModel {
-        event_id: Set(msg.event_id.clone()),
-        conversation_id: Set(msg.conversation_id.clone()),
-        user_id: Set(msg.user_id.clone()),
-        role: Set(msg.role.clone()),
-        content: Set(msg.content.clone()),
-        created_at: Set(msg.created_at),
-        ..Default::default()
-    };
-    Entity::insert(row).exec_without_returning(conn).await?;
+    Entity::insert(msg.row())
+        .exec_without_returning(conn)
+        .await?;
     Ok(())
+}
+
+/// Rows per multi-row insert: 7 parameters a row, well inside every backend's limit.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// Inserts the messages in the order given, with one multi-row statement per thousand.
+pub async fn insert_all<C: ConnectionTrait>(
+    conn: &C,
+    messages: &[NewChatMessage],
+) -> Result<(), StorageError> {
+    for chunk in messages.chunks(ROWS_PER_INSERT) {
+        Entity::insert_many(chunk.iter().map(NewChatMessage::row))
+            .exec_without_returning(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Which of `conversation_ids` have at least one stored message.
+pub async fn conversations_with_messages<C: ConnectionTrait>(
+    conn: &C,
+    conversation_ids: &[&str],
+) -> Result<HashSet<String>, StorageError> {
+    let mut found = HashSet::new();
+    for chunk in conversation_ids.chunks(ROWS_PER_INSERT) {
+        let ids: Vec<String> = Entity::find()
+            .select_only()
+            .column(Column::ConversationId)
+            .distinct()
+            .filter(Column::ConversationId.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        found.extend(ids);
+    }
+    Ok(found)
 }
 
 /// A conversation's messages, oldest first, at most `limit`.

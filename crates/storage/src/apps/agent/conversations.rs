@@ -2,8 +2,12 @@
 //! read or extend a conversation, so ownership is settled synchronously, in the transaction that
 //! accepts a message (and publishes its event), not later by the consumer that stores it.
 
+use std::collections::HashSet;
+
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect,
+};
 
 use super::entity::conversations::{ActiveModel, Column, Entity};
 use crate::StorageError;
@@ -85,6 +89,25 @@ pub async fn owner<C: ConnectionTrait>(
         .into_tuple::<String>()
         .one(conn)
         .await?)
+}
+
+/// Which of `conversation_ids` exist (have an owner).
+pub async fn existing<C: ConnectionTrait>(
+    conn: &C,
+    conversation_ids: &[&str],
+) -> Result<HashSet<String>, StorageError> {
+    let mut found = HashSet::new();
+    for chunk in conversation_ids.chunks(1000) {
+        let ids: Vec<String> = Entity::find()
+            .select_only()
+            .column(Column::Id)
+            .filter(Column::Id.is_in(chunk.iter().copied()))
+            .into_tuple()
+            .all(conn)
+            .await?;
+        found.extend(ids);
+    }
+    Ok(found)
 }
 
 /// How many conversations exist.
