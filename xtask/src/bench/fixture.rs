@@ -79,6 +79,20 @@ impl TypedHandler<ChatMessageAppended> for StoreChatMessage {
         chat_history::insert(txn, &event.business_row(envelope.event_id.to_string())).await?;
         Ok(())
     }
+
+    /// As the agent's handler does: a batch's messages in one multi-row insert.
+    async fn handle_batch(
+        &self,
+        txn: &DatabaseTransaction,
+        events: Vec<(ChatMessageAppended, &Envelope)>,
+    ) -> Result<(), HandlerError> {
+        let rows: Vec<NewChatMessage> = events
+            .iter()
+            .map(|(event, envelope)| event.business_row(envelope.event_id.to_string()))
+            .collect();
+        chat_history::insert_all(txn, &rows).await?;
+        Ok(())
+    }
 }
 
 /// One phase's world. Build with [`Fixture::new`]; always end with [`Fixture::cleanup`].

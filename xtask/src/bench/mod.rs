@@ -6,6 +6,7 @@
 //! itself with `cargo run --release -p xtask -- bench ...`, because debug builds of sqlx, serde and
 //! the bus give figures that say nothing about production.
 
+mod consumer;
 mod fixture;
 mod latency;
 mod outbox_cost;
@@ -64,7 +65,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "cost,throughput,latency"
+        default_value = "cost,throughput,latency,consumer"
     )]
     phases: Vec<Phase>,
     /// A librdkafka property for every client, as KEY=VALUE (repeatable), to try a tuning.
@@ -83,6 +84,8 @@ enum Phase {
     Throughput,
     /// Figure c: end-to-end latency at a steady rate.
     Latency,
+    /// Figure d: a consumer applying a backlog, with batch and per-event handlers.
+    Consumer,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -142,6 +145,7 @@ async fn run_all(args: &BenchArgs) -> Vec<Figures> {
                 Phase::Cost => cost_phase(args, backend, &mut figures).await,
                 Phase::Throughput => throughput_phase(args, backend, &mut figures).await,
                 Phase::Latency => latency_phase(args, backend, &mut figures).await,
+                Phase::Consumer => consumer_phase(args, backend, &mut figures).await,
             };
             if let Err(e) = result {
                 println!("  {phase:?} FAILED: {e:#}");
@@ -210,6 +214,34 @@ async fn throughput_phase(
             rounds.claim_ms, rounds.send_ms, rounds.settle_ms, rounds.rows_per_round, rounds.rows_per_s
         );
         figures.relay_round = Some(rounds);
+        Ok(())
+    })
+    .await
+}
+
+async fn consumer_phase(
+    args: &BenchArgs,
+    backend: BackendArg,
+    figures: &mut Figures,
+) -> Result<()> {
+    let events = if backend == BackendArg::Sqlite {
+        args.sqlite_relay_rows
+    } else {
+        args.relay_rows
+    };
+    with_fixture(args, backend, async |fx| {
+        let (c, relay) =
+            consumer::measure(fx, events, args.relay_batch, args.relay_workers).await?;
+        println!(
+            "  relay (the consumer's backlog): {} rows in {:.2} s: {:.0} rows/s (preload {:.0} rows/s)",
+            relay.rows, relay.seconds, relay.rows_per_s, relay.preload_rows_per_s
+        );
+        figures.relay.get_or_insert(relay);
+        println!(
+            "  consumer: {} events applied at {:.0} events/s with handle_batch, {:.0} events/s one handle call per event (batches of up to {}; {} applied whole, {} one by one)",
+            c.events, c.batched_events_per_s, c.per_event_events_per_s, c.batch_max, c.batches_whole, c.batches_one_by_one
+        );
+        figures.consumer = Some(c);
         Ok(())
     })
     .await

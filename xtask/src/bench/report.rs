@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::consumer::ConsumerApply;
 use super::latency::Latency;
 use super::outbox_cost::OutboxCost;
 use super::throughput::{ProducerThroughput, RelayThroughput, RoundBreakdown};
@@ -19,6 +20,7 @@ pub struct Figures {
     pub relay: Option<RelayThroughput>,
     pub relay_round: Option<RoundBreakdown>,
     pub latency: Option<Latency>,
+    pub consumer: Option<ConsumerApply>,
     pub errors: Vec<String>,
     /// `/proc/loadavg`'s 1, 5 and 15 minute figures before and after this backend's run: the
     /// machine is shared, and other work skews every figure.
@@ -36,6 +38,7 @@ impl Figures {
             relay: None,
             relay_round: None,
             latency: None,
+            consumer: None,
             errors: Vec::new(),
             load_before: load_average(),
             load_after: String::new(),
@@ -158,6 +161,14 @@ pub fn table(all: &[Figures]) -> String {
         ("publishing transactions that failed".into(), |f| {
             f.latency.as_ref().map(|l| int(l.publish_errors as f64))
         }),
+        (
+            "consumer apply events/s (backlog, handle_batch)".into(),
+            |f| f.consumer.as_ref().map(|c| int(c.batched_events_per_s)),
+        ),
+        (
+            "consumer apply events/s (backlog, one handle per event)".into(),
+            |f| f.consumer.as_ref().map(|c| int(c.per_event_events_per_s)),
+        ),
         ("load average before -> after (1/5/15 min)".into(), |f| {
             Some(format!("{} -> {}", f.load_before, f.load_after))
         }),
