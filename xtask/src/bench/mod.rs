@@ -106,6 +106,13 @@ pub fn main(args: BenchArgs) -> Result<ExitCode> {
     if args.backends.need_servers() {
         crate::services::ensure_databases()?;
     }
+    // `RUST_LOG=sqlx::query=debug` shows every statement with its time, to pin a slow figure.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
