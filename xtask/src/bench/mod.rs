@@ -51,6 +51,9 @@ pub struct BenchArgs {
     /// Outbox rows preloaded for the relay measurement on SQLite.
     #[arg(long, default_value_t = 100_000)]
     sqlite_relay_rows: usize,
+    /// Rows the seeds' per-row relay (the baseline) publishes.
+    #[arg(long, default_value_t = 1_000)]
+    baseline_rows: usize,
     /// The relay's batch size (`RelayConfig::batch_size`).
     #[arg(long, default_value_t = 1000)]
     relay_batch: u64,
@@ -221,6 +224,19 @@ async fn throughput_phase(
             rounds.claim_ms, rounds.send_ms, rounds.settle_ms, rounds.rows_per_round, rounds.rows_per_s
         );
         figures.relay_round = Some(rounds);
+        let discard =
+            throughput::relay_discarding(fx, rows, args.relay_batch, args.relay_workers).await?;
+        println!(
+            "  relay through a transport that discards: {} rows in {:.2} s: {:.0} rows/s",
+            discard.rows, discard.seconds, discard.rows_per_s
+        );
+        figures.relay_discard = Some(discard);
+        let baseline = throughput::seeds_baseline(fx, args.baseline_rows).await?;
+        println!(
+            "  the seeds' relay (per row: publish, await the ack, UPDATE the row): {} rows at {:.0} rows/s",
+            args.baseline_rows, baseline
+        );
+        figures.seeds_baseline_rows_per_s = Some(baseline);
         Ok(())
     })
     .await

@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::sea_query::{Alias, Expr, Order, Query};
+use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
 use serde::Serialize;
 use smartflow_bus::{Metrics, Relay, RelayConfig};
 use smartflow_domain::{
-    Envelope, EventContract, OutboundMessage, OutboundTransport, RetryPolicy, EVENT_ID_HEADER,
-    EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
+    Envelope, EventContract, OutboundMessage, OutboundTransport, RetryPolicy, TransportError,
+    EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
 };
 use smartflow_kafka::KafkaProducer;
+use smartflow_storage::now_millis;
 use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable, Settlement};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -123,8 +125,6 @@ pub async fn relay(
     batch_size: u64,
     workers: usize,
 ) -> Result<RelayThroughput> {
-    const PER_TX: usize = 1000;
-    let preload_rows_per_s = preload(fx, rows, PER_TX).await?;
     let producer = KafkaProducer::new(&fx.kafka)?;
     // The producer's first message waits for metadata; not the relay's cost.
     let warm = ChatMessageAppended::sized(0);
@@ -134,6 +134,135 @@ pub async fn relay(
         vec![outbound(&fx.route.topic, &warm, "00-0-0-01")],
     )
     .await?;
+    relay_through(fx, rows, batch_size, workers, Arc::new(producer)).await
+}
+
+/// A transport that acknowledges every message at once and sends nothing: the relay's own cost,
+/// with the broker's removed.
+struct Discard;
+
+#[async_trait::async_trait]
+impl OutboundTransport for Discard {
+    async fn send_batch(
+        &self,
+        messages: Vec<OutboundMessage>,
+        _within: Duration,
+    ) -> Vec<Result<(), TransportError>> {
+        messages.iter().map(|_| Ok(())).collect()
+    }
+
+    fn delivery_timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+/// As [`relay`], through a transport that discards the messages.
+pub async fn relay_discarding(
+    fx: &Fixture,
+    rows: usize,
+    batch_size: u64,
+    workers: usize,
+) -> Result<RelayThroughput> {
+    relay_through(fx, rows, batch_size, workers, Arc::new(Discard)).await
+}
+
+/// The seeds' relay, as a baseline: pending rows read in id order, and for each one a publish,
+/// the wait for its acknowledgement and an `UPDATE` of that one row. Returns rows/s.
+pub async fn seeds_baseline(fx: &Fixture, rows: usize) -> Result<f64> {
+    preload(fx, rows, 1000).await?;
+    let producer = KafkaProducer::new(&fx.kafka)?;
+    let warm = Envelope::for_event("warm-up", &ChatMessageAppended::sized(0))?;
+    send_all(
+        &producer,
+        vec![outbound(&fx.route.topic, &warm, "00-0-0-01")],
+    )
+    .await?;
+    let table = Alias::new(fx.route.outbox_table.as_str());
+    let backend = fx.db().get_database_backend();
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rows {
+        let select = Query::select()
+            .columns(
+                [
+                    "id",
+                    "event_id",
+                    "event_type",
+                    "event_version",
+                    "message_key",
+                    "topic",
+                    "payload",
+                    "traceparent",
+                ]
+                .map(Alias::new),
+            )
+            .from(table.clone())
+            .and_where(Expr::col(Alias::new("status")).eq("pending"))
+            .order_by(Alias::new("id"), Order::Asc)
+            .limit(100)
+            .to_owned();
+        let pending = PendingRow::find_by_statement(backend.build(&select))
+            .all(fx.db())
+            .await?;
+        ensure!(
+            !pending.is_empty(),
+            "the baseline ran out of rows after {done}"
+        );
+        for row in pending {
+            let mut headers = vec![
+                (EVENT_ID_HEADER.to_owned(), row.event_id),
+                (EVENT_TYPE_HEADER.to_owned(), row.event_type),
+                (
+                    EVENT_VERSION_HEADER.to_owned(),
+                    row.event_version.to_string(),
+                ),
+            ];
+            if let Some(tp) = row.traceparent {
+                headers.push((TRACEPARENT_HEADER.to_owned(), tp));
+            }
+            let message = OutboundMessage {
+                topic: row.topic,
+                key: row.message_key,
+                payload: row.payload,
+                headers,
+            };
+            send_all(&producer, vec![message]).await?;
+            let update = Query::update()
+                .table(table.clone())
+                .value(Alias::new("status"), "published")
+                .value(Alias::new("published_at"), now_millis())
+                .and_where(Expr::col(Alias::new("id")).eq(row.id))
+                .to_owned();
+            fx.db().execute(backend.build(&update)).await?;
+            done += 1;
+        }
+    }
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+#[derive(FromQueryResult)]
+struct PendingRow {
+    id: i64,
+    event_id: String,
+    event_type: String,
+    event_version: i32,
+    message_key: String,
+    topic: String,
+    payload: String,
+    traceparent: Option<String>,
+}
+
+async fn relay_through(
+    fx: &Fixture,
+    rows: usize,
+    batch_size: u64,
+    workers: usize,
+    transport: Arc<dyn OutboundTransport>,
+) -> Result<RelayThroughput> {
+    const PER_TX: usize = 1000;
+    let table = OutboxTable::new(&fx.route.outbox_table)?;
+    let before = table.stats(fx.db()).await?.published;
+    let preload_rows_per_s = preload(fx, rows, PER_TX).await?;
 
     let metrics = Arc::new(Metrics::default());
     let config = RelayConfig {
@@ -144,7 +273,7 @@ pub async fn relay(
     let relay = Relay::new(
         fx.db().clone(),
         &fx.route.outbox_table,
-        Arc::new(producer),
+        transport,
         config,
         fx.bus.wake_signal(),
         metrics.clone(),
@@ -164,11 +293,11 @@ pub async fn relay(
     stop.cancel();
     running.await?;
     waited?;
-    let table = OutboxTable::new(&fx.route.outbox_table)?;
     let stats = table.stats(fx.db()).await?;
     ensure!(
-        stats.pending == 0 && stats.published == target && stats.dead == 0,
-        "after the relay run the outbox holds {stats:?}, expected {target} published"
+        stats.pending == 0 && stats.published == before + target && stats.dead == 0,
+        "after the relay run the outbox holds {stats:?}, expected {} published",
+        before + target
     );
     Ok(RelayThroughput {
         rows,
