@@ -5,6 +5,7 @@
 mod auth;
 mod backends;
 mod behind_userauth;
+mod forged;
 mod messages;
 mod notify;
 mod ownership;
