@@ -102,7 +102,7 @@ fn forgeries(ours: &SigningKey) -> Vec<(&'static str, String, &'static str)> {
         &mallory,
         "",
     );
-    // The algorithm-confusion attack: HS256 with the (public) public key as the HMAC secret.
+    // The algorithm-confusion attack: HS256 with the public key, which anyone may know, as the HMAC secret.
     let mut hs256 = Header::new(Algorithm::HS256);
     hs256.kid = Some(kid.clone());
     let confused_pem = jsonwebtoken::encode(
@@ -245,6 +245,19 @@ async fn a_userauth_impostor_cannot_vouch_for_a_token(t: TestDb) {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // A body naming another user than the token's is refused, whatever userauth says.
+    let (status, body) = call(
+        reqwest::Method::POST,
+        messages.clone(),
+        Some(&alices),
+        Some(json!({"user_id": "mallory", "role": "user", "content": "as mallory"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{body}"
+    );
     let (status, body) = call(
         reqwest::Method::GET,
         messages_url(&agent, "conv-forged"),
