@@ -9,7 +9,7 @@ use futures::FutureExt as _;
 use sea_orm::{ConnectionTrait, DbBackend};
 use smartflow_bus::PublishConfig;
 use smartflow_service::{ConsumerPlan, Running, ServicePlan, ServiceStart};
-use smartflow_userauth_contracts::UserauthClient;
+use smartflow_userauth_contracts::{AccessTokenVerifier, PublicKey, UserauthClient};
 
 use crate::config::AgentConfig;
 use crate::events;
@@ -71,26 +71,7 @@ impl Agent {
         let handlers = handlers::registry(bus.clone()).context("registering the event handlers")?;
         start.consume(ConsumerPlan::own_route(route, handlers).only_handled_event_types())?;
 
-        let auth = match (&config.userauth_url, &config.userauth_token) {
-            (Some(url), Some(token)) => Some(
-                UserauthClient::new(url, USERAUTH_TIMEOUT, token.expose())
-                    .with_context(|| format!("SMARTFLOW_USERAUTH_URL {url}"))?,
-            ),
-            (Some(_), None) => bail!(
-                "SMARTFLOW_USERAUTH_URL is set but SMARTFLOW_USERAUTH_TOKEN is not: userauth \
-                 answers the agent's token checks only for a service credential"
-            ),
-            (None, Some(_)) => bail!(
-                "SMARTFLOW_USERAUTH_TOKEN is set without SMARTFLOW_USERAUTH_URL; set both or neither"
-            ),
-            (None, None) => {
-                tracing::warn!(
-                    "SMARTFLOW_USERAUTH_URL is not set: requests are not authenticated and anyone \
-                     may post as any user; set it outside local development"
-                );
-                None
-            }
-        };
+        let auth = userauth_client(&config)?;
         let routes = http::router(ApiState {
             db: start.db().clone(),
             bus,
@@ -100,4 +81,49 @@ impl Agent {
         });
         start.serve(routes, ()).await
     }
+}
+
+/// The userauth client the settings ask for: none without SMARTFLOW_USERAUTH_URL (local
+/// development, with a warning), else one that verifies tokens with the configured public key
+/// and presents the configured credential. A missing or unusable setting fails start-up by name.
+fn userauth_client(config: &AgentConfig) -> anyhow::Result<Option<UserauthClient>> {
+    let Some(url) = &config.userauth_url else {
+        if config.userauth_token.is_some() || config.userauth_public_key.is_some() {
+            bail!(
+                "SMARTFLOW_USERAUTH_TOKEN or SMARTFLOW_USERAUTH_PUBLIC_KEY is set without \
+                 SMARTFLOW_USERAUTH_URL; set all three or none"
+            );
+        }
+        tracing::warn!(
+            "SMARTFLOW_USERAUTH_URL is not set: requests are not authenticated and anyone may \
+             post as any user; set it outside local development"
+        );
+        return Ok(None);
+    };
+    let Some(token) = &config.userauth_token else {
+        bail!(
+            "SMARTFLOW_USERAUTH_URL is set but SMARTFLOW_USERAUTH_TOKEN is not: userauth answers \
+             the agent's token checks only for a service credential"
+        );
+    };
+    let Some(public_key) = &config.userauth_public_key else {
+        bail!(
+            "SMARTFLOW_USERAUTH_URL is set but SMARTFLOW_USERAUTH_PUBLIC_KEY is not: the agent \
+             verifies access tokens itself with userauth's public key"
+        );
+    };
+    let key = PublicKey::parse(public_key)
+        .map_err(|e| anyhow::anyhow!("SMARTFLOW_USERAUTH_PUBLIC_KEY is not usable: {e}"))?;
+    tracing::info!(
+        kid = key.kid(),
+        "access tokens are verified with userauth's public key"
+    );
+    let client = UserauthClient::new(
+        url,
+        AccessTokenVerifier::new(key),
+        USERAUTH_TIMEOUT,
+        token.expose(),
+    )
+    .with_context(|| format!("SMARTFLOW_USERAUTH_URL {url}"))?;
+    Ok(Some(client))
 }

@@ -44,6 +44,13 @@ pub struct AgentConfig {
     #[arg(long, env = "SMARTFLOW_USERAUTH_TOKEN", hide_env_values = true)]
     pub userauth_token: Option<Secret>,
 
+    /// Userauth's Ed25519 public key (PEM, as `openssl pkey -pubout` writes it, or base64 of
+    /// the DER or of the 32 raw bytes; userauth logs it at start). The agent verifies every
+    /// access token's signature, issuer, audience and expiry with it before asking userauth
+    /// anything. Required with SMARTFLOW_USERAUTH_URL.
+    #[arg(long, env = "SMARTFLOW_USERAUTH_PUBLIC_KEY")]
+    pub userauth_public_key: Option<String>,
+
     /// The notification service's topic, where first-message notification requests go.
     #[arg(long, env = "SMARTFLOW_NOTIFICATION_TOPIC", default_value = smartflow_notification_contracts::DEFAULT_TOPIC)]
     pub notification_topic: String,
@@ -71,6 +78,7 @@ impl Default for AgentConfig {
             notification_topic: smartflow_notification_contracts::DEFAULT_TOPIC.to_owned(),
             userauth_url: None,
             userauth_token: None,
+            userauth_public_key: None,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_content_chars: DEFAULT_MAX_CONTENT_CHARS,
             service: ServiceSettings::default(),

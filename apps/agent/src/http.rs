@@ -386,9 +386,11 @@ enum Access {
     Read,
 }
 
-/// The user the request acts for, per userauth; `None` when the agent runs without
-/// authentication. Token failures answer as userauth says (401, or 429 at the quota when
-/// posting); reading asks only who the token's user is, so a user at the quota still reads.
+/// The user the request acts for: the `sub` of a token the client verified with userauth's
+/// public key, which userauth then did not refuse; `None` when the agent runs without
+/// authentication. A token that does not verify is 401 before userauth is asked; userauth's
+/// refusals pass on (401 revoked, or 429 at the quota when posting); reading does not ask about
+/// the quota, so a user at the quota still reads.
 async fn authenticate(
     state: &ApiState,
     headers: &HeaderMap,

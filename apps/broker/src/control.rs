@@ -10,13 +10,22 @@
 //! - `GET /healthz`: the bootstrap servers, the broker count and which brokers are down.
 //!
 //! Every error is `{"error": {"code": ..., "message": ...}}`, the shape the services use.
+//!
+//! No credential: the API listens on loopback only (start-up refuses another address), where
+//! the mock cluster's Kafka ports, which take no credential either, already let any local
+//! process do more than fault injection. What loopback does not keep out is a web page in a
+//! developer's browser, so a request with an `Origin` header (every cross-site `POST` a
+//! browser sends) or a `Host` that is not a loopback name (DNS rebinding) is refused 403
+//! `not_a_local_client`.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::Request;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -99,7 +108,42 @@ pub fn router(state: ControlState) -> Router {
         .route("/healthz", get(healthz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(local_clients_only))
         .with_state(state)
+}
+
+/// Refuses what a browser sends for a web page (an `Origin` header) or through a rebound DNS
+/// name (a `Host` other than `localhost` or a loopback address); tools and tests send neither.
+async fn local_clients_only(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host_is_local = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(is_loopback_host);
+    if headers.contains_key(header::ORIGIN) || !host_is_local {
+        return ControlError {
+            status: StatusCode::FORBIDDEN,
+            code: "not_a_local_client",
+            message: "the control API answers local tools only: no Origin header, and a Host \
+                      of localhost or a loopback address"
+                .to_owned(),
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header names this machine's loopback: `localhost`, `127.x.x.x` or `[::1]`,
+/// with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(name, _)| name),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A refused or failed control request.
@@ -361,5 +405,34 @@ async fn method_not_allowed() -> ControlError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         code: "method_not_allowed",
         message: "method not allowed on this resource".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_are_local() {
+        for local in [
+            "localhost",
+            "localhost:9",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "[::1]:80",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(local), "{local}");
+        }
+        for other in [
+            "evil.example",
+            "evil.example:80",
+            "10.0.0.1:80",
+            "[2001:db8::1]:80",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!is_loopback_host(other), "{other}");
+        }
     }
 }

@@ -28,6 +28,13 @@ pub async fn run(
     config: BrokerConfig,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if !config.control_addr.ip().is_loopback() {
+        anyhow::bail!(
+            "SMARTFLOW_BROKER_CONTROL_ADDR {} is not a loopback address: the control API takes no \
+             credential, so it listens on loopback only, as the mock cluster's Kafka ports do",
+            config.control_addr
+        );
+    }
     let brokers = config.brokers;
     // Starting the cluster waits for its thread; keep that wait off the runtime's threads.
     let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(brokers))

@@ -14,6 +14,7 @@ use smartflow_service::{
     blocking_drop, HostedService, RunningService, Secret, ServiceGroup, ServiceLaunch,
     ServiceSettings, SERVICE_TOKENS_SETTING,
 };
+use smartflow_userauth::jwt::SigningKey;
 use smartflow_userauth::Userauth;
 
 use crate::config::{AllConfig, AGENT_CREDENTIAL};
@@ -42,8 +43,7 @@ pub async fn start_all(config: AllConfig) -> anyhow::Result<RunningAll> {
     // send again what their outboxes say went to an earlier one.
     let mut service = config.service_on(&kafka_brokers, broker.is_some());
     service.service_tokens = Some(wiring.accepted.clone());
-    let services = match ServiceGroup::start(launches(&config, service, wiring.agent.clone())).await
-    {
+    let services = match ServiceGroup::start(launches(&config, service, &wiring)).await {
         Ok(services) => services,
         Err(e) => {
             if let Some(broker) = broker {
@@ -82,6 +82,9 @@ struct Wiring {
     agent: Secret,
     /// The operator's, when it was generated here.
     operator: Option<Secret>,
+    /// Userauth's signing key (configured, or new at every start); the agent verifies tokens
+    /// with its public key.
+    signing_key: SigningKey,
 }
 
 impl Wiring {
@@ -102,6 +105,7 @@ impl Wiring {
                  makes the agent's credential itself"
             );
         }
+        let signing_key = config.signing.load()?.unwrap_or_else(SigningKey::generate);
         let agent = Secret::random();
         let (operator, operators) = match &config.service.service_tokens {
             Some(list) if !configured.is_empty() => (None, list.expose().to_owned()),
@@ -129,6 +133,7 @@ impl Wiring {
             accepted,
             agent,
             operator,
+            signing_key,
         })
     }
 }
@@ -152,12 +157,10 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// The services in start order: userauth, whose bound address the agent needs to check
 /// tokens; the agent; the notification service, which only needs the database the agent writes
 /// its requests into. Each start's error names the address setting of the service.
-fn launches(
-    config: &AllConfig,
-    service: ServiceSettings,
-    agent_credential: Secret,
-) -> Vec<ServiceLaunch> {
-    let userauth = config.userauth(service.clone());
+fn launches(config: &AllConfig, service: ServiceSettings, wiring: &Wiring) -> Vec<ServiceLaunch> {
+    let userauth = config.userauth(service.clone(), &wiring.signing_key);
+    let agent_credential = wiring.agent.clone();
+    let userauth_key = wiring.signing_key.public_key().clone();
     let notification = config.notification(service.clone());
     let all = config.clone();
     vec![
@@ -179,7 +182,7 @@ fn launches(
                 let userauth_url = started.get("userauth").map(|u| local_url(u.local_addr()));
                 async move {
                     let url = userauth_url.context("userauth starts before the agent")?;
-                    Agent::start(all.agent(service, url, agent_credential)).await
+                    Agent::start(all.agent(service, url, agent_credential, &userauth_key)).await
                 }
             },
         ),
@@ -352,9 +355,47 @@ mod tests {
     }
 
     #[test]
+    fn the_signing_key_is_configured_or_made_per_start_and_a_bad_one_named() {
+        let key = SigningKey::generate();
+        let mut config = AllConfig::embedded("sqlite::memory:");
+        config.signing.signing_key = Some(Secret::new(key.to_pem()));
+        let wiring = Wiring::new(&config).unwrap();
+        assert_eq!(wiring.signing_key.public_key(), key.public_key());
+
+        let dir = std::env::temp_dir().join(format!("smartflow-key-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&dir, key.to_pem()).unwrap();
+        let mut config = AllConfig::embedded("sqlite::memory:");
+        config.signing.signing_key_file = Some(dir.clone());
+        assert_eq!(
+            Wiring::new(&config).unwrap().signing_key.public_key(),
+            key.public_key()
+        );
+        std::fs::remove_file(&dir).unwrap();
+        let err = format!("{:#}", Wiring::new(&config).err().unwrap());
+        assert!(
+            err.contains("reading SMARTFLOW_USERAUTH_SIGNING_KEY_FILE"),
+            "{err}"
+        );
+
+        let plain = AllConfig::embedded("sqlite::memory:");
+        let (a, b) = (Wiring::new(&plain).unwrap(), Wiring::new(&plain).unwrap());
+        assert_ne!(a.signing_key.public_key(), b.signing_key.public_key());
+
+        let mut config = AllConfig::embedded("sqlite::memory:");
+        config.signing.signing_key = Some(Secret::new("a-password-not-a-key-s3cret"));
+        let err = format!("{:#}", Wiring::new(&config).err().unwrap());
+        assert!(
+            err.contains("SMARTFLOW_USERAUTH_SIGNING_KEY is not usable"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
     fn the_services_start_userauth_first_and_notification_last() {
         let config = AllConfig::embedded("sqlite::memory:");
-        let names: Vec<&str> = launches(&config, config.service.clone(), Secret::random())
+        let wiring = Wiring::new(&config).unwrap();
+        let names: Vec<&str> = launches(&config, config.service.clone(), &wiring)
             .iter()
             .map(ServiceLaunch::name)
             .collect();

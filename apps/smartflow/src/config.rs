@@ -9,7 +9,10 @@ use clap::Parser;
 use smartflow_agent::AgentConfig;
 use smartflow_notification::NotificationConfig;
 use smartflow_service::{Secret, ServiceSettings, LOOPBACK_ANY_PORT};
+use smartflow_userauth::config::SigningKeySettings;
+use smartflow_userauth::jwt::SigningKey;
 use smartflow_userauth::UserauthConfig;
+use smartflow_userauth_contracts::PublicKey;
 
 pub const DEFAULT_AGENT_ADDR: SocketAddr = smartflow_agent::config::DEFAULT_HTTP_ADDR;
 pub const DEFAULT_NOTIFICATION_ADDR: SocketAddr = smartflow_notification::config::DEFAULT_HTTP_ADDR;
@@ -45,10 +48,10 @@ pub struct AllConfig {
     #[arg(long, env = "SMARTFLOW_USERAUTH_ADDR", default_value_t = DEFAULT_USERAUTH_ADDR)]
     pub userauth_addr: SocketAddr,
 
-    /// The HS256 secret that signs access tokens, at least 32 bytes. Absent: a random one per
-    /// start, so tokens do not survive a restart.
-    #[arg(long, env = "SMARTFLOW_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    /// Where userauth's signing key comes from; the agent is given its public key. Absent: a
+    /// new key per start, so tokens do not survive a restart.
+    #[command(flatten)]
+    pub signing: SigningKeySettings,
 
     /// The token quota a new account gets (default: userauth's).
     #[arg(long, env = "SMARTFLOW_DEFAULT_TOKEN_QUOTA",
@@ -90,7 +93,7 @@ impl AllConfig {
             agent_addr: LOOPBACK_ANY_PORT,
             notification_addr: LOOPBACK_ANY_PORT,
             userauth_addr: LOOPBACK_ANY_PORT,
-            jwt_secret: None,
+            signing: SigningKeySettings::default(),
             default_token_quota: None,
             feishu_webhook_url: None,
             feishu_secret: None,
@@ -110,13 +113,13 @@ impl AllConfig {
         }
     }
 
-    /// Userauth's configuration, reading the agent's topic.
-    pub fn userauth(&self, service: ServiceSettings) -> UserauthConfig {
+    /// Userauth's configuration, reading the agent's topic, signing with `signing_key`.
+    pub fn userauth(&self, service: ServiceSettings, signing_key: &SigningKey) -> UserauthConfig {
         let defaults = UserauthConfig::default();
         UserauthConfig {
             http_addr: self.userauth_addr,
             agent_topic: smartflow_agent::events::DEFAULT_TOPIC.to_owned(),
-            jwt_secret: self.jwt_secret.clone(),
+            signing: SigningKeySettings::with_key(signing_key),
             default_token_quota: self
                 .default_token_quota
                 .unwrap_or(defaults.default_token_quota),
@@ -125,18 +128,20 @@ impl AllConfig {
         }
     }
 
-    /// The agent's configuration, checking tokens with the userauth at `userauth_url` with the
-    /// credential `userauth_token`.
+    /// The agent's configuration, verifying tokens with `userauth_key` and checking them with
+    /// the userauth at `userauth_url` with the credential `userauth_token`.
     pub fn agent(
         &self,
         service: ServiceSettings,
         userauth_url: String,
         userauth_token: Secret,
+        userauth_key: &PublicKey,
     ) -> AgentConfig {
         AgentConfig {
             http_addr: self.agent_addr,
             userauth_url: Some(userauth_url),
             userauth_token: Some(userauth_token),
+            userauth_public_key: Some(userauth_key.to_pem()),
             service,
             ..AgentConfig::default()
         }
@@ -166,7 +171,7 @@ impl fmt::Debug for AllConfig {
             .field("agent_addr", &self.agent_addr)
             .field("notification_addr", &self.notification_addr)
             .field("userauth_addr", &self.userauth_addr)
-            .field("jwt_secret", &hidden(&self.jwt_secret))
+            .field("signing", &self.signing)
             .field("default_token_quota", &self.default_token_quota)
             .field(
                 "feishu_webhook_url",
@@ -215,13 +220,22 @@ mod tests {
         ])
         .unwrap();
         let service = config.service_on("k:9092", false);
+        let key = SigningKey::generate();
         let agent = config.agent(
             service.clone(),
             "http://127.0.0.1:9002".into(),
             Secret::new("x".repeat(32)),
+            key.public_key(),
         );
         let notification = config.notification(service.clone());
-        let userauth = config.userauth(service);
+        let userauth = config.userauth(service, &key);
+        let signing = userauth.signing.signing_key.as_ref().unwrap().expose();
+        assert_eq!(
+            SigningKey::parse(signing).unwrap().public_key(),
+            key.public_key()
+        );
+        let verifying = agent.userauth_public_key.as_deref().unwrap();
+        assert_eq!(&PublicKey::parse(verifying).unwrap(), key.public_key());
         assert_eq!(agent.http_addr.port(), 9000);
         assert_eq!(notification.http_addr.port(), 9001);
         assert_eq!(userauth.http_addr.port(), 9002);
@@ -248,7 +262,9 @@ mod tests {
             NotificationConfig::default().feishu_allowed_targets
         );
         assert_eq!(
-            config.userauth(service).default_token_quota,
+            config
+                .userauth(service, &SigningKey::generate())
+                .default_token_quota,
             UserauthConfig::default().default_token_quota
         );
         assert_eq!(AllConfig::embedded("sqlite::memory:").agent_addr.port(), 0);
@@ -257,7 +273,7 @@ mod tests {
     #[test]
     fn debug_output_hides_secrets() {
         let mut config = AllConfig::embedded("postgres://app:pw-s3cret@db:5432/app");
-        config.jwt_secret = Some("jwt-s3cret-jwt-s3cret-jwt-s3cret-jwt".into());
+        config.signing.signing_key = Some(Secret::new("key-s3cret"));
         config.feishu_secret = Some("sign-s3cret".into());
         config.feishu_webhook_url =
             Some("https://open.feishu.cn/open-apis/bot/v2/hook/token-s3cret".into());

@@ -1,16 +1,25 @@
-//! The userauth service's contracts: the client other services verify tokens with
-//! (`GET /v1/auth/authorize`), its answer, and the bearer-token parsing both sides share. A
-//! service that authenticates its users through userauth depends on this crate, never on
+//! The userauth service's contracts: how other services check its access tokens (the public
+//! key and [`AccessTokenVerifier`], then the client that asks `GET /v1/auth/authorize` or
+//! `/v1/auth/me`), its answers, and the bearer-token parsing both sides share. A service that
+//! authenticates its users through userauth depends on this crate, never on
 //! `smartflow-userauth`.
+//!
+//! Trust: [`UserauthClient`] verifies a token's signature, issuer, audience and expiry with
+//! userauth's configured public key before it asks anything, and the user it returns is the
+//! token's `sub`, never the one in userauth's answer. So whoever answers on userauth's address
+//! can refuse a token (revoked, over quota) but cannot make a service accept one userauth did
+//! not sign: a forged or foreign token is refused without a request.
 //!
 //! `GET /v1/auth/authorize` is a service's call, not an end user's: the client presents its
 //! service credential (one of userauth's `SMARTFLOW_SERVICE_TOKENS`) in
 //! [`SERVICE_TOKEN_HEADER`], and userauth answers 401 `service_credential_required` without it.
 //!
-//! Why over HTTP rather than reading userauth's tables: the signing secret, the blacklist and the
-//! usage ledger stay userauth's alone (no second copy of the secret, no other service coupled to
-//! these tables or to sharing a database with userauth), and a revocation is seen by every
-//! service on its very next request. The price is one loopback round trip per checked request.
+//! Why still over HTTP rather than reading userauth's tables: the blacklist and the usage
+//! ledger stay userauth's alone (no other service coupled to these tables or to sharing a
+//! database with userauth), and a revocation is seen by every service on its very next request.
+//! The price is one loopback round trip per checked request.
+
+mod access_token;
 
 use std::time::Duration;
 
@@ -18,6 +27,10 @@ use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use access_token::{
+    decode_base64, pem_contents, AccessClaims, AccessTokenVerifier, KeyError, PublicKey,
+    TokenError, ALGORITHM, AUDIENCE, ISSUER, MAX_ACCESS_TOKEN_CHARS,
+};
 pub use smartflow_domain::SERVICE_TOKEN_HEADER;
 
 /// The code of userauth's 401 to a request without an accepted service credential.
@@ -60,9 +73,10 @@ pub fn bearer_token(header_value: &str) -> Option<&str> {
 /// Why a user may not go on, or why we could not find out.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AuthorizeError {
-    /// Userauth refused: 401 (`missing_token`, `invalid_token`, `token_expired`,
-    /// `token_revoked`) or 429 (`quota_exceeded`). Pass `status`, `code` and `message` on to the
-    /// caller unchanged.
+    /// The token was refused: by this service's own check (401 `invalid_token`,
+    /// `token_expired`) or by userauth, 401 (`missing_token`, `invalid_token`,
+    /// `token_expired`, `token_revoked`) or 429 (`quota_exceeded`). Pass `status`, `code` and
+    /// `message` on to the caller unchanged.
     #[error("{code}: {message}")]
     Rejected {
         status: u16,
@@ -75,11 +89,26 @@ pub enum AuthorizeError {
     Unavailable(String),
 }
 
-/// Asks a userauth service whether an access token may be served. `Debug` hides the service
-/// credential.
+impl From<TokenError> for AuthorizeError {
+    fn from(error: TokenError) -> Self {
+        let code = match error {
+            TokenError::Expired => "token_expired",
+            TokenError::Invalid => "invalid_token",
+        };
+        Self::Rejected {
+            status: 401,
+            code: code.to_owned(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Checks access tokens: itself first, with userauth's public key, then by asking userauth
+/// whether it may still be served (revocation, quota). `Debug` hides the service credential.
 #[derive(Clone)]
 pub struct UserauthClient {
     http: reqwest::Client,
+    verifier: AccessTokenVerifier,
     authorize_url: String,
     me_url: String,
     service_token: reqwest::header::HeaderValue,
@@ -90,16 +119,19 @@ impl std::fmt::Debug for UserauthClient {
         f.debug_struct("UserauthClient")
             .field("authorize_url", &self.authorize_url)
             .field("me_url", &self.me_url)
+            .field("verifier", &self.verifier)
             .field("service_token", &"<redacted>")
             .finish()
     }
 }
 
 impl UserauthClient {
-    /// A client for the userauth at `base_url` (e.g. `http://127.0.0.1:8081`), presenting the
-    /// service credential `service_token`, giving up on a request after `timeout`.
+    /// A client for the userauth at `base_url` (e.g. `http://127.0.0.1:8081`) whose tokens
+    /// `verifier` checks (userauth's public key), presenting the service credential
+    /// `service_token`, giving up on a request after `timeout`.
     pub fn new(
         base_url: &str,
+        verifier: AccessTokenVerifier,
         timeout: Duration,
         service_token: &str,
     ) -> Result<Self, AuthorizeError> {
@@ -117,24 +149,31 @@ impl UserauthClient {
         let base_url = base_url.trim_end_matches('/');
         Ok(Self {
             http,
+            verifier,
             authorize_url: format!("{base_url}/v1/auth/authorize"),
             me_url: format!("{base_url}/v1/auth/me"),
             service_token,
         })
     }
 
-    /// Checks `access_token` (signature, expiry, blacklist) and the user's quota. `Ok` carries
-    /// the user id to act for; use it, never a user id the client sent.
+    /// Verifies `access_token` here (signature, issuer, audience, expiry), then asks userauth
+    /// about its revocation and the user's quota. `Ok` carries userauth's answer for the
+    /// token's user; its `user_id` is the token's `sub`, and an answer about anyone else is
+    /// [`AuthorizeError::Unavailable`]. Use that id, never one the client sent.
     pub async fn authorize(&self, access_token: &str) -> Result<AuthorizeResponse, AuthorizeError> {
-        self.ask(&self.authorize_url, access_token).await
+        let claims = self.verifier.verify(access_token)?;
+        let answer: AuthorizeResponse = self.ask(&self.authorize_url, access_token).await?;
+        same_user(&claims, &answer.user_id)?;
+        Ok(answer)
     }
 
-    /// Checks `access_token` (signature, expiry, blacklist) but not the quota, through
-    /// `GET /v1/auth/me`, and returns the user id it was issued to: for requests a user at the
-    /// quota may still make (reading what is theirs).
+    /// The same checks without the quota, through `GET /v1/auth/me`: the token's user id, for
+    /// requests a user at the quota may still make (reading what is theirs).
     pub async fn identify(&self, access_token: &str) -> Result<String, AuthorizeError> {
+        let claims = self.verifier.verify(access_token)?;
         let identity: Identity = self.ask(&self.me_url, access_token).await?;
-        Ok(identity.user_id)
+        same_user(&claims, &identity.user_id)?;
+        Ok(claims.sub)
     }
 
     /// `GET url` with the bearer token: the 200 body, or userauth's refusal (401, 429).
@@ -175,6 +214,17 @@ impl UserauthClient {
             });
         }
         Err(AuthorizeError::Unavailable(format!("answered {status}")))
+    }
+}
+
+/// Userauth answers about the token's user or it is not userauth answering.
+fn same_user(claims: &AccessClaims, answered: &str) -> Result<(), AuthorizeError> {
+    if answered == claims.sub {
+        Ok(())
+    } else {
+        Err(AuthorizeError::Unavailable(
+            "userauth answered for another user than the token's".to_owned(),
+        ))
     }
 }
 

@@ -1,21 +1,20 @@
-//! Start-up: what is userauth's own on top of the service skeleton (its signing secret and
+//! Start-up: what is userauth's own on top of the service skeleton (its signing key and
 //! password hasher, the token-usage subscriber, the pruning sweep and its HTTP API). The
 //! skeleton connects and migrates the database, reaches (or starts) the broker, and runs the
 //! consumer, the sweep and the HTTP API.
 
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use futures::FutureExt as _;
-use rand::RngCore as _;
 use smartflow_domain::ServiceRoute;
 use smartflow_service::{ConsumerPlan, Running, ServicePlan, ServiceStart};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{UserauthConfig, MIN_JWT_SECRET_BYTES};
+use crate::config::{UserauthConfig, SIGNING_KEY_SETTING};
 use crate::events::{CONSUMER_GROUP, INBOX_CONSUMER, SUBSCRIBED_EVENT_TYPES};
 use crate::http;
-use crate::jwt::AccessTokens;
+use crate::jwt::{AccessTokens, SigningKey};
 use crate::passwords::PasswordHasher;
 use crate::service::{AuthService, AuthSettings};
 use crate::throttle::Throttle;
@@ -57,7 +56,13 @@ impl Userauth {
                     config.agent_topic
                 )
             })?;
-        let secret = signing_secret(&config)?;
+        let key = signing_key(&config)?;
+        tracing::info!(
+            kid = key.public_key().kid(),
+            public_key = %key.public_key().to_pem().trim_end(),
+            "access tokens are signed with this key; the agent verifies them with its public key \
+             (SMARTFLOW_USERAUTH_PUBLIC_KEY)"
+        );
         let passwords = PasswordHasher::new(
             config.password_hash_memory_kib,
             config.password_hash_iterations,
@@ -96,7 +101,7 @@ impl Userauth {
         let service = AuthService::new(
             start.db().clone(),
             AuthSettings {
-                access_tokens: AccessTokens::new(&secret, config.access_token_ttl()),
+                access_tokens: AccessTokens::new(&key, config.access_token_ttl()),
                 passwords,
                 refresh_token_ttl: config.refresh_token_ttl(),
                 session_max_lifetime: config.session_max_lifetime(),
@@ -118,21 +123,15 @@ impl Userauth {
     }
 }
 
-/// The configured signing secret, or a random one with a warning when none is configured.
-fn signing_secret(config: &UserauthConfig) -> anyhow::Result<Vec<u8>> {
-    match config.jwt_secret.as_deref() {
-        Some(secret) if secret.len() >= MIN_JWT_SECRET_BYTES => Ok(secret.as_bytes().to_vec()),
-        Some(_) => bail!("SMARTFLOW_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes"),
-        None => {
-            tracing::warn!(
-                "SMARTFLOW_JWT_SECRET is not set: signing with a random secret, so access tokens \
-                 stop working at restart and no other instance can verify them"
-            );
-            let mut secret = vec![0u8; 32];
-            rand::rngs::OsRng.fill_bytes(&mut secret);
-            Ok(secret)
-        }
-    }
+/// The configured signing key, or a new one with a warning when none is configured.
+fn signing_key(config: &UserauthConfig) -> anyhow::Result<SigningKey> {
+    Ok(config.signing.load()?.unwrap_or_else(|| {
+        tracing::warn!(
+            "{SIGNING_KEY_SETTING} is not set: signing with a new key, so access tokens stop \
+             working at restart and services must be given this start's public key"
+        );
+        SigningKey::generate()
+    }))
 }
 
 /// Deletes expired blacklist entries and refresh tokens now and every `PRUNE_INTERVAL`, and

@@ -2,12 +2,15 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
-use smartflow_service::{ServiceSettings, LOOPBACK_ANY_PORT};
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser};
+use smartflow_service::{Secret, ServiceSettings, LOOPBACK_ANY_PORT};
 
 use crate::events::DEFAULT_AGENT_TOPIC;
+use crate::jwt::SigningKey;
 use crate::throttle::{DEFAULT_ACCOUNT_ATTEMPTS_PER_MINUTE, DEFAULT_ADDRESS_ATTEMPTS_PER_MINUTE};
 
 pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8082);
@@ -23,13 +26,15 @@ pub const DEFAULT_PASSWORD_HASH_ITERATIONS: u32 = 2;
 /// Log-ins, registrations and password changes that may wait for a hashing slot; more are
 /// refused with 503 `busy`.
 pub const DEFAULT_PASSWORD_HASH_QUEUE: usize = 64;
-/// The shortest signing secret accepted: HS256 wants at least as many bytes as the hash.
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// The setting of the signing key itself.
+pub const SIGNING_KEY_SETTING: &str = "SMARTFLOW_USERAUTH_SIGNING_KEY";
+/// The setting of a file holding the signing key.
+pub const SIGNING_KEY_FILE_SETTING: &str = "SMARTFLOW_USERAUTH_SIGNING_KEY_FILE";
 
 /// Everything userauth needs to start. Defaults run embedded: a SQLite file next to the process
 /// (the same file the agent uses by default) and an in-process Kafka-protocol broker.
 ///
-/// `Debug` hides the signing secret and the database password, so the struct can be logged whole.
+/// `Debug` hides the signing key and the database password, so the struct can be logged whole.
 #[derive(Clone, Parser)]
 #[command(
     name = "smartflow-userauth",
@@ -45,10 +50,9 @@ pub struct UserauthConfig {
     #[arg(long, env = "SMARTFLOW_AGENT_TOPIC", default_value = DEFAULT_AGENT_TOPIC)]
     pub agent_topic: String,
 
-    /// The HS256 secret that signs access tokens, at least 32 bytes. Absent: a random one is made
-    /// at start-up, so tokens do not survive a restart and other instances cannot verify them.
-    #[arg(long, env = "SMARTFLOW_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    /// Where the key that signs access tokens comes from.
+    #[command(flatten)]
+    pub signing: SigningKeySettings,
 
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "SMARTFLOW_ACCESS_TOKEN_TTL_SECS", default_value_t = DEFAULT_ACCESS_TOKEN_TTL_SECS,
@@ -112,7 +116,7 @@ impl Default for UserauthConfig {
         Self {
             http_addr: DEFAULT_HTTP_ADDR,
             agent_topic: DEFAULT_AGENT_TOPIC.to_owned(),
-            jwt_secret: None,
+            signing: SigningKeySettings::default(),
             access_token_ttl_secs: DEFAULT_ACCESS_TOKEN_TTL_SECS,
             refresh_token_ttl_secs: DEFAULT_REFRESH_TOKEN_TTL_SECS,
             session_max_lifetime_secs: DEFAULT_SESSION_MAX_LIFETIME_SECS,
@@ -150,15 +154,70 @@ impl UserauthConfig {
     }
 }
 
+/// Where userauth's signing key comes from: the key itself or a file, flattened into userauth's
+/// command line and the all-in-one binary's. `Debug` hides the key.
+#[derive(Clone, Debug, Default, Args)]
+pub struct SigningKeySettings {
+    /// The Ed25519 private key that signs access tokens: PEM (`openssl genpkey -algorithm
+    /// ed25519`) or base64 of its PKCS#8 DER. The services that accept the tokens are given its
+    /// public key (`openssl pkey -pubout`; logged at start). Absent, with no key file either: a
+    /// new key is made at every start, so tokens do not survive a restart and the agent must be
+    /// given that start's public key.
+    #[arg(
+        long,
+        env = "SMARTFLOW_USERAUTH_SIGNING_KEY",
+        hide_env_values = true,
+        conflicts_with = "signing_key_file"
+    )]
+    pub signing_key: Option<Secret>,
+
+    /// A file holding the signing key, as SMARTFLOW_USERAUTH_SIGNING_KEY would.
+    #[arg(long, env = "SMARTFLOW_USERAUTH_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+impl SigningKeySettings {
+    /// Settings that hand userauth `key` itself.
+    pub fn with_key(key: &SigningKey) -> Self {
+        Self {
+            signing_key: Some(Secret::new(key.to_pem())),
+            signing_key_file: None,
+        }
+    }
+
+    /// The key these settings give; `None` when neither is set. A key that cannot be used, or
+    /// both set, is an error naming the setting and never showing the key.
+    pub fn load(&self) -> anyhow::Result<Option<SigningKey>> {
+        let key = match (&self.signing_key, &self.signing_key_file) {
+            (Some(_), Some(_)) => {
+                bail!("set {SIGNING_KEY_SETTING} or {SIGNING_KEY_FILE_SETTING}, not both")
+            }
+            (None, None) => return Ok(None),
+            (Some(key), None) => SigningKey::parse(key.expose()).map_err(|reason| {
+                anyhow::anyhow!("{SIGNING_KEY_SETTING} is not usable: {reason}")
+            })?,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("reading {SIGNING_KEY_FILE_SETTING} {}", path.display())
+                })?;
+                SigningKey::parse(&text).map_err(|reason| {
+                    anyhow::anyhow!(
+                        "{SIGNING_KEY_FILE_SETTING} {} is not usable: {reason}",
+                        path.display()
+                    )
+                })?
+            }
+        };
+        Ok(Some(key))
+    }
+}
+
 impl fmt::Debug for UserauthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UserauthConfig")
             .field("http_addr", &self.http_addr)
             .field("agent_topic", &self.agent_topic)
-            .field(
-                "jwt_secret",
-                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
-            )
+            .field("signing", &self.signing)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
             .field("session_max_lifetime_secs", &self.session_max_lifetime_secs)
@@ -239,10 +298,25 @@ mod tests {
     #[test]
     fn debug_output_hides_secrets() {
         let mut config = UserauthConfig::embedded("postgres://app:s3cret@db:5432/app");
-        config.jwt_secret = Some("the-signing-secret-that-must-not-leak".into());
+        let key = crate::jwt::SigningKey::generate().to_pem();
+        config.signing.signing_key = Some(Secret::new(key.clone()));
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(!shown.contains("must-not-leak"), "{shown}");
-        assert!(shown.contains("<redacted>"), "{shown}");
+        let body = key.lines().nth(1).unwrap();
+        assert!(!shown.contains(body), "{shown}");
+    }
+
+    #[test]
+    fn a_key_and_a_key_file_together_are_refused() {
+        let err = UserauthConfig::try_parse_from([
+            "smartflow-userauth",
+            "--signing-key",
+            "k",
+            "--signing-key-file",
+            "/k.pem",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("--signing-key-file"), "{err}");
     }
 }

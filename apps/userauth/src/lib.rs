@@ -2,9 +2,9 @@
 //! tokens, rotating refresh tokens with replay detection, an access-token blacklist, and
 //! token-usage accounting with quotas, fed by the agent's `agent.token.usage.recorded` events.
 //!
-//! Other services use `smartflow-userauth-contracts` (`UserauthClient`, which asks
-//! `GET /v1/auth/authorize` whether an access token may be served and returns the user to act
-//! for), never this crate. The usage event is the agent's (`smartflow-agent-contracts`).
+//! Other services use `smartflow-userauth-contracts` (`UserauthClient`, which verifies an access
+//! token with userauth's public key, then asks `GET /v1/auth/authorize` whether it may still be
+//! served, and returns the token's user), never this crate. The usage event is the agent's (`smartflow-agent-contracts`).
 //!
 //! A library so tests can run the whole service in-process with [`Userauth::start`]; `main.rs`
 //! only parses configuration and handles signals.

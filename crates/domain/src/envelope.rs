@@ -127,6 +127,21 @@ mod tests {
         assert_eq!(back.traceparent(), Some("00-abc-def-01"));
     }
 
+    /// Found by fuzzing the decoder (`fuzz/`, target `envelope`): without serde_json's
+    /// `float_roundtrip` a number could be read one unit in the last place off, so an `f64` in
+    /// a payload changed between the publisher's encoding and the consumer's decoding.
+    #[test]
+    fn numbers_arrive_exactly_as_published() {
+        let received = br#"{"event_id": "0190a5f0-0000-7000-8000-000000000001",
+            "event_type": "test.ping", "version": 2, "message_key": "c1",
+            "occurred_at": "2026-12-01T10:00:00.123Z",
+            "payload": {"occurred_at_ms": 17900000e0300, "small": 2.2250738585072011e-308}}"#;
+        let envelope = Envelope::from_slice(received).unwrap();
+        assert_eq!(envelope.payload["occurred_at_ms"].as_f64(), Some(1.79e307));
+        let again = Envelope::from_slice(envelope.to_json().as_bytes()).unwrap();
+        assert_eq!(again, envelope);
+    }
+
     #[test]
     fn decoding_as_another_type_or_garbage_is_an_error() {
         let env = Envelope::for_event("k1", &Ping { n: 7 }).unwrap();

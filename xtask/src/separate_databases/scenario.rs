@@ -205,6 +205,11 @@ async fn drive(settings: &Settings, backend: BackendArg, dbs: &ServiceDatabases)
 pub const OPERATOR_CREDENTIAL: &str = "separate-databases-operator-credential-0123";
 /// The one the agent checks tokens at userauth with.
 const AGENT_CREDENTIAL: &str = "separate-databases-agent-credential-0123456";
+/// Userauth's signing key for the run (PKCS#8, base64; made with `openssl genpkey -algorithm
+/// ed25519`) and its public key (`openssl pkey -pubout`), which the agent verifies tokens with.
+const USERAUTH_SIGNING_KEY: &str =
+    "MC4CAQAwBQYDK2VwBCIEIKkDZ20quBLB0XNDtB+xIQhZWyxy7XgOZIwQacV0iyTy";
+const USERAUTH_PUBLIC_KEY: &str = "MCowBQYDK2VwAyEADOzUJXUxYKVTvwBFX/LJszVjjW8/+qNJiwVWpz9uDxo=";
 
 /// Starts userauth, the agent and notification, each on its own database; every service
 /// accepts the operator's and the agent's credentials.
@@ -242,10 +247,15 @@ async fn start_services(
             Service::Userauth => vec![
                 ("SMARTFLOW_PASSWORD_HASH_MEMORY_KIB", "1024".into()),
                 ("SMARTFLOW_PASSWORD_HASH_ITERATIONS", "1".into()),
+                (
+                    "SMARTFLOW_USERAUTH_SIGNING_KEY",
+                    USERAUTH_SIGNING_KEY.into(),
+                ),
             ],
             Service::Agent => vec![
                 ("SMARTFLOW_USERAUTH_URL", userauth_url.clone()),
                 ("SMARTFLOW_USERAUTH_TOKEN", AGENT_CREDENTIAL.into()),
+                ("SMARTFLOW_USERAUTH_PUBLIC_KEY", USERAUTH_PUBLIC_KEY.into()),
             ],
             Service::Notification => vec![
                 ("SMARTFLOW_FEISHU_WEBHOOK_URL", webhook.url()),

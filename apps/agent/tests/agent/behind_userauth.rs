@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use smartflow_agent::{AgentConfig, RunningAgent};
 use smartflow_kafka::EmbeddedBroker;
 use smartflow_testkit::TestDb;
+use smartflow_userauth::jwt::SigningKey;
 use smartflow_userauth::{RunningUserauth, Userauth, UserauthConfig};
 
 use crate::support::*;
@@ -32,7 +33,8 @@ impl Stack {
         userauth_config.service.database_schema = t.config.pg_schema.clone();
         userauth_config.service.kafka_brokers = Some(broker.bootstrap_servers());
         userauth_config.agent_topic = topic.clone();
-        userauth_config.jwt_secret = Some("agent-test-secret-agent-test-secret-0123".into());
+        let key = SigningKey::generate();
+        userauth_config.signing.signing_key = Some(Secret::new(key.to_pem()));
         userauth_config.service.service_tokens =
             Some(Secret::new(format!("agent={AGENT_AT_USERAUTH}")));
         // These tests log in many users from one address; the limits have tests of their own.
@@ -48,6 +50,7 @@ impl Stack {
         agent_config.topic = topic;
         agent_config.userauth_url = Some(userauth.base_url());
         agent_config.userauth_token = Some(Secret::new(AGENT_AT_USERAUTH));
+        agent_config.userauth_public_key = Some(key.public_key().to_pem());
         configure(&mut agent_config);
         let agent = start(agent_config).await;
         Stack {

@@ -6,6 +6,7 @@ mod auth;
 mod backends;
 mod batches;
 mod behind_userauth;
+mod forged;
 mod messages;
 mod notify;
 mod ownership;

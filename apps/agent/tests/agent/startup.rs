@@ -119,6 +119,42 @@ async fn service_credential_settings_that_cannot_work_fail_start_by_name() {
     assert!(err.contains("without SMARTFLOW_USERAUTH_URL"), "{err}");
 
     let mut config = sqlite_config(&dir);
+    config.userauth_public_key = Some(String::new());
+    let err = start_error(config).await;
+    assert!(err.contains("without SMARTFLOW_USERAUTH_URL"), "{err}");
+
+    // With the URL and the credential, the agent needs userauth's public key, and a usable one.
+    let with_userauth = || {
+        let mut config = sqlite_config(&dir);
+        config.userauth_url = Some("http://127.0.0.1:1".into());
+        config.userauth_token = Some(Secret::new("the-agents-credential-at-userauth-0123456"));
+        config
+    };
+    let err = start_error(with_userauth()).await;
+    assert!(
+        err.contains("SMARTFLOW_USERAUTH_PUBLIC_KEY is not"),
+        "{err}"
+    );
+    for (key, reason) in [
+        ("not a key", "neither PEM nor base64"),
+        ("AAAA", "holds 3 bytes"),
+        // userauth's private key by mistake: refused, and not repeated.
+        (
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIHHUZfIacVurzAjDldZipcmuF9kXrfjzZr+CQ6Td6xFY\n-----END PRIVATE KEY-----",
+            "BEGIN PUBLIC KEY",
+        ),
+    ] {
+        let mut config = with_userauth();
+        config.userauth_public_key = Some(key.to_owned());
+        let err = start_error(config).await;
+        assert!(
+            err.contains("SMARTFLOW_USERAUTH_PUBLIC_KEY is not usable") && err.contains(reason),
+            "{err}"
+        );
+        assert!(!err.contains("MC4CAQAw"), "{err}");
+    }
+
+    let mut config = sqlite_config(&dir);
     config.service.service_tokens = Some(Secret::new("assistant=short-s3cret"));
     let err = start_error(config).await;
     assert!(

@@ -38,6 +38,18 @@ async fn bad_input_gets_400_invalid_request_and_writes_nothing() {
             "oversized content",
             json!({"user_id": "u1", "role": "user", "content": "x".repeat(101)}),
         ),
+        (
+            "control character in the user",
+            json!({"user_id": "u1\n2", "role": "user", "content": "hi"}),
+        ),
+        (
+            "escape sequence in the user",
+            json!({"user_id": "u1\u{1b}[2J", "role": "user", "content": "hi"}),
+        ),
+        (
+            "NUL in the content",
+            json!({"user_id": "u1", "role": "user", "content": "hi\u{0}there"}),
+        ),
         ("missing field", json!({"user_id": "u1", "content": "hi"})),
         (
             "wrong type",
@@ -71,7 +83,13 @@ async fn bad_input_gets_400_invalid_request_and_writes_nothing() {
         (StatusCode::BAD_REQUEST, "invalid_request".to_owned())
     );
 
-    for bad_id in ["has%20space", &"c".repeat(129), "semi%3Bcolon"] {
+    for bad_id in [
+        "has%20space",
+        &"c".repeat(129),
+        "semi%3Bcolon",
+        "line%0Abreak",
+        "nul%00",
+    ] {
         let body = json!({"user_id": "u1", "role": "user", "content": "hi"});
         let post = client()
             .post(messages_url(&agent, bad_id))

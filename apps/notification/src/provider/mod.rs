@@ -332,6 +332,49 @@ mod tests {
             assert!(policy.check(bad).is_err(), "{bad}");
         }
         assert!(policy.resolve(None).is_err());
+        // Host spellings and cases an allow-list must not be fooled by; the host is compared
+        // as parsed, so only the allowed host itself, in any letter case, passes.
+        policy
+            .check("https://OPEN.feishu.cn/open-apis/bot/v2/hook/abc")
+            .unwrap();
+        policy
+            .check("https://open.feishu.cn:443/open-apis/bot/v2/hook/abc")
+            .unwrap();
+        for bad in [
+            // userinfo: the allowed host as a user name, the request going to evil.example.
+            "https://open.feishu.cn@evil.example/open-apis/bot/v2/hook/abc",
+            "https://open.feishu.cn:443@evil.example/open-apis/bot/v2/hook/abc",
+            // look-alike hosts.
+            "https://open.feishu.cn./open-apis/bot/v2/hook/abc",
+            "https://open-feishu.cn/open-apis/bot/v2/hook/abc",
+            "https://evil.example/open-apis/bot/v2/hook/?open.feishu.cn",
+            "https://open.feishu.cn%2eevil.example/open-apis/bot/v2/hook/abc",
+            "https://xn--open-feishu-cn.example/open-apis/bot/v2/hook/abc",
+            // loopback, private and IPv6 addresses, however spelled.
+            "https://127.0.0.1/open-apis/bot/v2/hook/abc",
+            "https://0x7f.1/open-apis/bot/v2/hook/abc",
+            "https://2130706433/open-apis/bot/v2/hook/abc",
+            "https://[::1]/open-apis/bot/v2/hook/abc",
+            "https://[::ffff:127.0.0.1]/open-apis/bot/v2/hook/abc",
+            "https://169.254.169.254/open-apis/bot/v2/hook/abc",
+            "https://localhost/open-apis/bot/v2/hook/abc",
+            // dot segments out of the allowed path, plain and percent-encoded.
+            "https://open.feishu.cn/open-apis/bot/v2/hook/../../admin",
+            "https://open.feishu.cn/open-apis/bot/v2/hook/%2e%2e/%2E%2E/admin",
+        ] {
+            assert!(policy.check(bad).is_err(), "{bad}");
+        }
+        // A loopback webhook allowed by its address is not reached through other spellings.
+        let local = TargetPolicy::new(vec!["http://127.0.0.1:8080/hook/".into()], None).unwrap();
+        local.check("http://127.0.0.1:8080/hook/x").unwrap();
+        for bad in [
+            "http://localhost:8080/hook/x",
+            "http://[::1]:8080/hook/x",
+            "http://127.0.0.2:8080/hook/x",
+            "http://0.0.0.0:8080/hook/x",
+        ] {
+            assert!(local.check(bad).is_err(), "{bad}");
+        }
         assert!(TargetPolicy::new(vec![], None).is_err());
         assert!(TargetPolicy::new(vec![HOOK.into()], Some("https://elsewhere/x".into())).is_err());
         let with_default =

@@ -128,3 +128,33 @@ async fn an_unreachable_webhook_is_retryable() {
     assert!(err.is_retryable(), "{err}");
     assert!(!err.reason().contains("zz-secret-zz"), "{err}");
 }
+
+/// An allowed webhook that answers with a redirect cannot lead the request elsewhere (an
+/// internal address here): redirects are not followed, and the redirect is the send's failure.
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    let internal = FakeFeishu::start(None).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let location = internal.url();
+    let redirector = axum::Router::new().fallback(move || {
+        let location = location.clone();
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, location)],
+            )
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, redirector).await });
+    let prefix = format!("http://127.0.0.1:{port}/open-apis/bot/v2/hook/");
+    let feishu = FeishuWebhook::new(FeishuConfig {
+        targets: TargetPolicy::new(vec![prefix.clone()], Some(format!("{prefix}bot"))).unwrap(),
+        secret: None,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let err = feishu.send(&message("", "x")).await.unwrap_err();
+    assert!(err.reason().contains("307"), "{err}");
+    assert!(internal.requests().is_empty(), "the redirect was followed");
+}

@@ -9,15 +9,21 @@ pub use smartflow_service::SERVICE_TOKEN_HEADER;
 use smartflow_storage::users;
 use smartflow_testkit::TestDb;
 use smartflow_userauth::http::{MeResponse, RegisterResponse, TokenResponse};
-use smartflow_userauth::jwt::AccessTokens;
+use smartflow_userauth::jwt::{AccessTokens, SigningKey};
+use smartflow_userauth::UserauthClient;
 use smartflow_userauth::{RunningUserauth, Userauth, UserauthConfig};
+use smartflow_userauth_contracts::AccessTokenVerifier;
 
 /// Bound on waiting for background work (the embedded broker's group join alone takes about
 /// 3 s). Reached only when a test fails; no test asserts how long anything took.
 pub use smartflow_testkit::PATIENCE;
 
-/// The signing secret every test service uses, so tests can sign tokens of their own with it.
-pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+/// The Ed25519 key every test service signs with (made with `openssl genpkey -algorithm
+/// ed25519`), so tests can sign tokens of their own with it.
+pub const SIGNING_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIKxeeFFGCWRNDUYQrljdzFm4Hee/SE2jnmrGHmhVhwZ0
+-----END PRIVATE KEY-----
+";
 pub const PASSWORD: &str = "correct horse 9";
 pub const QUOTA: i64 = 1000;
 /// The service credential the tests call `GET /v1/auth/authorize` with, as the agent does.
@@ -28,7 +34,7 @@ pub const AGENT_CREDENTIAL: &str = "the-userauth-tests-agent-credential-0123";
 pub fn config_for(t: &TestDb) -> UserauthConfig {
     let mut config = UserauthConfig::embedded(t.config.url.clone());
     config.service.database_schema = t.config.pg_schema.clone();
-    config.jwt_secret = Some(SECRET.to_owned());
+    config.signing.signing_key = Some(Secret::new(SIGNING_KEY));
     config.password_hash_memory_kib = 256;
     config.password_hash_iterations = 1;
     config.default_token_quota = QUOTA;
@@ -57,7 +63,23 @@ pub async fn finish(app: RunningUserauth, t: TestDb) {
 
 /// The key the test services sign with.
 pub fn our_keys() -> AccessTokens {
-    AccessTokens::new(SECRET.as_bytes(), Duration::from_secs(900))
+    AccessTokens::new(&signing_key(), Duration::from_secs(900))
+}
+
+pub fn signing_key() -> SigningKey {
+    SigningKey::parse(SIGNING_KEY).expect("the test key parses")
+}
+
+/// The client another service checks tokens with: our public key, the agent's credential.
+pub fn userauth_client(base_url: &str) -> UserauthClient {
+    let verifier = AccessTokenVerifier::new(signing_key().public_key().clone());
+    UserauthClient::new(
+        base_url,
+        verifier,
+        Duration::from_secs(10),
+        AGENT_CREDENTIAL,
+    )
+    .expect("the client builds")
 }
 
 pub fn client() -> reqwest::Client {

@@ -7,12 +7,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::Value;
+use smartflow_service::Secret;
 use smartflow_storage::now_millis;
 use smartflow_storage::refresh_tokens::{self, NewRefreshToken};
 use smartflow_testkit::{on_every_backend, TestDb};
-use smartflow_userauth::jwt::{AccessClaims, AccessTokens};
+use smartflow_userauth::jwt::{AccessClaims, AccessTokens, SigningKey};
 use smartflow_userauth::refresh_token::{hash_refresh_token, new_refresh_token};
-use smartflow_userauth::{AuthorizeError, UserauthClient};
+use smartflow_userauth::{AuthorizeError, Userauth, UserauthConfig};
+use smartflow_userauth_contracts::AccessTokenVerifier;
 
 use crate::support::*;
 
@@ -287,14 +289,10 @@ async fn tampered_and_foreign_key_tokens_are_refused(t: TestDb) {
         c["exp"] = (c["exp"].as_i64().unwrap() + 86_400).into()
     });
     let claims = our_keys().decode(&tokens.access_token).unwrap();
-    let foreign = AccessTokens::new(
-        b"some-other-secret-0123456789abcdef",
-        Duration::from_secs(900),
-    )
-    .sign(&claims)
-    .unwrap();
-    let verifier =
-        UserauthClient::new(&app.base_url(), Duration::from_secs(10), AGENT_CREDENTIAL).unwrap();
+    let foreign = AccessTokens::new(&SigningKey::generate(), Duration::from_secs(900))
+        .sign(&claims)
+        .unwrap();
+    let verifier = userauth_client(&app.base_url());
     for forged in [as_mallory, longer, foreign] {
         for path in ["/v1/auth/me", "/v1/auth/authorize"] {
             assert_error(
@@ -339,8 +337,7 @@ async fn expired_tokens_are_refused(t: TestDb) {
         )
         .await;
     }
-    let verifier =
-        UserauthClient::new(&app.base_url(), Duration::from_secs(10), AGENT_CREDENTIAL).unwrap();
+    let verifier = userauth_client(&app.base_url());
     assert!(matches!(
         verifier.authorize(&expired).await,
         Err(AuthorizeError::Rejected { status: 401, ref code, .. }) if code == "token_expired"
@@ -372,7 +369,69 @@ async fn expired_tokens_are_refused(t: TestDb) {
     finish(app, t).await;
 }
 
+/// A key file is read at start and signs every token, with its key id in the header; the
+/// public key alone verifies them.
+async fn tokens_are_signed_with_the_configured_key_file(t: TestDb) {
+    let key = SigningKey::generate();
+    let file = std::env::temp_dir().join(format!("userauth-key-{}.pem", t.unique("k")));
+    std::fs::write(&file, key.to_pem()).unwrap();
+    let mut config = config_for(&t);
+    config.signing.signing_key = None;
+    config.signing.signing_key_file = Some(file.clone());
+    let app = start(config).await;
+    std::fs::remove_file(&file).unwrap();
+    let address = email(&t, "filed");
+    let user = register(&app, &address).await;
+    let tokens = login(&app, &address).await;
+    let header = jsonwebtoken::decode_header(&tokens.access_token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    assert_eq!(header.kid.as_deref(), Some(key.public_key().kid()));
+    let verifier = AccessTokenVerifier::new(key.public_key().clone());
+    assert_eq!(
+        verifier.verify(&tokens.access_token).unwrap().sub,
+        user.user_id
+    );
+    // The tests' usual key did not sign it.
+    assert!(our_keys().decode(&tokens.access_token).is_err());
+    finish(app, t).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_key_settings_that_cannot_work_fail_start_by_name() {
+    let missing = std::env::temp_dir().join("no-such-userauth-key.pem");
+    let cases: [(Option<&str>, Option<&std::path::Path>, &str); 4] = [
+        (
+            Some("a-password-not-a-key-s3cret"),
+            None,
+            "SMARTFLOW_USERAUTH_SIGNING_KEY is not usable: it is neither PEM nor base64",
+        ),
+        (
+            Some("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAWci9A5P7IJ58MSq6sfHKU1BOOVkrgz6M9cGzzn/of9Q=\n-----END PUBLIC KEY-----"),
+            None,
+            "SMARTFLOW_USERAUTH_SIGNING_KEY is not usable: a PEM key here must be one `-----BEGIN PRIVATE KEY-----` block",
+        ),
+        (
+            Some(SIGNING_KEY),
+            Some(&missing),
+            "not both",
+        ),
+        (None, Some(&missing), "reading SMARTFLOW_USERAUTH_SIGNING_KEY_FILE"),
+    ];
+    for (key, file, expected) in cases {
+        let mut config = UserauthConfig::embedded("sqlite::memory:");
+        config.signing.signing_key = key.map(Secret::new);
+        config.signing.signing_key_file = file.map(std::path::Path::to_path_buf);
+        let err = match Userauth::start(config).await {
+            Ok(_) => panic!("userauth started with {key:?} {file:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(expected), "{err}");
+        assert!(!err.contains("s3cret") && !err.contains("MCowBQ"), "{err}");
+    }
+}
+
 on_every_backend!(
+    tokens_are_signed_with_the_configured_key_file,
     refresh_rotates_and_retires_the_old_token,
     concurrent_refreshes_with_one_token_let_exactly_one_win,
     the_retiring_update_has_exactly_one_winner,

@@ -21,7 +21,7 @@ use smartflow_storage::TransactionTrait as _;
 use smartflow_testkit::{on_every_backend, TestDb};
 use smartflow_userauth::events::{TokenUsageRecorded, INBOX_CONSUMER};
 use smartflow_userauth::http::AuthorizeResponse;
-use smartflow_userauth::{usage, AuthorizeError, RunningUserauth, UserauthClient};
+use smartflow_userauth::{usage, AuthorizeError, RunningUserauth};
 
 use crate::support::*;
 
@@ -388,8 +388,7 @@ async fn usage_exactly_at_the_quota_is_refused(t: TestDb) {
     let address = email(&t, "quota");
     let user = register(&app, &address).await;
     let tokens = login(&app, &address).await;
-    let verifier =
-        UserauthClient::new(&app.base_url(), Duration::from_secs(10), AGENT_CREDENTIAL).unwrap();
+    let verifier = userauth_client(&app.base_url());
     set_quota(&app, &user.user_id, 100).await;
 
     add_usage(&t, &user.user_id, 99).await;
@@ -459,7 +458,7 @@ async fn an_unreachable_userauth_is_unavailable_not_a_verdict(t: TestDb) {
     let tokens = login(&app, &address).await;
     let base = app.base_url();
     finish(app, t).await;
-    let verifier = UserauthClient::new(&base, Duration::from_secs(5), AGENT_CREDENTIAL).unwrap();
+    let verifier = userauth_client(&base);
     assert!(matches!(
         verifier.authorize(&tokens.access_token).await,
         Err(AuthorizeError::Unavailable(_))
