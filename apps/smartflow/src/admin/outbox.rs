@@ -1,4 +1,4 @@
-//! `smartflow outbox stats | list | show | redrive | purge`.
+//! `smartflow outbox stats | list | show | redrive | unblock | purge`.
 
 use std::time::Duration;
 
@@ -58,6 +58,16 @@ pub enum OutboxCommand {
         /// Every dead row (of the tables), when no --id or filter narrows them.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Makes a key's later rows go on when rows of it waiting for a retry hold them back
+    /// (`KeyOrder::Block`): the waiting rows become `dead` ("unblocked by operator; last error:
+    /// ..."), to be redriven once their cause is fixed (after the later rows: the key's order
+    /// is broken there).
+    Unblock {
+        /// The message key.
+        key: String,
         #[command(flatten)]
         change: ChangeArgs,
     },
@@ -175,6 +185,9 @@ pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(),
                 target.json,
             )
             .await
+        }
+        OutboxCommand::Unblock { key, change } => {
+            unblock(db, &tables, &key, &change, target.json).await
         }
         OutboxCommand::Purge {
             older_than,
@@ -470,6 +483,85 @@ async fn redrive(
     }
     if json {
         print_json(&json!({ "dry_run": false, "tables": out }));
+    }
+    Ok(())
+}
+
+async fn unblock(
+    db: &Db,
+    tables: &[OutboxTable],
+    key: &str,
+    change: &ChangeArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut planned = Vec::new();
+    for table in tables {
+        planned.push((table, table.blocking_rows(db, key).await?));
+    }
+    let total: u64 = planned.iter().map(|(_, rows)| rows.len() as u64).sum();
+    if !change.dry_run {
+        let names: Vec<&str> = planned.iter().map(|(t, _)| t.name()).collect();
+        change.confirmation().check(
+            total,
+            &format!(
+                "unblock key `{key}`: {total} waiting rows of {} made dead",
+                names.join(", ")
+            ),
+            json,
+        )?;
+    }
+    let mut out = Vec::new();
+    for (i, (table, rows)) in planned.iter().enumerate() {
+        let ids: Vec<i64> = rows.iter().map(|r| r.row.id).collect();
+        let unblocked = if change.dry_run {
+            Vec::new()
+        } else {
+            table.unblock_key(db, key).await?
+        };
+        if json {
+            out.push(json!({
+                "table": table.name(),
+                "key": key,
+                "matched": ids.len(),
+                "ids": ids,
+                "unblocked": unblocked,
+            }));
+            continue;
+        }
+        if i > 0 {
+            println!();
+        }
+        if change.dry_run {
+            println!(
+                "{}: would make {} rows of key `{key}` waiting for a retry dead",
+                table.name(),
+                ids.len()
+            );
+            if !rows.is_empty() {
+                print!("{}", rows_table(rows));
+            }
+        } else {
+            println!(
+                "{}: unblocked key `{key}`: {} waiting rows made dead ({})",
+                table.name(),
+                unblocked.len(),
+                if unblocked.is_empty() {
+                    "nothing was waiting".to_owned()
+                } else {
+                    format!(
+                        "ids {}; redrive them once their cause is fixed",
+                        unblocked
+                            .iter()
+                            .map(i64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            );
+        }
+    }
+    if json {
+        print_json(&json!({ "dry_run": change.dry_run, "tables": out }));
     }
     Ok(())
 }

@@ -412,7 +412,7 @@ impl OutboxTable {
     }
 
     /// Every column, and the redrive history where the table has it (then `true`).
-    async fn select_records<C: ConnectionTrait>(
+    pub(super) async fn select_records<C: ConnectionTrait>(
         &self,
         conn: &C,
     ) -> Result<(SelectStatement, bool), StorageError> {
@@ -426,7 +426,7 @@ impl OutboxTable {
     }
 }
 
-async fn records<C: ConnectionTrait>(
+pub(super) async fn records<C: ConnectionTrait>(
     conn: &C,
     stmt: &SelectStatement,
     history: bool,
