@@ -1,7 +1,8 @@
 //! The routes every service answers beside its own: `GET /healthz` ([`health_check`]),
 //! `GET /metrics` (the bus's counters, the backlog of each outbox the service owns, and the
 //! service's own [`Gauges`]; only for a service credential), and the JSON answers to unknown
-//! paths and methods. With an admin address, `/metrics` moves to a router of its own.
+//! paths and methods, and the admin API (`/admin/...`, [`crate::admin`]; only for a service
+//! credential). With an admin address, `/metrics` and `/admin/...` move to a router of their own.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use sea_orm::DatabaseConnection;
 use smartflow_bus::Metrics;
 use smartflow_storage::outbox::OutboxTable;
 
+use crate::admin::{admin_routes, AdminTables};
 use crate::credentials::ServiceCredentials;
 use crate::health::{health_check, HealthBody};
 use crate::http_error::{method_not_allowed, not_found, HttpError};
@@ -50,6 +52,7 @@ pub struct Observed {
 pub fn with_service_endpoints(
     routes: Router,
     observed: Observed,
+    admin: AdminTables,
     credentials: ServiceCredentials,
     separate_admin: bool,
 ) -> (Router, Option<Router>) {
@@ -59,10 +62,11 @@ pub fn with_service_endpoints(
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
-            credentials,
+            credentials.clone(),
             ServiceCredentials::require,
         ))
-        .with_state(observed);
+        .with_state(observed)
+        .merge(admin_routes(admin, credentials));
     let finish = |router: Router| {
         router
             .fallback(not_found)

@@ -13,6 +13,7 @@
 //! a start-up failure is reported to an operator, never decided on. It reads no environment
 //! variables; the services parse their configuration and hand the values in.
 
+pub mod admin;
 pub mod broker;
 pub mod credentials;
 pub mod database;

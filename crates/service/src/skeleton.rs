@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::admin::AdminTables;
 use crate::broker::prepare_broker;
 use crate::credentials::{ServiceCredentials, SERVICE_TOKENS_SETTING};
 use crate::database::connect_with_retries;
@@ -211,6 +212,8 @@ pub struct ServiceStart {
     runners: Vec<ConsumerRunner>,
     extra_tasks: Vec<(&'static str, BoxFuture<'static, ()>)>,
     gauges: Option<Arc<dyn Gauges>>,
+    /// The inbox its consumers record other services' events in, for the admin API.
+    inbox: Option<InboxTable>,
     shutdown: CancellationToken,
     // Last, so that on a plain drop the clients above go before the broker they talk to.
     broker: Option<EmbeddedBroker>,
@@ -284,6 +287,7 @@ impl ServiceStart {
             runners: Vec::new(),
             extra_tasks: Vec::new(),
             gauges: None,
+            inbox: None,
             shutdown: CancellationToken::new(),
             broker,
         };
@@ -414,10 +418,17 @@ impl ServiceStart {
             plan.only_event_types
         };
         let runner = match plan.inbox_table {
-            Some(table) => runner.with_inbox(
-                InboxTable::new(&table).with_context(|| format!("inbox table `{table}`"))?,
-            ),
-            None => runner,
+            Some(table) => {
+                let inbox =
+                    InboxTable::new(&table).with_context(|| format!("inbox table `{table}`"))?;
+                self.inbox = Some(inbox.clone());
+                runner.with_inbox(inbox)
+            }
+            None => {
+                // Both kinds of consumer record other services' events in the default inbox.
+                self.inbox.get_or_insert_with(InboxTable::default);
+                runner
+            }
         };
         let runner = match only_event_types {
             Some(types) => runner.only_event_types(types.iter().map(String::as_str)),
@@ -479,6 +490,11 @@ impl ServiceStart {
                 metrics: self.metrics.clone(),
                 outboxes: self.bus.iter().map(|bus| bus.outbox().clone()).collect(),
                 gauges: self.gauges,
+            },
+            AdminTables {
+                db: self.db.clone(),
+                outbox: self.bus.as_ref().map(|bus| bus.outbox().clone()),
+                inbox: self.inbox.clone(),
             },
             self.credentials.clone(),
             admin_listener.is_some(),

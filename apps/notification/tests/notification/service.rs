@@ -203,6 +203,29 @@ async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
             "service_credential_required".to_owned()
         )
     );
+    // So is the admin API.
+    assert_eq!(
+        error_code(
+            reqwest::get(format!("{}/admin/outbox/stats", service.base_url()))
+                .await
+                .unwrap()
+        )
+        .await,
+        (StatusCode::NOT_FOUND, "not_found".to_owned())
+    );
+    let stats: serde_json::Value = reqwest::Client::new()
+        .get(format!("{admin}/admin/outbox/stats"))
+        .header(SERVICE_TOKEN_HEADER, CALLER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["tables"][0]["table"], "notification_outbox",
+        "{stats}"
+    );
     let admin_health = reqwest::get(format!("{admin}/healthz")).await.unwrap();
     assert_eq!(admin_health.status(), StatusCode::OK);
     let metrics = reqwest::Client::new()

@@ -5,6 +5,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use smartflow_domain::OutboxStatus;
+use smartflow_service::admin::json::{outbox_report_json, outbox_row_json};
+use smartflow_service::admin::redrive_plan;
+use smartflow_service::admin::selection::{parse_outbox_status, settled_rows, OutboxSelection};
 use smartflow_storage::now_millis;
 use smartflow_storage::outbox::{
     OutboxFilter, OutboxPurge, OutboxRecord, OutboxTable, SettledStatus, MAX_BATCH,
@@ -13,8 +16,7 @@ use smartflow_storage::outbox::{
 use super::duration::{parse_age, show_age};
 use super::text_table::{cell, TextTable};
 use super::{
-    print_json, print_reasons, purge_tables, reasons_json, show_time, tables, ChangeArgs, Db,
-    Failure, Target,
+    print_json, print_reasons, purge_tables, show_time, tables, ChangeArgs, Db, Failure, Target,
 };
 
 /// The outboxes of the built-in services, the default tables.
@@ -35,7 +37,7 @@ pub enum OutboxCommand {
         #[command(flatten)]
         filter: FilterArgs,
         /// Only rows in this status: pending, published, consumed or dead.
-        #[arg(long, value_parser = parse_status)]
+        #[arg(long, value_parser = parse_outbox_status)]
         status: Option<OutboxStatus>,
         /// At most this many rows per table.
         #[arg(long, default_value_t = 50)]
@@ -107,22 +109,21 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    fn filter(&self, status: Option<OutboxStatus>, ids: &[i64]) -> OutboxFilter {
-        OutboxFilter {
-            status,
+    fn selection(&self) -> OutboxSelection {
+        OutboxSelection {
             event_type: self.event_type.clone(),
-            message_key: self.key.clone(),
-            created_before: self.older_than.map(before_now),
-            reason_contains: self.reason.clone(),
-            ids: ids.to_vec(),
+            key: self.key.clone(),
+            older_than: self.older_than,
+            reason: self.reason.clone(),
         }
     }
 
+    fn filter(&self, status: Option<OutboxStatus>, ids: &[i64]) -> OutboxFilter {
+        self.selection().filter(status, ids)
+    }
+
     fn is_empty(&self) -> bool {
-        self.event_type.is_none()
-            && self.key.is_none()
-            && self.older_than.is_none()
-            && self.reason.is_none()
+        self.selection().is_empty()
     }
 }
 
@@ -130,18 +131,6 @@ impl FilterArgs {
 pub enum PurgeStatus {
     Consumed,
     Dead,
-}
-
-fn parse_status(text: &str) -> Result<OutboxStatus, String> {
-    text.parse().map_err(|_| {
-        let known: Vec<&str> = OutboxStatus::ALL.iter().map(|s| s.as_str()).collect();
-        format!("unknown status `{text}` (one of: {})", known.join(", "))
-    })
-}
-
-/// The instant `age` ago, in Unix milliseconds.
-pub(super) fn before_now(age: Duration) -> i64 {
-    now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(), Failure> {
@@ -195,21 +184,14 @@ pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(),
             batch_size,
             change,
         } => {
-            let mut statuses: Vec<SettledStatus> = statuses
+            let statuses = statuses
                 .iter()
                 .map(|s| match s {
                     PurgeStatus::Consumed => SettledStatus::Consumed,
                     PurgeStatus::Dead => SettledStatus::Dead,
                 })
                 .collect();
-            if statuses.is_empty() {
-                statuses = vec![SettledStatus::Consumed, SettledStatus::Dead];
-            }
-            statuses.dedup();
-            let purge = OutboxPurge {
-                statuses,
-                settled_before: before_now(older_than),
-            };
+            let purge = settled_rows(older_than, statuses);
             purge_rows(db, &tables, &purge, batch_size, &change, target.json).await
         }
     }
@@ -223,21 +205,7 @@ async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failur
         let c = report.counts;
         let oldest = c.oldest_pending_created_at;
         if json {
-            out.push(json!({
-                "table": table.name(),
-                "rows": {
-                    "pending": c.pending,
-                    "published": c.published,
-                    "consumed": c.consumed,
-                    "dead": c.dead,
-                },
-                "oldest_pending_created_at": oldest,
-                "oldest_pending_age_ms": oldest.map(|t| (now - t).max(0)),
-                "retries": report.retries.iter()
-                    .map(|(retries, rows)| json!({"retry_count": retries, "rows": rows}))
-                    .collect::<Vec<_>>(),
-                "dead_reasons": reasons_json(&report.dead_reasons),
-            }));
+            out.push(outbox_report_json(table.name(), &report, now));
             continue;
         }
         if i > 0 {
@@ -293,7 +261,7 @@ async fn list(
             out.push(json!({
                 "table": table.name(),
                 "matched": matched,
-                "rows": rows.iter().map(|r| row_json(r, false)).collect::<Vec<_>>(),
+                "rows": rows.iter().map(|r| outbox_row_json(r, false)).collect::<Vec<_>>(),
             }));
             continue;
         }
@@ -336,7 +304,7 @@ async fn show(db: &Db, tables: &[OutboxTable], id: &str, json: bool) -> Result<(
     if json {
         let out: Vec<Value> = found
             .iter()
-            .map(|(table, r)| json!({"table": table.name(), "row": row_json(r, true)}))
+            .map(|(table, r)| json!({"table": table.name(), "row": outbox_row_json(r, true)}))
             .collect();
         print_json(&json!({ "tables": out }));
         return Ok(());
@@ -403,14 +371,7 @@ async fn redrive(
 ) -> Result<(), Failure> {
     let mut planned = Vec::new();
     for table in tables {
-        let ids = table.dead_ids(db, filter).await?;
-        // Also in a dry run, which would otherwise promise what the real one refuses.
-        if !ids.is_empty() && !table.has_redrive_history(db).await? {
-            return Err(smartflow_storage::StorageError::NoRedriveHistory {
-                table: table.name().to_owned(),
-            }
-            .into());
-        }
+        let ids = redrive_plan(db, table, filter).await?;
         planned.push((table, ids));
     }
     let total: u64 = planned.iter().map(|(_, ids)| ids.len() as u64).sum();
@@ -623,35 +584,4 @@ fn rows_table(rows: &[OutboxRecord]) -> TextTable {
         ]);
     }
     table
-}
-
-/// One row in the JSON output; the payload only where asked for (`show`).
-fn row_json(r: &OutboxRecord, payload: bool) -> Value {
-    let row = &r.row;
-    let mut value = json!({
-        "id": row.id,
-        "event_id": row.event_id,
-        "event_type": row.event_type,
-        "event_version": r.event_version,
-        "message_key": row.message_key,
-        "topic": r.topic,
-        "status": row.status.as_str(),
-        "retry_count": row.retry_count,
-        "max_retry": row.max_retry,
-        "next_retry_at": row.next_retry_at,
-        "last_error": row.last_error,
-        "locked_by": row.locked_by,
-        "locked_until": r.locked_until,
-        "created_at": row.created_at,
-        "published_at": row.published_at,
-        "consumed_at": row.consumed_at,
-        "updated_at": r.updated_at,
-        "redrive_count": r.redrive.map(|h| h.redrive_count),
-        "last_redriven_at": r.redrive.and_then(|h| h.last_redriven_at),
-        "traceparent": r.traceparent,
-    });
-    if payload {
-        value["payload"] = Value::String(row.payload.clone());
-    }
-    value
 }
