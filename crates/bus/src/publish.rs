@@ -3,7 +3,8 @@ use std::sync::Arc;
 use rand::RngCore;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use smartflow_domain::{
-    DomainError, Envelope, EventContract, RouteRegistry, SOURCE_HEADER, TRACEPARENT_HEADER,
+    Delivery, DomainError, Envelope, EventContract, RouteRegistry, SOURCE_HEADER,
+    TRACEPARENT_HEADER,
 };
 use smartflow_storage::outbox::OutboxTable;
 use tokio::sync::Notify;
@@ -138,6 +139,14 @@ impl EventBus {
                 limit: self.inner.config.max_payload_bytes,
             }
             .into());
+        }
+        if route.delivery == Delivery::StoreOnly {
+            // For the record only: no relay claims a `stored` row, so none needs waking.
+            self.inner
+                .table
+                .insert_stored(txn, &envelope, encoded, &route.topic)
+                .await?;
+            return Ok(envelope.event_id);
         }
         self.inner
             .table

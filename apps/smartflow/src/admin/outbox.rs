@@ -36,7 +36,7 @@ pub enum OutboxCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        /// Only rows in this status: pending, published, consumed or dead.
+        /// Only rows in this status: pending, published, consumed, dead or stored.
         #[arg(long, value_parser = parse_outbox_status)]
         status: Option<OutboxStatus>,
         /// At most this many rows per table.
@@ -79,7 +79,8 @@ pub enum OutboxCommand {
         /// Rows last changed (consumed, or given up on) longer ago than this: 30s, 15m, 2h, 7d, 2w.
         #[arg(long, value_name = "AGE", value_parser = parse_age)]
         older_than: Duration,
-        /// Only rows in this status (repeatable; default: consumed and dead).
+        /// Only rows in this status (repeatable; default: consumed and dead; stored rows only
+        /// when named).
         #[arg(long = "status", value_enum)]
         statuses: Vec<PurgeStatus>,
         /// Rows per delete statement.
@@ -131,6 +132,8 @@ impl FilterArgs {
 pub enum PurgeStatus {
     Consumed,
     Dead,
+    /// A store-only route's rows (`Delivery::StoreOnly`), deleted only when named.
+    Stored,
 }
 
 pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(), Failure> {
@@ -189,6 +192,7 @@ pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(),
                 .map(|s| match s {
                     PurgeStatus::Consumed => SettledStatus::Consumed,
                     PurgeStatus::Dead => SettledStatus::Dead,
+                    PurgeStatus::Stored => SettledStatus::Stored,
                 })
                 .collect();
             let purge = settled_rows(older_than, statuses);
@@ -218,6 +222,7 @@ async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failur
             (OutboxStatus::Published, c.published),
             (OutboxStatus::Consumed, c.consumed),
             (OutboxStatus::Dead, c.dead),
+            (OutboxStatus::Stored, c.stored),
         ] {
             counts.row(vec![status.to_string(), n.to_string()]);
         }

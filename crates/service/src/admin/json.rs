@@ -17,6 +17,7 @@ pub fn outbox_report_json(table: &str, report: &OutboxReport, now: i64) -> Value
             "published": c.published,
             "consumed": c.consumed,
             "dead": c.dead,
+            "stored": c.stored,
         },
         "oldest_pending_created_at": oldest,
         "oldest_pending_age_ms": oldest.map(|t| (now - t).max(0)),

@@ -40,13 +40,15 @@ pub fn parse_outbox_status(text: &str) -> Result<OutboxStatus, String> {
     })
 }
 
-/// A status a purge may delete: `consumed` or `dead`.
+/// A status a purge may delete: `consumed`, `dead` or `stored`.
 pub fn parse_settled_status(text: &str) -> Result<SettledStatus, String> {
     match text {
         "consumed" => Ok(SettledStatus::Consumed),
         "dead" => Ok(SettledStatus::Dead),
+        "stored" => Ok(SettledStatus::Stored),
         _ => Err(format!(
-            "a purge deletes only settled rows: status `{text}` is not one of consumed, dead"
+            "a purge deletes only settled rows: status `{text}` is not one of consumed, dead, \
+             stored"
         )),
     }
 }

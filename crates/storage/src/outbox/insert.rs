@@ -20,6 +20,20 @@ impl OutboxTable {
             .await
     }
 
+    /// As [`insert_encoded`](Self::insert_encoded), the row `stored` instead of `pending`: kept
+    /// for the record (a `Delivery::StoreOnly` route), never claimed by a relay (every claim
+    /// reads `pending` or `published` rows only) and moved by no writer.
+    pub async fn insert_stored<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        envelope: &Envelope,
+        encoded: String,
+        topic: &str,
+    ) -> Result<(), StorageError> {
+        self.insert_as(conn, envelope, encoded, topic, 0, OutboxStatus::Stored)
+            .await
+    }
+
     /// As [`insert`](Self::insert), with the envelope already encoded by the caller (who measured
     /// its size) so it is serialized once.
     pub async fn insert_encoded<C: ConnectionTrait>(
@@ -29,6 +43,26 @@ impl OutboxTable {
         encoded: String,
         topic: &str,
         max_retry: u32,
+    ) -> Result<(), StorageError> {
+        self.insert_as(
+            conn,
+            envelope,
+            encoded,
+            topic,
+            max_retry,
+            OutboxStatus::Pending,
+        )
+        .await
+    }
+
+    async fn insert_as<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        envelope: &Envelope,
+        encoded: String,
+        topic: &str,
+        max_retry: u32,
+        status: OutboxStatus,
     ) -> Result<(), StorageError> {
         let now = now_millis();
         let stmt = Query::insert()
@@ -57,7 +91,7 @@ impl OutboxTable {
                 topic.into(),
                 encoded.into(),
                 envelope.traceparent().map(str::to_owned).into(),
-                stored(OutboxStatus::Pending).into(),
+                stored(status).into(),
                 0i32.into(),
                 (max_retry.min(i32::MAX as u32) as i32).into(),
                 now.into(),
