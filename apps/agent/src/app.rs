@@ -98,6 +98,7 @@ impl Agent {
             auth,
             credentials: start.credentials().clone(),
         });
+        start.document(http::operations());
         start.serve(routes, ()).await
     }
 }

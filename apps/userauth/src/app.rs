@@ -114,6 +114,7 @@ impl Userauth {
             throttle,
             credentials: start.credentials().clone(),
         });
+        start.document(http::operations());
         start.serve(routes, UserauthParts { service }).await
     }
 }

@@ -44,6 +44,8 @@ pub struct Observed {
     /// The outboxes whose backlog `/metrics` reports.
     pub outboxes: Vec<OutboxTable>,
     pub gauges: Option<Arc<dyn Gauges>>,
+    /// What `/openapi.json` answers (`crate::openapi::document`).
+    pub openapi: Arc<serde_json::Value>,
 }
 
 /// A service's own `routes` with `/healthz`, `/metrics` (behind `credentials`) and the JSON
@@ -58,6 +60,7 @@ pub fn with_service_endpoints(
 ) -> (Router, Option<Router>) {
     let health = Router::new()
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
         .with_state(observed.clone());
     let metrics = Router::new()
         .route("/metrics", get(metrics))
@@ -78,6 +81,10 @@ pub fn with_service_endpoints(
     } else {
         (finish(routes.merge(health).merge(metrics)), None)
     }
+}
+
+async fn openapi(State(observed): State<Observed>) -> Json<serde_json::Value> {
+    Json(observed.openapi.as_ref().clone())
 }
 
 async fn healthz(State(observed): State<Observed>) -> (StatusCode, Json<HealthBody>) {

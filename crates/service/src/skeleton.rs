@@ -40,6 +40,7 @@ use crate::credentials::{ServiceCredentials, SERVICE_TOKENS_SETTING};
 use crate::database::connect_with_retries;
 use crate::endpoints::{with_service_endpoints, Gauges, Observed};
 use crate::http_server::{serve_http, HttpLimits};
+use crate::openapi::{self, Operation};
 use crate::run::RunningService;
 use crate::settings::ServiceSettings;
 use crate::tasks::{release_clients, stop_tasks, supervise, Task};
@@ -214,6 +215,8 @@ pub struct ServiceStart {
     gauges: Option<Arc<dyn Gauges>>,
     /// The inbox its consumers record other services' events in, for the admin API.
     inbox: Option<InboxTable>,
+    /// The service's own operations, for `/openapi.json`.
+    operations: Vec<Operation>,
     shutdown: CancellationToken,
     // Last, so that on a plain drop the clients above go before the broker they talk to.
     broker: Option<EmbeddedBroker>,
@@ -288,6 +291,7 @@ impl ServiceStart {
             extra_tasks: Vec::new(),
             gauges: None,
             inbox: None,
+            operations: Vec::new(),
             shutdown: CancellationToken::new(),
             broker,
         };
@@ -454,6 +458,11 @@ impl ServiceStart {
         self.extra_tasks.push((task, Box::pin(work)));
     }
 
+    /// Documents the service's own routes in `/openapi.json` (beside the skeleton's).
+    pub fn document(&mut self, operations: Vec<Operation>) {
+        self.operations = operations;
+    }
+
     /// Adds the service's own gauges to `/metrics`.
     pub fn gauges(&mut self, gauges: impl Gauges) {
         self.gauges = Some(Arc::new(gauges));
@@ -490,6 +499,11 @@ impl ServiceStart {
                 metrics: self.metrics.clone(),
                 outboxes: self.bus.iter().map(|bus| bus.outbox().clone()).collect(),
                 gauges: self.gauges,
+                openapi: Arc::new(openapi::document(self.name, &{
+                    let mut all = self.operations;
+                    all.extend(openapi::skeleton_operations());
+                    all
+                })),
             },
             AdminTables {
                 db: self.db.clone(),
