@@ -79,6 +79,7 @@ impl Agent {
             auth,
             credentials: start.credentials().clone(),
         });
+        start.document(http::operations());
         start.serve(routes, ()).await
     }
 }

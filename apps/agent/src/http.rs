@@ -25,6 +25,7 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::{BusError, EventBus};
 use smartflow_domain::DomainError;
+use smartflow_service::openapi::Operation;
 use smartflow_service::{HttpError, ServiceCredentials};
 use smartflow_storage::chat_history::{self, ChatMessage, HistoryPosition};
 use smartflow_storage::conflict::is_transient_conflict;
@@ -59,6 +60,20 @@ pub struct ApiState {
     /// The service credentials that allow roles other than `user` (`SMARTFLOW_SERVICE_TOKENS`);
     /// none configured allows none.
     pub credentials: ServiceCredentials,
+}
+
+/// The operations [`router`] answers, for `/openapi.json`.
+pub fn operations() -> Vec<Operation> {
+    vec![
+        Operation::get(
+            "/v1/conversations/{id}/messages",
+            "A page of the conversation's history, newest first",
+        ),
+        Operation::post(
+            "/v1/conversations/{id}/messages",
+            "Post a message to the conversation",
+        ),
+    ]
 }
 
 /// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON

@@ -97,6 +97,7 @@ impl Notification {
             targets,
             credentials: start.credentials().clone(),
         });
+        start.document(http::operations());
         start.serve(routes, NotificationParts { dispatcher }).await
     }
 }

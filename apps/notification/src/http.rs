@@ -17,6 +17,7 @@ use futures::FutureExt as _;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::EventBus;
+use smartflow_service::openapi::Operation;
 use smartflow_service::{write_gauge, Gauges, HttpError, ServiceCaller, ServiceCredentials};
 use smartflow_storage::notification::{self, NotificationRecord};
 
@@ -32,6 +33,18 @@ pub struct ApiState {
     pub targets: TargetPolicy,
     /// Who may call the API (`SMARTFLOW_SERVICE_TOKENS`).
     pub credentials: ServiceCredentials,
+}
+
+/// The operations [`router`] answers, for `/openapi.json`.
+pub fn operations() -> Vec<Operation> {
+    vec![
+        Operation::get("/v1/notifications", "A notification request's record").for_services(),
+        Operation::post(
+            "/v1/notifications",
+            "Request a notification (once per dedupe key)",
+        )
+        .for_services(),
+    ]
 }
 
 /// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON

@@ -536,7 +536,90 @@ async fn a_services_own_table_without_redrive_history(t: TestDb) {
     t.cleanup().await;
 }
 
+/// `outbox unblock KEY`: a dry run shows the waiting row and changes nothing; the real run
+/// makes it `dead` with the operator's reason, after which a redrive can send it again.
+async fn unblock_gives_up_on_a_keys_waiting_rows(t: TestDb) {
+    let txn = t.db.begin().await.unwrap();
+    let mut events = Vec::new();
+    for n in 0..3 {
+        let env = Envelope::for_event("conv-1", &Ping { n }).unwrap();
+        events.push(env.event_id.to_string());
+        outbox().insert(&txn, &env, "topic-a", 3).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    outbox()
+        .record_failure(
+            &t.db,
+            &events[0],
+            "timed out",
+            true,
+            &RetryPolicy::default(),
+        )
+        .await
+        .unwrap();
+    let waiting = outbox().find(&t.db, &events[0]).await.unwrap().unwrap().id;
+    let args = |extra: &[&'static str]| {
+        let mut args = vec![
+            "outbox",
+            "unblock",
+            "conv-1",
+            "--table",
+            "agent_outbox",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let dry = stdout_json(&smartflow(&t, &args(&["--dry-run"])));
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(
+        table(&dry, "agent_outbox")["ids"],
+        serde_json::json!([waiting])
+    );
+    assert_eq!(status_of(&t, waiting).await, OutboxStatus::Pending);
+
+    let done = stdout_json(&smartflow(&t, &args(&[])));
+    assert_eq!(
+        table(&done, "agent_outbox")["unblocked"],
+        serde_json::json!([waiting])
+    );
+    assert_eq!(status_of(&t, waiting).await, OutboxStatus::Dead);
+    let row = outbox().find(&t.db, &events[0]).await.unwrap().unwrap();
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("unblocked by operator; last error: timed out")
+    );
+    // Nothing waits any more: a second run changes nothing and says so.
+    let again = smartflow(
+        &t,
+        &["outbox", "unblock", "conv-1", "--table", "agent_outbox"],
+    );
+    assert!(again.status.success(), "{}", describe(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing was waiting"),
+        "{}",
+        describe(&again)
+    );
+    let redriven = stdout_json(&smartflow(
+        &t,
+        &[
+            "outbox",
+            "redrive",
+            "--id",
+            &waiting.to_string(),
+            "--table",
+            "agent_outbox",
+            "--json",
+        ],
+    ));
+    assert_eq!(table(&redriven, "agent_outbox")["redriven"], 1);
+    let missing = smartflow(&t, &["outbox", "unblock"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", describe(&missing));
+    t.cleanup().await;
+}
+
 on_every_backend!(
+    unblock_gives_up_on_a_keys_waiting_rows,
     a_services_own_table_without_redrive_history,
     stats_list_and_show_speak_json,
     a_dry_run_changes_nothing_and_a_redrive_is_recorded,

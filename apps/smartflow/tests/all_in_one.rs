@@ -156,8 +156,8 @@ async fn the_walkthrough_runs_end_to_end_in_one_process() {
         .expect("shutdown returns");
 }
 
-/// Every service of the list answers the skeleton's `/healthz`, and `/metrics` to the operator
-/// only.
+/// Every service of the list answers the skeleton's `/healthz`, and `/metrics` and the admin API
+/// to the operator only.
 async fn every_service_answers_health_and_metrics(all: &RunningAll, operator: &Secret) {
     let names: Vec<&str> = all.services().iter().map(|s| s.name()).collect();
     assert_eq!(names, ["userauth", "agent", "notification"]);
@@ -197,6 +197,40 @@ async fn every_service_answers_health_and_metrics(all: &RunningAll, operator: &S
             "{}: {text}",
             started.name()
         );
+        // The admin API, on each service's own tables, for the operator only.
+        let admin = |path: &str| http.get(format!("{}{path}", started.base_url()));
+        let anonymous = admin("/admin/inbox/stats").send().await.unwrap();
+        assert_eq!(
+            anonymous.status(),
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            started.name()
+        );
+        let inbox = admin("/admin/inbox/stats")
+            .header(SERVICE_TOKEN_HEADER, operator.expose())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(inbox.status(), StatusCode::OK, "{}", started.name());
+        let inbox: serde_json::Value = inbox.json().await.unwrap();
+        assert_eq!(inbox["tables"][0]["table"], "inbox", "{inbox}");
+        let outbox = admin("/admin/outbox/stats")
+            .header(SERVICE_TOKEN_HEADER, operator.expose())
+            .send()
+            .await
+            .unwrap();
+        let (status, outbox_table) = match started.name() {
+            "agent" => (StatusCode::OK, json!("agent_outbox")),
+            "notification" => (StatusCode::OK, json!("notification_outbox")),
+            _ => (StatusCode::NOT_FOUND, serde_json::Value::Null),
+        };
+        assert_eq!(outbox.status(), status, "{}", started.name());
+        let outbox: serde_json::Value = outbox.json().await.unwrap();
+        if status == StatusCode::OK {
+            assert_eq!(outbox["tables"][0]["table"], outbox_table, "{outbox}");
+        } else {
+            assert_eq!(outbox["error"]["code"], "no_outbox", "{outbox}");
+        }
     }
 }
 

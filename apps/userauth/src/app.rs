@@ -119,6 +119,7 @@ impl Userauth {
             throttle,
             credentials: start.credentials().clone(),
         });
+        start.document(http::operations());
         start.serve(routes, UserauthParts { service }).await
     }
 }

@@ -30,6 +30,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
+use smartflow_service::openapi::Operation;
 use smartflow_service::{HttpError, ServiceCredentials};
 use smartflow_storage::users::User;
 
@@ -61,6 +62,20 @@ impl FromRef<ApiState> for Throttle {
     fn from_ref(state: &ApiState) -> Self {
         state.throttle.clone()
     }
+}
+
+/// The operations [`router`] answers, for `/openapi.json`.
+pub fn operations() -> Vec<Operation> {
+    vec![
+        Operation::post("/v1/auth/register", "Create an account"),
+        Operation::post("/v1/auth/login", "Log in: an access and a refresh token"),
+        Operation::post("/v1/auth/refresh", "Rotate a refresh token"),
+        Operation::post("/v1/auth/logout", "End this session"),
+        Operation::post("/v1/auth/logout-all", "End every session of the account"),
+        Operation::post("/v1/auth/password", "Change the password"),
+        Operation::get("/v1/auth/me", "The caller's account"),
+        Operation::get("/v1/auth/authorize", "Check an access token for a service").for_services(),
+    ]
 }
 
 /// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON

@@ -3,7 +3,8 @@ use std::sync::Arc;
 use rand::RngCore;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use smartflow_domain::{
-    DomainError, Envelope, EventContract, RouteRegistry, SOURCE_HEADER, TRACEPARENT_HEADER,
+    Delivery, DomainError, Envelope, EventContract, RouteRegistry, SOURCE_HEADER,
+    TRACEPARENT_HEADER,
 };
 use smartflow_storage::outbox::{EncodedRow, OutboxTable};
 use tokio::sync::Notify;
@@ -155,25 +156,29 @@ impl EventBus {
             .collect::<Result<Vec<_>, _>>()?;
         let rows: Vec<EncodedRow<'_>> = prepared
             .iter()
-            .map(|(envelope, encoded, topic)| EncodedRow {
-                envelope,
-                encoded,
-                topic,
+            .map(|p| EncodedRow {
+                envelope: &p.envelope,
+                encoded: &p.encoded,
+                topic: p.topic,
+                store_only: p.delivery == Delivery::StoreOnly,
             })
             .collect();
         self.inner
             .table
             .insert_all(txn, &rows, self.inner.config.max_retry)
             .await?;
-        // Relays in other processes hear of it when (and only if) `txn` commits.
-        self.inner.table.announce(txn).await?;
-        Ok(prepared.iter().map(|(e, _, _)| e.event_id).collect())
+        // Relays in other processes hear of it when (and only if) `txn` commits. A store-only
+        // row is for the record: no relay claims it, so none needs waking.
+        if rows.iter().any(|r| !r.store_only) {
+            self.inner.table.announce(txn).await?;
+        }
+        Ok(prepared.iter().map(|p| p.envelope.event_id).collect())
     }
 
     /// The envelope as it is stored, its encoding and its topic: the route resolved (unknown
     /// types are an error), the trace context started if missing, the source set, the size
     /// checked.
-    fn prepare(&self, mut envelope: Envelope) -> Result<(Envelope, String, &str), BusError> {
+    fn prepare(&self, mut envelope: Envelope) -> Result<Prepared<'_>, BusError> {
         let route = self.inner.routes.resolve(&envelope.event_type)?;
         envelope
             .headers
@@ -193,7 +198,12 @@ impl EventBus {
             }
             .into());
         }
-        Ok((envelope, encoded, route.topic.as_str()))
+        Ok(Prepared {
+            envelope,
+            encoded,
+            topic: &route.topic,
+            delivery: route.delivery,
+        })
     }
 
     /// Commits `txn` and wakes this process's relays at once, so a new row does not wait for
@@ -216,6 +226,14 @@ impl EventBus {
     ) -> Result<DatabaseTransaction, BusError> {
         Ok(db.begin().await?)
     }
+}
+
+/// An envelope ready to be written: as stored, encoded, with its route's topic and delivery.
+struct Prepared<'a> {
+    envelope: Envelope,
+    encoded: String,
+    topic: &'a str,
+    delivery: Delivery,
 }
 
 /// A W3C `traceparent` that starts a new trace: version 00, random trace and span ids, sampled.

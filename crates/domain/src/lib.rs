@@ -18,7 +18,7 @@ pub use envelope::{
 };
 pub use error::DomainError;
 pub use retry::RetryPolicy;
-pub use route::{KeyOrder, RouteRegistry, RouteRegistryBuilder, ServiceRoute};
+pub use route::{Delivery, KeyOrder, RouteRegistry, RouteRegistryBuilder, ServiceRoute};
 pub use status::OutboxStatus;
 pub use transport::{
     InboundTransport, IncomingMessage, OutboundMessage, OutboundTransport, TransportError,

@@ -12,6 +12,21 @@ pub struct ServiceRoute {
     pub consumer_group: String,
     /// What a failing event of this topic does to the later events of its key.
     pub key_order: KeyOrder,
+    /// How `EventBus::publish` delivers this route's events.
+    pub delivery: Delivery,
+}
+
+/// How the events of a route are delivered, and so what is guaranteed about them
+/// (`docs/architecture.md`, "Delivery guarantees").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// A `pending` row in the publisher's outbox, in the caller's transaction, published by the
+    /// relay: at least once, if and only if the transaction commits.
+    #[default]
+    Outbox,
+    /// A `stored` row in the publisher's outbox, in the caller's transaction, for the record:
+    /// never published, never consumed (an audit trail of what the service decided).
+    StoreOnly,
 }
 
 /// What happens to the later events of a message key while one of its events fails: the route's
@@ -43,12 +58,19 @@ impl ServiceRoute {
             topic: topic.into(),
             consumer_group: consumer_group.into(),
             key_order: KeyOrder::Block,
+            delivery: Delivery::Outbox,
         };
         check_sql_identifier("outbox table", &route.outbox_table)?;
         check_kafka_name("service", &route.service)?;
         check_kafka_name("topic", &route.topic)?;
         check_kafka_name("consumer group", &route.consumer_group)?;
         Ok(route)
+    }
+
+    /// The same route with another delivery strategy.
+    pub fn with_delivery(mut self, delivery: Delivery) -> Self {
+        self.delivery = delivery;
+        self
     }
 
     /// The same route with another ordering policy.

@@ -10,21 +10,24 @@ use crate::DomainError;
 /// the event (a permanent error, or out of retries): the relay never publishes it again, but it
 /// is not a verdict on a copy already on its way. A consumer that receives a dead row's event
 /// applies it like any other (`dead -> consumed`: the effect happened, so the row says so), and
-/// an operator may send it again (`dead -> pending`, a redrive).
+/// an operator may send it again (`dead -> pending`, a redrive). `stored` is a row of a
+/// `Delivery::StoreOnly` route: written for the record, never published, with no way in or out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OutboxStatus {
     Pending,
     Published,
     Consumed,
     Dead,
+    Stored,
 }
 
 impl OutboxStatus {
-    pub const ALL: [OutboxStatus; 4] = [
+    pub const ALL: [OutboxStatus; 5] = [
         OutboxStatus::Pending,
         OutboxStatus::Published,
         OutboxStatus::Consumed,
         OutboxStatus::Dead,
+        OutboxStatus::Stored,
     ];
 
     /// The one spelling of each status, as stored in the database.
@@ -34,12 +37,13 @@ impl OutboxStatus {
             OutboxStatus::Published => "published",
             OutboxStatus::Consumed => "consumed",
             OutboxStatus::Dead => "dead",
+            OutboxStatus::Stored => "stored",
         }
     }
 
     /// Whether no writer may change a row in this status any more.
     pub const fn is_terminal(self) -> bool {
-        matches!(self, OutboxStatus::Consumed)
+        matches!(self, OutboxStatus::Consumed | OutboxStatus::Stored)
     }
 
     /// Whether the relay works on rows in this status (publishes, retries or re-sends them).

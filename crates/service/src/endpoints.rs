@@ -1,7 +1,8 @@
 //! The routes every service answers beside its own: `GET /healthz` ([`health_check`]),
 //! `GET /metrics` (the bus's counters, the backlog of each outbox the service owns, and the
 //! service's own [`Gauges`]; only for a service credential), and the JSON answers to unknown
-//! paths and methods. With an admin address, `/metrics` moves to a router of its own.
+//! paths and methods, and the admin API (`/admin/...`, [`crate::admin`]; only for a service
+//! credential). With an admin address, `/metrics` and `/admin/...` move to a router of their own.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use sea_orm::DatabaseConnection;
 use smartflow_bus::Metrics;
 use smartflow_storage::outbox::OutboxTable;
 
+use crate::admin::{admin_routes, AdminTables};
 use crate::credentials::ServiceCredentials;
 use crate::health::{health_check, HealthBody};
 use crate::http_error::{method_not_allowed, not_found, HttpError};
@@ -42,6 +44,8 @@ pub struct Observed {
     /// The outboxes whose backlog `/metrics` reports.
     pub outboxes: Vec<OutboxTable>,
     pub gauges: Option<Arc<dyn Gauges>>,
+    /// What `/openapi.json` answers (`crate::openapi::document`).
+    pub openapi: Arc<serde_json::Value>,
 }
 
 /// A service's own `routes` with `/healthz`, `/metrics` (behind `credentials`) and the JSON
@@ -50,19 +54,22 @@ pub struct Observed {
 pub fn with_service_endpoints(
     routes: Router,
     observed: Observed,
+    admin: AdminTables,
     credentials: ServiceCredentials,
     separate_admin: bool,
 ) -> (Router, Option<Router>) {
     let health = Router::new()
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
         .with_state(observed.clone());
     let metrics = Router::new()
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
-            credentials,
+            credentials.clone(),
             ServiceCredentials::require,
         ))
-        .with_state(observed);
+        .with_state(observed)
+        .merge(admin_routes(admin, credentials));
     let finish = |router: Router| {
         router
             .fallback(not_found)
@@ -74,6 +81,10 @@ pub fn with_service_endpoints(
     } else {
         (finish(routes.merge(health).merge(metrics)), None)
     }
+}
+
+async fn openapi(State(observed): State<Observed>) -> Json<serde_json::Value> {
+    Json(observed.openapi.as_ref().clone())
 }
 
 async fn healthz(State(observed): State<Observed>) -> (StatusCode, Json<HealthBody>) {

@@ -13,6 +13,7 @@
 //! a start-up failure is reported to an operator, never decided on. It reads no environment
 //! variables; the services parse their configuration and hand the values in.
 
+pub mod admin;
 pub mod broker;
 pub mod credentials;
 pub mod database;
@@ -22,6 +23,7 @@ pub mod group;
 pub mod health;
 pub mod http_error;
 pub mod http_server;
+pub mod openapi;
 pub mod reliability;
 pub mod run;
 pub mod settings;

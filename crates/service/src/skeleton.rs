@@ -34,11 +34,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::admin::AdminTables;
 use crate::broker::prepare_broker;
 use crate::credentials::{ServiceCredentials, SERVICE_TOKENS_SETTING};
 use crate::database::connect_with_retries;
 use crate::endpoints::{with_service_endpoints, Gauges, Observed};
 use crate::http_server::{serve_http, HttpLimits};
+use crate::openapi::{self, Operation};
 use crate::run::RunningService;
 use crate::settings::ServiceSettings;
 use crate::tasks::{release_clients, stop_tasks, supervise, Task};
@@ -211,6 +213,10 @@ pub struct ServiceStart {
     runners: Vec<ConsumerRunner>,
     extra_tasks: Vec<(&'static str, BoxFuture<'static, ()>)>,
     gauges: Option<Arc<dyn Gauges>>,
+    /// The inbox its consumers record other services' events in, for the admin API.
+    inbox: Option<InboxTable>,
+    /// The service's own operations, for `/openapi.json`.
+    operations: Vec<Operation>,
     shutdown: CancellationToken,
     // Last, so that on a plain drop the clients above go before the broker they talk to.
     broker: Option<EmbeddedBroker>,
@@ -284,6 +290,8 @@ impl ServiceStart {
             runners: Vec::new(),
             extra_tasks: Vec::new(),
             gauges: None,
+            inbox: None,
+            operations: Vec::new(),
             shutdown: CancellationToken::new(),
             broker,
         };
@@ -414,10 +422,17 @@ impl ServiceStart {
             plan.only_event_types
         };
         let runner = match plan.inbox_table {
-            Some(table) => runner.with_inbox(
-                InboxTable::new(&table).with_context(|| format!("inbox table `{table}`"))?,
-            ),
-            None => runner,
+            Some(table) => {
+                let inbox =
+                    InboxTable::new(&table).with_context(|| format!("inbox table `{table}`"))?;
+                self.inbox = Some(inbox.clone());
+                runner.with_inbox(inbox)
+            }
+            None => {
+                // Both kinds of consumer record other services' events in the default inbox.
+                self.inbox.get_or_insert_with(InboxTable::default);
+                runner
+            }
         };
         let runner = match only_event_types {
             Some(types) => runner.only_event_types(types.iter().map(String::as_str)),
@@ -441,6 +456,11 @@ impl ServiceStart {
     {
         let work = work(self.shutdown.clone());
         self.extra_tasks.push((task, Box::pin(work)));
+    }
+
+    /// Documents the service's own routes in `/openapi.json` (beside the skeleton's).
+    pub fn document(&mut self, operations: Vec<Operation>) {
+        self.operations = operations;
     }
 
     /// Adds the service's own gauges to `/metrics`.
@@ -479,6 +499,16 @@ impl ServiceStart {
                 metrics: self.metrics.clone(),
                 outboxes: self.bus.iter().map(|bus| bus.outbox().clone()).collect(),
                 gauges: self.gauges,
+                openapi: Arc::new(openapi::document(self.name, &{
+                    let mut all = self.operations;
+                    all.extend(openapi::skeleton_operations());
+                    all
+                })),
+            },
+            AdminTables {
+                db: self.db.clone(),
+                outbox: self.bus.as_ref().map(|bus| bus.outbox().clone()),
+                inbox: self.inbox.clone(),
             },
             self.credentials.clone(),
             admin_listener.is_some(),

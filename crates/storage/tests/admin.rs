@@ -9,8 +9,11 @@ use smartflow_domain::{Envelope, EventContract, OutboxStatus, RetryPolicy};
 use smartflow_storage::catalog::{column_exists, table_exists};
 use smartflow_storage::inbox::{InboxStatus, InboxTable};
 use smartflow_storage::inbox_admin::InboxFilter;
-use smartflow_storage::outbox::{OutboxFilter, OutboxPurge, OutboxTable, SettledStatus};
-use smartflow_storage::{now_millis, StorageError, TransactionTrait};
+use smartflow_storage::outbox::{
+    ClaimMode, ClaimRequest, OutboxFilter, OutboxPurge, OutboxTable, SettledStatus,
+    UNBLOCKED_REASON,
+};
+use smartflow_storage::{now_millis, ConnectionTrait, StorageError, TransactionTrait};
 use smartflow_testkit::{on_every_backend, TestDb};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -419,6 +422,61 @@ async fn inbox_admin_reports_lists_and_purges(t: TestDb) {
     t.cleanup().await;
 }
 
+/// Under `KeyOrder::Block` a row of `a` waiting for its retry holds back `a`'s later rows;
+/// unblocking `a` gives up on it (`dead`, the operator's reason before its last error), the
+/// later rows are claimable at once, and the unblocked row can be redriven.
+async fn an_unblocked_keys_later_rows_are_claimable(t: TestDb) {
+    let txn = t.db.begin().await.unwrap();
+    let mut ids = Vec::new();
+    for (n, key) in ["a", "a", "a", "b"].into_iter().enumerate() {
+        let env = Envelope::for_event(key, &Ping { n: n as u32 }).unwrap();
+        ids.push(env.event_id.to_string());
+        table().insert(&txn, &env, "topic-a", 3).await.unwrap();
+    }
+    txn.commit().await.unwrap();
+    table()
+        .record_failure(&t.db, &ids[0], "broker said no", true, &policy())
+        .await
+        .unwrap();
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let request = ClaimRequest::new("r", 100, 100, Duration::from_secs(30));
+    let claimed = |claim: &smartflow_storage::outbox::Claim| -> Vec<String> {
+        claim.rows.iter().map(|r| r.event_id.clone()).collect()
+    };
+
+    let blocked = table().claim(&t.db, mode, &request).await.unwrap();
+    assert_eq!(claimed(&blocked), vec![ids[3].clone()]);
+    assert_eq!(blocked.held_back, 2);
+    table().release(&t.db, blocked).await.unwrap();
+
+    let blocking = table().blocking_rows(&t.db, "a").await.unwrap();
+    assert_eq!(blocking.len(), 1);
+    assert_eq!(blocking[0].row.event_id, ids[0]);
+    assert!(table().blocking_rows(&t.db, "b").await.unwrap().is_empty());
+
+    let a0 = id_of(&t, &table(), &ids[0]).await;
+    assert_eq!(table().unblock_key(&t.db, "a").await.unwrap(), vec![a0]);
+    let row = table().find(&t.db, &ids[0]).await.unwrap().unwrap();
+    assert_eq!(row.status, OutboxStatus::Dead);
+    assert_eq!(row.retry_count, 1);
+    assert_eq!(row.next_retry_at, None);
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some(format!("{UNBLOCKED_REASON}; last error: broker said no").as_str())
+    );
+
+    let free = table().claim(&t.db, mode, &request).await.unwrap();
+    assert_eq!(claimed(&free), ids[1..].to_vec());
+    assert_eq!(free.held_back, 0);
+    table().release(&t.db, free).await.unwrap();
+
+    // Nothing waits any more; a key that never waited unblocks nothing.
+    assert!(table().unblock_key(&t.db, "a").await.unwrap().is_empty());
+    assert!(table().unblock_key(&t.db, "zzz").await.unwrap().is_empty());
+    assert_eq!(table().redrive_recorded(&t.db, &[a0]).await.unwrap(), 1);
+    t.cleanup().await;
+}
+
 on_every_backend!(
     the_report_counts_statuses_retries_and_reasons,
     filters_narrow_the_rows,
@@ -427,4 +485,5 @@ on_every_backend!(
     the_catalog_knows_tables_and_columns,
     a_purge_deletes_settled_rows_in_batches,
     inbox_admin_reports_lists_and_purges,
+    an_unblocked_keys_later_rows_are_claimable,
 );

@@ -399,3 +399,31 @@ where
     })
     .await
 }
+
+/// One HTTP request with `method` to `url`, no body: the answer's status and, when it is the
+/// services' JSON error body, its message. For holding a served `/openapi.json` against a
+/// running service (`smartflow_service::openapi::mismatches`).
+pub async fn probe_http(
+    method: reqwest::Method,
+    url: String,
+) -> (reqwest::StatusCode, Option<String>) {
+    let answer = reqwest::Client::new()
+        .request(method, url)
+        .send()
+        .await
+        .expect("the service answers");
+    let status = answer.status();
+    let body: Option<serde_json::Value> = answer.json().await.ok();
+    let message = body.and_then(|b| b["error"]["message"].as_str().map(str::to_owned));
+    (status, message)
+}
+
+/// `GET url`, as JSON.
+pub async fn get_json(url: String) -> serde_json::Value {
+    reqwest::get(url)
+        .await
+        .expect("the service answers")
+        .json()
+        .await
+        .expect("a JSON answer")
+}

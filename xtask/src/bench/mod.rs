@@ -174,7 +174,16 @@ async fn with_fixture<T>(
     backend: BackendArg,
     body: impl AsyncFnOnce(&fixture::Fixture) -> Result<T>,
 ) -> Result<T> {
-    let fx = fixture::Fixture::new(backend.backend(), args.partitions, &args.kafka_set).await?;
+    with_partitions(args, backend, args.partitions, body).await
+}
+
+async fn with_partitions<T>(
+    args: &BenchArgs,
+    backend: BackendArg,
+    partitions: i32,
+    body: impl AsyncFnOnce(&fixture::Fixture) -> Result<T>,
+) -> Result<T> {
+    let fx = fixture::Fixture::new(backend.backend(), partitions, &args.kafka_set).await?;
     let result = body(&fx).await;
     fx.cleanup().await;
     result
@@ -252,7 +261,11 @@ async fn consumer_phase(
     } else {
         args.relay_rows
     };
-    with_fixture(args, backend, async |fx| {
+    // The embedded broker keeps the last 5 MB of each partition: a backlog read from the start
+    // must fit, with room for the messages' overhead.
+    let bytes = events * 2 * fixture::envelope_bytes(&fixture::ChatMessageAppended::sized(0));
+    let partitions = args.partitions.max(bytes.div_ceil(5 << 20) as i32);
+    with_partitions(args, backend, partitions, async |fx| {
         let (c, relay) =
             consumer::measure(fx, events, args.relay_batch, args.relay_workers).await?;
         println!(

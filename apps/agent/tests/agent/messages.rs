@@ -1,9 +1,10 @@
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use smartflow_agent::events::OUTBOX_TABLE;
 use smartflow_agent::RunningAgent;
 use smartflow_domain::OutboxStatus;
 use smartflow_storage::outbox::OutboxTable;
+use smartflow_testkit::{get_json, probe_http};
 
 use crate::support::*;
 
@@ -92,6 +93,20 @@ async fn messages_come_back_in_order_and_outbox_rows_end_consumed() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+
+    // `/openapi.json` documents every route it serves, each with its methods, and nothing else.
+    let doc = get_json(format!("{}/openapi.json", agent.base_url())).await;
+    let listed = smartflow_service::openapi::documented(&doc);
+    for path in ["/v1/conversations/{id}/messages"] {
+        for method in [Method::GET, Method::POST] {
+            assert!(listed.contains(&(method, path.to_owned())), "{path}: {doc}");
+        }
+    }
+    let wrong = smartflow_service::openapi::mismatches(&doc, async |method, path| {
+        probe_http(method, format!("{}{path}", agent.base_url())).await
+    })
+    .await;
+    assert!(wrong.is_empty(), "{wrong:#?}");
 
     let anonymous = client()
         .get(format!("{}/metrics", agent.base_url()))

@@ -2,13 +2,13 @@
 //! through the HTTP API travel the outbox, the relay, Kafka and the consumer, and are sent once
 //! per key to the (fake) webhook, signed.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use smartflow_notification::http::{Accepted, Found};
 use smartflow_notification::{Notification, NotificationConfig, RunningNotification};
 use smartflow_service::{Secret, LOOPBACK_ANY_PORT, SERVICE_TOKEN_HEADER};
 use smartflow_storage::outbox::OutboxTable;
-use smartflow_testkit::{on_every_backend, TestDb};
+use smartflow_testkit::{get_json, on_every_backend, probe_http, TestDb};
 
 use crate::support::*;
 
@@ -202,6 +202,51 @@ async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
             StatusCode::UNAUTHORIZED,
             "service_credential_required".to_owned()
         )
+    );
+    // `/openapi.json` documents every route it serves, each with its methods, and nothing else;
+    // `/metrics` and the admin API are on the admin address.
+    let doc = get_json(format!("{}/openapi.json", service.base_url())).await;
+    let listed = smartflow_service::openapi::documented(&doc);
+    for method in [Method::GET, Method::POST] {
+        assert!(
+            listed.contains(&(method, "/v1/notifications".to_owned())),
+            "{doc}"
+        );
+    }
+    let wrong = smartflow_service::openapi::mismatches(&doc, async |method, path| {
+        let on_admin = path == "/metrics" || path.starts_with("/admin/");
+        let base = if on_admin {
+            admin.clone()
+        } else {
+            service.base_url()
+        };
+        probe_http(method, format!("{base}{path}")).await
+    })
+    .await;
+    assert!(wrong.is_empty(), "{wrong:#?}");
+
+    // So is the admin API.
+    assert_eq!(
+        error_code(
+            reqwest::get(format!("{}/admin/outbox/stats", service.base_url()))
+                .await
+                .unwrap()
+        )
+        .await,
+        (StatusCode::NOT_FOUND, "not_found".to_owned())
+    );
+    let stats: serde_json::Value = reqwest::Client::new()
+        .get(format!("{admin}/admin/outbox/stats"))
+        .header(SERVICE_TOKEN_HEADER, CALLER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["tables"][0]["table"], "notification_outbox",
+        "{stats}"
     );
     let admin_health = reqwest::get(format!("{admin}/healthz")).await.unwrap();
     assert_eq!(admin_health.status(), StatusCode::OK);

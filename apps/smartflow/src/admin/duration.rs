@@ -1,28 +1,7 @@
-//! Ages on the command line (`--older-than 7d`) and in human output (`3h 12m`).
+//! Ages in human output (`3h 12m`); on the command line (`--older-than 7d`) they parse as in
+//! the admin HTTP API (`smartflow_service::admin::selection::parse_age`).
 
-use std::time::Duration;
-
-/// `30s`, `15m`, `2h`, `7d` or `2w`: a whole number and one unit.
-pub fn parse_age(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("bad duration `{text}`: write a whole number and a unit, such as 30s, 15m, 2h, 7d or 2w")
-    };
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(seconds)
-        .map(Duration::from_secs)
-        .ok_or_else(bad)
-}
+pub use smartflow_service::admin::selection::parse_age;
 
 /// An age of `millis` milliseconds as its two largest units: `2d 3h`, `4m 10s`, `950ms`.
 pub fn show_age(millis: i64) -> String {
@@ -49,28 +28,6 @@ pub fn show_age(millis: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ages_parse_with_one_unit() {
-        assert_eq!(parse_age("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_age("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_age("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert_eq!(parse_age("1w"), Ok(Duration::from_secs(7 * 86_400)));
-        for bad in [
-            "",
-            "7",
-            "d",
-            "7x",
-            "1.5h",
-            "-3d",
-            "7 days",
-            "99999999999999999999d",
-        ] {
-            let err = parse_age(bad).unwrap_err();
-            assert!(err.contains("bad duration"), "{bad}: {err}");
-        }
-    }
 
     #[test]
     fn ages_show_their_two_largest_units() {

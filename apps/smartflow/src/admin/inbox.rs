@@ -4,18 +4,18 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
-use smartflow_storage::inbox::{InboxEntry, InboxStatus, InboxTable, DEFAULT_INBOX_TABLE};
+use serde_json::json;
+use smartflow_service::admin::json::{inbox_report_json, inbox_row_json};
+use smartflow_service::admin::selection::{before_now, parse_inbox_status, InboxSelection};
+use smartflow_storage::inbox::{InboxStatus, InboxTable, DEFAULT_INBOX_TABLE};
 use smartflow_storage::inbox_admin::InboxFilter;
 use smartflow_storage::now_millis;
 use smartflow_storage::outbox::MAX_BATCH;
 
 use super::duration::{parse_age, show_age};
-use super::outbox::before_now;
 use super::text_table::{cell, TextTable};
 use super::{
-    print_json, print_reasons, purge_tables, reasons_json, show_time, tables, ChangeArgs, Db,
-    Failure, Target,
+    print_json, print_reasons, purge_tables, show_time, tables, ChangeArgs, Db, Failure, Target,
 };
 
 const BUILT_IN: [&str; 1] = [DEFAULT_INBOX_TABLE];
@@ -78,13 +78,6 @@ pub struct InboxFilterArgs {
     reason: Option<String>,
 }
 
-fn parse_inbox_status(text: &str) -> Result<InboxStatus, String> {
-    InboxStatus::parse(text).ok_or_else(|| {
-        let known: Vec<String> = InboxStatus::all().map(InboxStatus::name).collect();
-        format!("unknown status `{text}` (one of: {})", known.join(", "))
-    })
-}
-
 pub async fn run(db: &Db, target: &Target, command: InboxCommand) -> Result<(), Failure> {
     let names = tables(db, target, &BUILT_IN, "inbox").await?;
     let tables: Vec<InboxTable> = names
@@ -98,14 +91,13 @@ pub async fn run(db: &Db, target: &Target, command: InboxCommand) -> Result<(), 
             status,
             limit,
         } => {
-            let filter = InboxFilter {
-                status,
+            let filter = InboxSelection {
                 event_type: filter.event_type,
                 consumer: filter.consumer,
-                event_id: None,
-                handled_before: filter.older_than.map(before_now),
-                reason_contains: filter.reason,
-            };
+                older_than: filter.older_than,
+                reason: filter.reason,
+            }
+            .filter(status);
             list(db, &tables, &filter, limit, target.json, false).await
         }
         InboxCommand::Show { event_id } => {
@@ -139,16 +131,7 @@ async fn stats(db: &Db, tables: &[InboxTable], json: bool) -> Result<(), Failure
     for (i, table) in tables.iter().enumerate() {
         let report = table.report(db).await?;
         if json {
-            out.push(json!({
-                "table": table.name(),
-                "consumers": report.counts.iter().map(|(consumer, c)| json!({
-                    "consumer": consumer,
-                    "handled": c.handled,
-                    "dead": c.dead,
-                    "oldest_handled_at": c.oldest_handled_at,
-                })).collect::<Vec<_>>(),
-                "dead_reasons": reasons_json(&report.dead_reasons),
-            }));
+            out.push(inbox_report_json(table.name(), &report));
             continue;
         }
         if i > 0 {
@@ -200,7 +183,7 @@ async fn list(
             out.push(json!({
                 "table": table.name(),
                 "matched": matched,
-                "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
+                "rows": rows.iter().map(inbox_row_json).collect::<Vec<_>>(),
             }));
             continue;
         }
@@ -271,15 +254,4 @@ async fn purge(
         json,
     )
     .await
-}
-
-fn row_json(row: &InboxEntry) -> Value {
-    json!({
-        "consumer": row.consumer,
-        "event_id": row.event_id,
-        "event_type": row.event_type,
-        "status": row.status.name(),
-        "last_error": row.last_error,
-        "handled_at": row.handled_at,
-    })
 }

@@ -20,8 +20,9 @@ use smartflow_service::{connect_config, ServiceSettings};
 use smartflow_storage::catalog::table_exists;
 use smartflow_storage::DatabaseConnection as Db;
 
-/// Rows an admin command changes without asking, unless told otherwise.
-pub const DEFAULT_CONFIRM_ABOVE: u64 = 10;
+/// Rows an admin command changes without asking, unless told otherwise (the admin HTTP API's
+/// bound too).
+pub use smartflow_service::admin::DEFAULT_CONFIRM_ABOVE;
 
 #[derive(Subcommand)]
 pub enum AdminCommand {
@@ -307,14 +308,6 @@ impl Confirmation {
             Err(refusal())
         }
     }
-}
-
-/// The most frequent reasons of `dead` rows, `(reason, rows)`, as JSON.
-fn reasons_json(reasons: &[(Option<String>, u64)]) -> serde_json::Value {
-    reasons
-        .iter()
-        .map(|(reason, rows)| serde_json::json!({"reason": reason, "rows": rows}))
-        .collect()
 }
 
 /// The same as a table, one line per reason.

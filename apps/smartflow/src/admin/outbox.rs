@@ -1,10 +1,13 @@
-//! `smartflow outbox stats | list | show | redrive | purge`.
+//! `smartflow outbox stats | list | show | redrive | unblock | purge`.
 
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use smartflow_domain::OutboxStatus;
+use smartflow_service::admin::json::{outbox_report_json, outbox_row_json};
+use smartflow_service::admin::redrive_plan;
+use smartflow_service::admin::selection::{parse_outbox_status, settled_rows, OutboxSelection};
 use smartflow_storage::now_millis;
 use smartflow_storage::outbox::{
     OutboxFilter, OutboxPurge, OutboxRecord, OutboxTable, SettledStatus, MAX_BATCH,
@@ -13,8 +16,7 @@ use smartflow_storage::outbox::{
 use super::duration::{parse_age, show_age};
 use super::text_table::{cell, TextTable};
 use super::{
-    print_json, print_reasons, purge_tables, reasons_json, show_time, tables, ChangeArgs, Db,
-    Failure, Target,
+    print_json, print_reasons, purge_tables, show_time, tables, ChangeArgs, Db, Failure, Target,
 };
 
 /// The outboxes of the built-in services, the default tables.
@@ -34,8 +36,8 @@ pub enum OutboxCommand {
     List {
         #[command(flatten)]
         filter: FilterArgs,
-        /// Only rows in this status: pending, published, consumed or dead.
-        #[arg(long, value_parser = parse_status)]
+        /// Only rows in this status: pending, published, consumed, dead or stored.
+        #[arg(long, value_parser = parse_outbox_status)]
         status: Option<OutboxStatus>,
         /// At most this many rows per table.
         #[arg(long, default_value_t = 50)]
@@ -61,13 +63,24 @@ pub enum OutboxCommand {
         #[command(flatten)]
         change: ChangeArgs,
     },
+    /// Makes a key's later rows go on when rows of it waiting for a retry hold them back
+    /// (`KeyOrder::Block`): the waiting rows become `dead` ("unblocked by operator; last error:
+    /// ..."), to be redriven once their cause is fixed (after the later rows: the key's order
+    /// is broken there).
+    Unblock {
+        /// The message key.
+        key: String,
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
     /// Deletes `consumed` and `dead` rows settled longer ago than --older-than, in bounded
     /// batches, each a short statement of its own.
     Purge {
         /// Rows last changed (consumed, or given up on) longer ago than this: 30s, 15m, 2h, 7d, 2w.
         #[arg(long, value_name = "AGE", value_parser = parse_age)]
         older_than: Duration,
-        /// Only rows in this status (repeatable; default: consumed and dead).
+        /// Only rows in this status (repeatable; default: consumed and dead; stored rows only
+        /// when named).
         #[arg(long = "status", value_enum)]
         statuses: Vec<PurgeStatus>,
         /// Rows per delete statement.
@@ -97,22 +110,21 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    fn filter(&self, status: Option<OutboxStatus>, ids: &[i64]) -> OutboxFilter {
-        OutboxFilter {
-            status,
+    fn selection(&self) -> OutboxSelection {
+        OutboxSelection {
             event_type: self.event_type.clone(),
-            message_key: self.key.clone(),
-            created_before: self.older_than.map(before_now),
-            reason_contains: self.reason.clone(),
-            ids: ids.to_vec(),
+            key: self.key.clone(),
+            older_than: self.older_than,
+            reason: self.reason.clone(),
         }
     }
 
+    fn filter(&self, status: Option<OutboxStatus>, ids: &[i64]) -> OutboxFilter {
+        self.selection().filter(status, ids)
+    }
+
     fn is_empty(&self) -> bool {
-        self.event_type.is_none()
-            && self.key.is_none()
-            && self.older_than.is_none()
-            && self.reason.is_none()
+        self.selection().is_empty()
     }
 }
 
@@ -120,18 +132,8 @@ impl FilterArgs {
 pub enum PurgeStatus {
     Consumed,
     Dead,
-}
-
-fn parse_status(text: &str) -> Result<OutboxStatus, String> {
-    text.parse().map_err(|_| {
-        let known: Vec<&str> = OutboxStatus::ALL.iter().map(|s| s.as_str()).collect();
-        format!("unknown status `{text}` (one of: {})", known.join(", "))
-    })
-}
-
-/// The instant `age` ago, in Unix milliseconds.
-pub(super) fn before_now(age: Duration) -> i64 {
-    now_millis().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+    /// A store-only route's rows (`Delivery::StoreOnly`), deleted only when named.
+    Stored,
 }
 
 pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(), Failure> {
@@ -176,27 +178,24 @@ pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(),
             )
             .await
         }
+        OutboxCommand::Unblock { key, change } => {
+            unblock(db, &tables, &key, &change, target.json).await
+        }
         OutboxCommand::Purge {
             older_than,
             statuses,
             batch_size,
             change,
         } => {
-            let mut statuses: Vec<SettledStatus> = statuses
+            let statuses = statuses
                 .iter()
                 .map(|s| match s {
                     PurgeStatus::Consumed => SettledStatus::Consumed,
                     PurgeStatus::Dead => SettledStatus::Dead,
+                    PurgeStatus::Stored => SettledStatus::Stored,
                 })
                 .collect();
-            if statuses.is_empty() {
-                statuses = vec![SettledStatus::Consumed, SettledStatus::Dead];
-            }
-            statuses.dedup();
-            let purge = OutboxPurge {
-                statuses,
-                settled_before: before_now(older_than),
-            };
+            let purge = settled_rows(older_than, statuses);
             purge_rows(db, &tables, &purge, batch_size, &change, target.json).await
         }
     }
@@ -210,21 +209,7 @@ async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failur
         let c = report.counts;
         let oldest = c.oldest_pending_created_at;
         if json {
-            out.push(json!({
-                "table": table.name(),
-                "rows": {
-                    "pending": c.pending,
-                    "published": c.published,
-                    "consumed": c.consumed,
-                    "dead": c.dead,
-                },
-                "oldest_pending_created_at": oldest,
-                "oldest_pending_age_ms": oldest.map(|t| (now - t).max(0)),
-                "retries": report.retries.iter()
-                    .map(|(retries, rows)| json!({"retry_count": retries, "rows": rows}))
-                    .collect::<Vec<_>>(),
-                "dead_reasons": reasons_json(&report.dead_reasons),
-            }));
+            out.push(outbox_report_json(table.name(), &report, now));
             continue;
         }
         if i > 0 {
@@ -237,6 +222,7 @@ async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failur
             (OutboxStatus::Published, c.published),
             (OutboxStatus::Consumed, c.consumed),
             (OutboxStatus::Dead, c.dead),
+            (OutboxStatus::Stored, c.stored),
         ] {
             counts.row(vec![status.to_string(), n.to_string()]);
         }
@@ -280,7 +266,7 @@ async fn list(
             out.push(json!({
                 "table": table.name(),
                 "matched": matched,
-                "rows": rows.iter().map(|r| row_json(r, false)).collect::<Vec<_>>(),
+                "rows": rows.iter().map(|r| outbox_row_json(r, false)).collect::<Vec<_>>(),
             }));
             continue;
         }
@@ -323,7 +309,7 @@ async fn show(db: &Db, tables: &[OutboxTable], id: &str, json: bool) -> Result<(
     if json {
         let out: Vec<Value> = found
             .iter()
-            .map(|(table, r)| json!({"table": table.name(), "row": row_json(r, true)}))
+            .map(|(table, r)| json!({"table": table.name(), "row": outbox_row_json(r, true)}))
             .collect();
         print_json(&json!({ "tables": out }));
         return Ok(());
@@ -390,14 +376,7 @@ async fn redrive(
 ) -> Result<(), Failure> {
     let mut planned = Vec::new();
     for table in tables {
-        let ids = table.dead_ids(db, filter).await?;
-        // Also in a dry run, which would otherwise promise what the real one refuses.
-        if !ids.is_empty() && !table.has_redrive_history(db).await? {
-            return Err(smartflow_storage::StorageError::NoRedriveHistory {
-                table: table.name().to_owned(),
-            }
-            .into());
-        }
+        let ids = redrive_plan(db, table, filter).await?;
         planned.push((table, ids));
     }
     let total: u64 = planned.iter().map(|(_, ids)| ids.len() as u64).sum();
@@ -474,6 +453,85 @@ async fn redrive(
     Ok(())
 }
 
+async fn unblock(
+    db: &Db,
+    tables: &[OutboxTable],
+    key: &str,
+    change: &ChangeArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut planned = Vec::new();
+    for table in tables {
+        planned.push((table, table.blocking_rows(db, key).await?));
+    }
+    let total: u64 = planned.iter().map(|(_, rows)| rows.len() as u64).sum();
+    if !change.dry_run {
+        let names: Vec<&str> = planned.iter().map(|(t, _)| t.name()).collect();
+        change.confirmation().check(
+            total,
+            &format!(
+                "unblock key `{key}`: {total} waiting rows of {} made dead",
+                names.join(", ")
+            ),
+            json,
+        )?;
+    }
+    let mut out = Vec::new();
+    for (i, (table, rows)) in planned.iter().enumerate() {
+        let ids: Vec<i64> = rows.iter().map(|r| r.row.id).collect();
+        let unblocked = if change.dry_run {
+            Vec::new()
+        } else {
+            table.unblock_key(db, key).await?
+        };
+        if json {
+            out.push(json!({
+                "table": table.name(),
+                "key": key,
+                "matched": ids.len(),
+                "ids": ids,
+                "unblocked": unblocked,
+            }));
+            continue;
+        }
+        if i > 0 {
+            println!();
+        }
+        if change.dry_run {
+            println!(
+                "{}: would make {} rows of key `{key}` waiting for a retry dead",
+                table.name(),
+                ids.len()
+            );
+            if !rows.is_empty() {
+                print!("{}", rows_table(rows));
+            }
+        } else {
+            println!(
+                "{}: unblocked key `{key}`: {} waiting rows made dead ({})",
+                table.name(),
+                unblocked.len(),
+                if unblocked.is_empty() {
+                    "nothing was waiting".to_owned()
+                } else {
+                    format!(
+                        "ids {}; redrive them once their cause is fixed",
+                        unblocked
+                            .iter()
+                            .map(i64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            );
+        }
+    }
+    if json {
+        print_json(&json!({ "dry_run": change.dry_run, "tables": out }));
+    }
+    Ok(())
+}
+
 async fn purge_rows(
     db: &Db,
     tables: &[OutboxTable],
@@ -531,35 +589,4 @@ fn rows_table(rows: &[OutboxRecord]) -> TextTable {
         ]);
     }
     table
-}
-
-/// One row in the JSON output; the payload only where asked for (`show`).
-fn row_json(r: &OutboxRecord, payload: bool) -> Value {
-    let row = &r.row;
-    let mut value = json!({
-        "id": row.id,
-        "event_id": row.event_id,
-        "event_type": row.event_type,
-        "event_version": r.event_version,
-        "message_key": row.message_key,
-        "topic": r.topic,
-        "status": row.status.as_str(),
-        "retry_count": row.retry_count,
-        "max_retry": row.max_retry,
-        "next_retry_at": row.next_retry_at,
-        "last_error": row.last_error,
-        "locked_by": row.locked_by,
-        "locked_until": r.locked_until,
-        "created_at": row.created_at,
-        "published_at": row.published_at,
-        "consumed_at": row.consumed_at,
-        "updated_at": r.updated_at,
-        "redrive_count": r.redrive.map(|h| h.redrive_count),
-        "last_redriven_at": r.redrive.and_then(|h| h.last_redriven_at),
-        "traceparent": r.traceparent,
-    });
-    if payload {
-        value["payload"] = Value::String(row.payload.clone());
-    }
-    value
 }

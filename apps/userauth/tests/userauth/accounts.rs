@@ -1,10 +1,10 @@
 //! Registering, logging in, `/me`, input checks and error shapes.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use sea_orm::ConnectionTrait as _;
 use serde_json::{json, Value};
 use smartflow_storage::users;
-use smartflow_testkit::{on_every_backend, TestDb};
+use smartflow_testkit::{get_json, on_every_backend, probe_http, TestDb};
 
 use crate::support::*;
 
@@ -63,6 +63,22 @@ async fn health_and_metrics_are_the_skeletons(t: TestDb) {
             .any(|c| c["name"] == "consumer userauth" && c["healthy"] == true),
         "{body}"
     );
+
+    // `/openapi.json` documents every route it serves, each with its methods, and nothing else.
+    let doc = get_json(url(&app, "/openapi.json")).await;
+    let listed = smartflow_service::openapi::documented(&doc);
+    for (method, path) in [
+        (Method::POST, "/v1/auth/login"),
+        (Method::GET, "/v1/auth/authorize"),
+        (Method::GET, "/admin/inbox/stats"),
+    ] {
+        assert!(listed.contains(&(method, path.to_owned())), "{path}: {doc}");
+    }
+    let wrong = smartflow_service::openapi::mismatches(&doc, async |method, path| {
+        probe_http(method, url(&app, &path)).await
+    })
+    .await;
+    assert!(wrong.is_empty(), "{wrong:#?}");
 
     // Metrics are for services and operators only.
     let anonymous = client().get(url(&app, "/metrics")).send().await.unwrap();

@@ -52,6 +52,8 @@ pub enum Status {
     Consumed,
     #[sea_orm(string_value = "dead")]
     Dead,
+    #[sea_orm(string_value = "stored")]
+    Stored,
 }
 
 impl From<OutboxStatus> for Status {
@@ -61,6 +63,7 @@ impl From<OutboxStatus> for Status {
             OutboxStatus::Published => Status::Published,
             OutboxStatus::Consumed => Status::Consumed,
             OutboxStatus::Dead => Status::Dead,
+            OutboxStatus::Stored => Status::Stored,
         }
     }
 }
@@ -72,6 +75,7 @@ impl From<Status> for OutboxStatus {
             Status::Published => OutboxStatus::Published,
             Status::Consumed => OutboxStatus::Consumed,
             Status::Dead => OutboxStatus::Dead,
+            Status::Stored => OutboxStatus::Stored,
         }
     }
 }

@@ -123,6 +123,8 @@ pub struct OutboxReport {
 pub enum SettledStatus {
     Consumed,
     Dead,
+    /// A `Delivery::StoreOnly` route's rows, purged only when named.
+    Stored,
 }
 
 impl SettledStatus {
@@ -130,6 +132,7 @@ impl SettledStatus {
         match self {
             SettledStatus::Consumed => OutboxStatus::Consumed,
             SettledStatus::Dead => OutboxStatus::Dead,
+            SettledStatus::Stored => OutboxStatus::Stored,
         }
     }
 }
@@ -191,7 +194,10 @@ impl OutboxTable {
             .column(Outbox::RetryCount)
             .expr_as(Func::count(Expr::col(Outbox::Id)), n.clone())
             .from(self.alias())
-            .and_where(Expr::col(Outbox::Status).ne(stored(OutboxStatus::Consumed)))
+            .and_where(
+                Expr::col(Outbox::Status)
+                    .is_not_in([stored(OutboxStatus::Consumed), stored(OutboxStatus::Stored)]),
+            )
             .group_by_col(Outbox::RetryCount)
             .order_by(Outbox::RetryCount, Order::Asc)
             .to_owned();
@@ -412,7 +418,7 @@ impl OutboxTable {
     }
 
     /// Every column, and the redrive history where the table has it (then `true`).
-    async fn select_records<C: ConnectionTrait>(
+    pub(super) async fn select_records<C: ConnectionTrait>(
         &self,
         conn: &C,
     ) -> Result<(SelectStatement, bool), StorageError> {
@@ -426,7 +432,7 @@ impl OutboxTable {
     }
 }
 
-async fn records<C: ConnectionTrait>(
+pub(super) async fn records<C: ConnectionTrait>(
     conn: &C,
     stmt: &SelectStatement,
     history: bool,

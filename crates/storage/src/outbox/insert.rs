@@ -6,13 +6,15 @@ use super::{key_shard, stored, OutboxTable};
 use crate::entity::outbox::Column as Outbox;
 use crate::{now_millis, StorageError};
 
-/// One row for [`OutboxTable::insert_all`]: the envelope, its encoding (measured by the caller)
-/// and its topic.
+/// One row for [`OutboxTable::insert_all`]: the envelope, its encoding (measured by the caller),
+/// its topic, and whether it is `pending` (to be published) or `stored` (kept for the record
+/// only: a `Delivery::StoreOnly` route; no claim reads it and no writer moves it).
 #[derive(Debug, Clone, Copy)]
 pub struct EncodedRow<'a> {
     pub envelope: &'a Envelope,
     pub encoded: &'a str,
     pub topic: &'a str,
+    pub store_only: bool,
 }
 
 /// Rows per `INSERT` statement: well inside every backend's limit on bound parameters (13 per
@@ -47,12 +49,13 @@ impl OutboxTable {
             envelope,
             encoded: &encoded,
             topic,
+            store_only: false,
         };
         self.insert_all(conn, &[row], max_retry).await
     }
 
-    /// Inserts one `pending` row per entry, in the order given (so in id order), with as few
-    /// statements as the backend's parameter limit allows.
+    /// Inserts one row per entry (`pending`, or `stored` for a store-only one), in the order
+    /// given (so in id order), with as few statements as the backend's parameter limit allows.
     pub async fn insert_all<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -89,9 +92,14 @@ impl OutboxTable {
                     row.topic.into(),
                     row.encoded.into(),
                     envelope.traceparent().map(str::to_owned).into(),
-                    stored(OutboxStatus::Pending).into(),
+                    stored(if row.store_only {
+                        OutboxStatus::Stored
+                    } else {
+                        OutboxStatus::Pending
+                    })
+                    .into(),
                     0i32.into(),
-                    max_retry.into(),
+                    (if row.store_only { 0 } else { max_retry }).into(),
                     now.into(),
                     now.into(),
                 ]);

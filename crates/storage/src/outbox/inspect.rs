@@ -32,6 +32,8 @@ pub struct OutboxStats {
     pub published: u64,
     pub consumed: u64,
     pub dead: u64,
+    /// Rows of a `Delivery::StoreOnly` route, kept for the record and never published.
+    pub stored: u64,
     pub oldest_pending_created_at: Option<i64>,
 }
 
@@ -155,6 +157,7 @@ impl OutboxTable {
                 OutboxStatus::Published => stats.published = n,
                 OutboxStatus::Consumed => stats.consumed = n,
                 OutboxStatus::Dead => stats.dead = n,
+                OutboxStatus::Stored => stats.stored = n,
             }
         }
         Ok(stats)

@@ -13,6 +13,7 @@ mod insert;
 mod inspect;
 mod settle;
 mod shards;
+mod unblock;
 mod wake;
 
 use sea_orm::sea_query::{Alias, Expr, SimpleExpr, Value};
@@ -28,6 +29,7 @@ pub use insert::EncodedRow;
 pub use inspect::{OutboxRow, OutboxStats};
 pub use settle::{PublishFailure, SettleReport, Settlement};
 pub use shards::{key_shard, KEY_SHARDS};
+pub use unblock::UNBLOCKED_REASON;
 pub use wake::CommitListener;
 
 use crate::entity::outbox::{Column, Status};

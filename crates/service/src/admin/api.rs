@@ -1,0 +1,485 @@
+//! The admin HTTP API: the `smartflow outbox|inbox` commands over a service's own outbox and
+//! inbox, for a service credential only, on the admin listener (`SMARTFLOW_ADMIN_ADDR`, else the
+//! main one). Answers have the CLI's `--json` shapes (`docs/operations.md`); a change over more
+//! than [`DEFAULT_CONFIRM_ABOVE`] rows without `"confirm": true` is 409 with the count.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sea_orm::DatabaseConnection;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use smartflow_storage::inbox::InboxTable;
+use smartflow_storage::inbox_admin::InboxFilter;
+use smartflow_storage::now_millis;
+use smartflow_storage::outbox::{OutboxTable, MAX_BATCH};
+use smartflow_storage::StorageError;
+
+use super::json::{inbox_report_json, inbox_row_json, outbox_report_json, outbox_row_json};
+use super::selection::{
+    before_now, parse_age, parse_inbox_status, parse_outbox_status, parse_settled_status,
+    settled_rows, InboxSelection, OutboxSelection,
+};
+use super::{redrive_plan, DEFAULT_CONFIRM_ABOVE};
+use crate::credentials::ServiceCredentials;
+use crate::http_error::HttpError;
+
+/// Rows a list answers when the request names no `limit`, and the most it may name.
+const DEFAULT_LIMIT: u64 = 50;
+
+/// The tables the API works on: the service's own outbox and inbox, where it has them.
+#[derive(Clone)]
+pub struct AdminTables {
+    pub db: DatabaseConnection,
+    pub outbox: Option<OutboxTable>,
+    pub inbox: Option<InboxTable>,
+}
+
+/// The admin routes (`/admin/outbox/...`, `/admin/inbox/...`) over `tables`, behind
+/// `credentials`.
+pub fn admin_routes(tables: AdminTables, credentials: ServiceCredentials) -> Router {
+    Router::new()
+        .route("/admin/outbox/stats", get(outbox_stats))
+        .route("/admin/outbox/rows", get(outbox_rows))
+        .route("/admin/outbox/rows/{id}", get(outbox_row))
+        .route("/admin/outbox/redrive", post(outbox_redrive))
+        .route("/admin/outbox/purge", post(outbox_purge))
+        .route("/admin/outbox/unblock", post(outbox_unblock))
+        .route("/admin/inbox/stats", get(inbox_stats))
+        .route("/admin/inbox/rows", get(inbox_rows))
+        .route("/admin/inbox/rows/{event_id}", get(inbox_row))
+        .route("/admin/inbox/purge", post(inbox_purge))
+        .route_layer(axum::middleware::from_fn_with_state(
+            credentials,
+            ServiceCredentials::require,
+        ))
+        .with_state(tables)
+}
+
+impl AdminTables {
+    fn outbox(&self) -> Result<&OutboxTable, HttpError> {
+        self.outbox.as_ref().ok_or_else(|| {
+            HttpError::new(
+                StatusCode::NOT_FOUND,
+                "no_outbox",
+                "this service has no outbox",
+            )
+        })
+    }
+
+    fn inbox(&self) -> Result<&InboxTable, HttpError> {
+        self.inbox.as_ref().ok_or_else(|| {
+            HttpError::new(
+                StatusCode::NOT_FOUND,
+                "no_inbox",
+                "this service has no inbox",
+            )
+        })
+    }
+}
+
+/// A storage failure as the operator sees it: a table without redrive history is theirs to
+/// migrate (409); anything else is logged and answered 500.
+fn storage(what: &'static str) -> impl Fn(StorageError) -> HttpError {
+    move |e| match e {
+        StorageError::NoRedriveHistory { .. } => {
+            HttpError::new(StatusCode::CONFLICT, "no_redrive_history", e.to_string())
+        }
+        e => HttpError::internal(what, &e),
+    }
+}
+
+/// 400 for a value the request got wrong, naming the field.
+fn bad(field: &str) -> impl Fn(String) -> HttpError + '_ {
+    move |reason| HttpError::invalid_request(format!("`{field}`: {reason}"))
+}
+
+fn age(field: &str, text: Option<&str>) -> Result<Option<std::time::Duration>, HttpError> {
+    text.map(parse_age).transpose().map_err(bad(field))
+}
+
+/// A change of `rows` rows goes on only up to [`DEFAULT_CONFIRM_ABOVE`], or confirmed.
+fn confirmed(what: &str, rows: u64, confirm: bool) -> Result<(), HttpError> {
+    if confirm || rows <= DEFAULT_CONFIRM_ABOVE {
+        return Ok(());
+    }
+    Err(HttpError::new(
+        StatusCode::CONFLICT,
+        "confirmation_required",
+        format!(
+            "{what} would change {rows} rows, more than {DEFAULT_CONFIRM_ABOVE}: send it again \
+             with \"confirm\": true, or with \"dry_run\": true to see them"
+        ),
+    ))
+}
+
+fn limit(limit: Option<u64>) -> Result<u64, HttpError> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        n @ 1..=MAX_BATCH => Ok(n),
+        n => Err(HttpError::invalid_request(format!(
+            "`limit`: {n} is out of range (1 to {MAX_BATCH})"
+        ))),
+    }
+}
+
+fn batch_size(batch: Option<u64>) -> Result<u64, HttpError> {
+    match batch.unwrap_or(500) {
+        n @ 1..=MAX_BATCH => Ok(n),
+        n => Err(HttpError::invalid_request(format!(
+            "`batch_size`: {n} is out of range (1 to {MAX_BATCH})"
+        ))),
+    }
+}
+
+async fn outbox_stats(State(t): State<AdminTables>) -> Result<Json<Value>, HttpError> {
+    let table = t.outbox()?;
+    let report = table
+        .report(&t.db)
+        .await
+        .map_err(storage("reading outbox statistics"))?;
+    Ok(Json(json!({
+        "tables": [outbox_report_json(table.name(), &report, now_millis())]
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxRowsQuery {
+    status: Option<String>,
+    event_type: Option<String>,
+    key: Option<String>,
+    older_than: Option<String>,
+    reason: Option<String>,
+    limit: Option<u64>,
+}
+
+async fn outbox_rows(
+    State(t): State<AdminTables>,
+    query: Result<Query<OutboxRowsQuery>, QueryRejection>,
+) -> Result<Json<Value>, HttpError> {
+    let Query(q) = query?;
+    let table = t.outbox()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(parse_outbox_status)
+        .transpose()
+        .map_err(bad("status"))?;
+    let selection = OutboxSelection {
+        event_type: q.event_type,
+        key: q.key,
+        older_than: age("older_than", q.older_than.as_deref())?,
+        reason: q.reason,
+    };
+    let filter = selection.filter(status, &[]);
+    let limit = limit(q.limit)?;
+    let read = storage("listing outbox rows");
+    let matched = table.count_matching(&t.db, &filter).await.map_err(&read)?;
+    let rows = table
+        .list_matching(&t.db, &filter, limit)
+        .await
+        .map_err(&read)?;
+    Ok(Json(json!({"tables": [{
+        "table": table.name(),
+        "matched": matched,
+        "rows": rows.iter().map(|r| outbox_row_json(r, false)).collect::<Vec<_>>(),
+    }]})))
+}
+
+async fn outbox_row(
+    State(t): State<AdminTables>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    let table = t.outbox()?;
+    let read = storage("reading an outbox row");
+    let record = match id.parse::<i64>() {
+        Ok(row_id) => table.record_by_id(&t.db, row_id).await,
+        Err(_) => table.record_by_event_id(&t.db, &id).await,
+    }
+    .map_err(read)?
+    .ok_or_else(|| {
+        HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no row `{id}` in {}", table.name()),
+        )
+    })?;
+    Ok(Json(json!({"tables": [{
+        "table": table.name(),
+        "row": outbox_row_json(&record, true),
+    }]})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RedriveRequest {
+    #[serde(default)]
+    ids: Vec<i64>,
+    event_type: Option<String>,
+    key: Option<String>,
+    older_than: Option<String>,
+    reason: Option<String>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    confirm: bool,
+}
+
+async fn outbox_redrive(
+    State(t): State<AdminTables>,
+    body: Result<Json<RedriveRequest>, JsonRejection>,
+) -> Result<Json<Value>, HttpError> {
+    let Json(req) = body?;
+    let table = t.outbox()?;
+    let selection = OutboxSelection {
+        event_type: req.event_type,
+        key: req.key,
+        older_than: age("older_than", req.older_than.as_deref())?,
+        reason: req.reason,
+    };
+    if req.ids.is_empty() && selection.is_empty() && !req.all {
+        return Err(HttpError::invalid_request(
+            "name the rows to redrive: `ids`, a filter (`event_type`, `key`, `older_than`, \
+             `reason`), or `\"all\": true` for every dead row",
+        ));
+    }
+    let filter = selection.filter(None, &req.ids);
+    let ids = redrive_plan(&t.db, table, &filter)
+        .await
+        .map_err(storage("planning a redrive"))?;
+    let redriven = if req.dry_run {
+        0
+    } else {
+        confirmed("this redrive", ids.len() as u64, req.confirm)?;
+        table
+            .redrive_recorded(&t.db, &ids)
+            .await
+            .map_err(storage("redriving outbox rows"))?
+    };
+    Ok(Json(json!({"dry_run": req.dry_run, "tables": [{
+        "table": table.name(),
+        "matched": ids.len(),
+        "ids": ids,
+        "redriven": redriven,
+    }]})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxPurgeRequest {
+    older_than: String,
+    #[serde(default)]
+    statuses: Vec<String>,
+    batch_size: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    confirm: bool,
+}
+
+async fn outbox_purge(
+    State(t): State<AdminTables>,
+    body: Result<Json<OutboxPurgeRequest>, JsonRejection>,
+) -> Result<Json<Value>, HttpError> {
+    let Json(req) = body?;
+    let table = t.outbox()?;
+    let older_than = parse_age(&req.older_than).map_err(bad("older_than"))?;
+    let statuses = req
+        .statuses
+        .iter()
+        .map(|s| parse_settled_status(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad("statuses"))?;
+    let purge = settled_rows(older_than, statuses);
+    let batch = batch_size(req.batch_size)?;
+    let work = storage("purging outbox rows");
+    let matched = table.count_purgeable(&t.db, &purge).await.map_err(&work)?;
+    let purged = if req.dry_run {
+        0
+    } else {
+        confirmed("this purge", matched, req.confirm)?;
+        table.purge(&t.db, &purge, batch).await.map_err(&work)?
+    };
+    Ok(Json(json!({"dry_run": req.dry_run, "tables": [{
+        "table": table.name(),
+        "matched": matched,
+        "purged": purged,
+    }]})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnblockRequest {
+    key: String,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    confirm: bool,
+}
+
+async fn outbox_unblock(
+    State(t): State<AdminTables>,
+    body: Result<Json<UnblockRequest>, JsonRejection>,
+) -> Result<Json<Value>, HttpError> {
+    let Json(req) = body?;
+    let table = t.outbox()?;
+    let work = storage("unblocking a key");
+    let waiting: Vec<i64> = table
+        .blocking_rows(&t.db, &req.key)
+        .await
+        .map_err(&work)?
+        .iter()
+        .map(|r| r.row.id)
+        .collect();
+    let unblocked = if req.dry_run {
+        Vec::new()
+    } else {
+        confirmed("this unblock", waiting.len() as u64, req.confirm)?;
+        table.unblock_key(&t.db, &req.key).await.map_err(&work)?
+    };
+    Ok(Json(json!({"dry_run": req.dry_run, "tables": [{
+        "table": table.name(),
+        "key": req.key,
+        "matched": waiting.len(),
+        "ids": waiting,
+        "unblocked": unblocked,
+    }]})))
+}
+
+async fn inbox_stats(State(t): State<AdminTables>) -> Result<Json<Value>, HttpError> {
+    let table = t.inbox()?;
+    let report = table
+        .report(&t.db)
+        .await
+        .map_err(storage("reading inbox statistics"))?;
+    Ok(Json(
+        json!({"tables": [inbox_report_json(table.name(), &report)]}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxRowsQuery {
+    status: Option<String>,
+    event_type: Option<String>,
+    consumer: Option<String>,
+    older_than: Option<String>,
+    reason: Option<String>,
+    limit: Option<u64>,
+}
+
+async fn inbox_rows(
+    State(t): State<AdminTables>,
+    query: Result<Query<InboxRowsQuery>, QueryRejection>,
+) -> Result<Json<Value>, HttpError> {
+    let Query(q) = query?;
+    let table = t.inbox()?;
+    let status = q
+        .status
+        .as_deref()
+        .map(parse_inbox_status)
+        .transpose()
+        .map_err(bad("status"))?;
+    let selection = InboxSelection {
+        event_type: q.event_type,
+        consumer: q.consumer,
+        older_than: age("older_than", q.older_than.as_deref())?,
+        reason: q.reason,
+    };
+    inbox_answer(&t, table, &selection.filter(status), limit(q.limit)?, false).await
+}
+
+async fn inbox_row(
+    State(t): State<AdminTables>,
+    Path(event_id): Path<String>,
+) -> Result<Json<Value>, HttpError> {
+    let table = t.inbox()?;
+    let filter = InboxFilter {
+        event_id: Some(event_id),
+        ..InboxFilter::default()
+    };
+    inbox_answer(&t, table, &filter, MAX_BATCH, true).await
+}
+
+async fn inbox_answer(
+    t: &AdminTables,
+    table: &InboxTable,
+    filter: &InboxFilter,
+    limit: u64,
+    must_find: bool,
+) -> Result<Json<Value>, HttpError> {
+    let read = storage("listing inbox rows");
+    let matched = table.count_matching(&t.db, filter).await.map_err(&read)?;
+    let rows = table
+        .list_matching(&t.db, filter, limit)
+        .await
+        .map_err(&read)?;
+    if must_find && rows.is_empty() {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no row of event `{}` in {}",
+                filter.event_id.as_deref().unwrap_or_default(),
+                table.name()
+            ),
+        ));
+    }
+    Ok(Json(json!({"tables": [{
+        "table": table.name(),
+        "matched": matched,
+        "rows": rows.iter().map(inbox_row_json).collect::<Vec<_>>(),
+    }]})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxPurgeRequest {
+    older_than: String,
+    status: Option<String>,
+    consumer: Option<String>,
+    batch_size: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    confirm: bool,
+}
+
+async fn inbox_purge(
+    State(t): State<AdminTables>,
+    body: Result<Json<InboxPurgeRequest>, JsonRejection>,
+) -> Result<Json<Value>, HttpError> {
+    let Json(req) = body?;
+    let table = t.inbox()?;
+    let older_than = parse_age(&req.older_than).map_err(bad("older_than"))?;
+    let status = req
+        .status
+        .as_deref()
+        .map(parse_inbox_status)
+        .transpose()
+        .map_err(bad("status"))?;
+    let filter = InboxFilter {
+        status,
+        consumer: req.consumer,
+        handled_before: Some(before_now(older_than)),
+        ..InboxFilter::default()
+    };
+    let batch = batch_size(req.batch_size)?;
+    let work = storage("purging inbox rows");
+    let matched = table.count_matching(&t.db, &filter).await.map_err(&work)?;
+    let purged = if req.dry_run {
+        0
+    } else {
+        confirmed("this purge", matched, req.confirm)?;
+        table.purge(&t.db, &filter, batch).await.map_err(&work)?
+    };
+    Ok(Json(json!({"dry_run": req.dry_run, "tables": [{
+        "table": table.name(),
+        "matched": matched,
+        "purged": purged,
+    }]})))
+}
