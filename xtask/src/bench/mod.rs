@@ -263,7 +263,7 @@ async fn consumer_phase(
     };
     // The embedded broker keeps the last 5 MB of each partition: a backlog read from the start
     // must fit, with room for the messages' overhead.
-    let bytes = events * 2 * fixture::envelope_bytes(&fixture::ChatMessageAppended::sized(0));
+    let bytes = events * 4 * fixture::envelope_bytes(&fixture::ChatMessageAppended::sized(0));
     let partitions = args.partitions.max(bytes.div_ceil(5 << 20) as i32);
     with_partitions(args, backend, partitions, async |fx| {
         let (c, relay) =
