@@ -102,7 +102,10 @@ async fn apply(
         &fx.route,
         handlers,
         transport.clone(),
-        ConsumerConfig::default(),
+        ConsumerConfig {
+            whole_batches: true,
+            ..ConsumerConfig::default()
+        },
         metrics.clone(),
     )?;
     let stop = CancellationToken::new();

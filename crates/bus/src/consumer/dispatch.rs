@@ -72,7 +72,7 @@ impl ConsumerRunner {
         txn: &DatabaseTransaction,
         batch: &[IncomingMessage],
     ) -> Result<Option<BatchReport>, BusError> {
-        if batch.len() < 2 {
+        if !self.config.whole_batches || batch.len() < 2 {
             return Ok(None);
         }
         let mut envelopes = Vec::with_capacity(batch.len());

@@ -107,6 +107,11 @@ pub struct ConsumerConfig {
     /// refusing commits): the partitions are paused and polled meanwhile, so the consumer stays
     /// in its group, and no event's retries are spent. `max_retry` is not used.
     pub stall: RetryPolicy,
+    /// Try each batch whole first (set-based marks, `handle_batch`), one event at a time only
+    /// when that fails. Off by default for now: with it on, the SQLite run of
+    /// `two_relays_of_two_workers_keep_every_keys_order_through_failures` does not finish, which
+    /// is not understood yet.
+    pub whole_batches: bool,
 }
 
 impl Default for ConsumerConfig {
@@ -121,6 +126,7 @@ impl Default for ConsumerConfig {
                 max_delay: Duration::from_secs(10),
                 max_retry: u32::MAX,
             },
+            whole_batches: false,
         }
     }
 }

@@ -70,6 +70,7 @@ fn owner_runner(w: &World, registry: HandlerRegistry) -> (ConsumerRunner, Arc<Me
         Arc::new(smartflow_testkit::Unplugged),
         ConsumerConfig {
             retry: fast_retry(),
+            whole_batches: true,
             ..ConsumerConfig::default()
         },
         metrics.clone(),
@@ -190,7 +191,10 @@ async fn an_inbox_consumer_applies_a_batch_whole(t: TestDb) {
         "billing",
         handler.registry(),
         Arc::new(smartflow_testkit::Unplugged),
-        ConsumerConfig::default(),
+        ConsumerConfig {
+            whole_batches: true,
+            ..ConsumerConfig::default()
+        },
         metrics.clone(),
     )
     .unwrap();

@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use smartflow_domain::OutboxStatus;
 
-use super::{status_is, stored, OutboxRow, OutboxStats, OutboxTable};
+use super::{status_is, status_of_picked_is, stored, OutboxRow, OutboxStats, OutboxTable};
 use crate::catalog::column_exists;
 use crate::entity::outbox::{Column as Outbox, Model};
 use crate::{now_millis, StorageError};
@@ -320,7 +320,7 @@ impl OutboxTable {
             let dead_in_batch = || {
                 Cond::all()
                     .add(Expr::col(Outbox::Id).is_in(batch.to_vec()))
-                    .add(status_is(OutboxStatus::Dead))
+                    .add(status_of_picked_is(OutboxStatus::Dead))
             };
             // First the history, which also takes the rows' write locks (PostgreSQL, MySQL; the
             // whole database on SQLite): the rows it marked stay `dead` until the commit, and

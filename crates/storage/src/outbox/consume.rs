@@ -4,7 +4,7 @@ use sea_orm::sea_query::{Expr, Query, SimpleExpr, UpdateStatement, Value};
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use smartflow_domain::{OutboxStatus, RetryPolicy};
 
-use super::{may_move_to, status_is, stored, OutboxTable};
+use super::{may_move_to, picked_may_move_to, status_is, stored, OutboxTable};
 use crate::entity::outbox::Column as Outbox;
 use crate::error_text::truncate;
 use crate::time::millis;
@@ -74,7 +74,7 @@ impl OutboxTable {
                 .column(Outbox::EventId)
                 .from(self.alias())
                 .and_where(Expr::col(Outbox::EventId).is_in(chunk.iter().copied()))
-                .and_where(may_move_to(OutboxStatus::Consumed))
+                .and_where(picked_may_move_to(OutboxStatus::Consumed))
                 .to_owned();
             let found: Vec<String> = EventIdRow::find_by_statement(backend.build(&select))
                 .all(conn)
@@ -109,7 +109,7 @@ impl OutboxTable {
             .value(Outbox::LockedUntil, Value::BigInt(None))
             .value(Outbox::UpdatedAt, now)
             .and_where(which)
-            .and_where(may_move_to(OutboxStatus::Consumed))
+            .and_where(picked_may_move_to(OutboxStatus::Consumed))
             .to_owned()
     }
 

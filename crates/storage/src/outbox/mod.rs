@@ -16,7 +16,7 @@ mod shards;
 mod unblock;
 mod wake;
 
-use sea_orm::sea_query::{Alias, Expr, SimpleExpr, Value};
+use sea_orm::sea_query::{Alias, Expr, Func, SimpleExpr, Value};
 use smartflow_domain::OutboxStatus;
 
 pub use admin::{
@@ -75,4 +75,27 @@ fn may_move_to(to: OutboxStatus) -> SimpleExpr {
 
 fn status_is(status: OutboxStatus) -> SimpleExpr {
     Expr::col(Column::Status).eq(stored(status))
+}
+
+/// The status, for a guard in a statement that picks its rows by `id` or `event_id`: read
+/// through `COALESCE(status, status)` (the same value: the column is `NOT NULL`) so that no
+/// planner takes the status index for it. SQLite's otherwise prefers `(status, ...)` to an
+/// `id IN (...)` list and reads every row of that status: 218 ms instead of 8 ms for 500 event
+/// ids in a table of 100,000 rows.
+fn status_by_id() -> SimpleExpr {
+    Func::coalesce([
+        Expr::col(Column::Status).into(),
+        Expr::col(Column::Status).into(),
+    ])
+    .into()
+}
+
+/// [`status_is`] for a statement that picks its rows by id (see [`status_by_id`]).
+fn status_of_picked_is(status: OutboxStatus) -> SimpleExpr {
+    Expr::expr(status_by_id()).eq(stored(status))
+}
+
+/// [`may_move_to`] for a statement that picks its rows by id (see [`status_by_id`]).
+fn picked_may_move_to(to: OutboxStatus) -> SimpleExpr {
+    Expr::expr(status_by_id()).is_in(OutboxStatus::allowed_sources(to).into_iter().map(stored))
 }

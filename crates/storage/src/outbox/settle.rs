@@ -6,7 +6,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use smartflow_domain::{OutboxStatus, RetryPolicy};
 
 use super::claim::Hold;
-use super::{status_is, stored, Claim, OutboxTable};
+use super::{status_of_picked_is, stored, Claim, OutboxTable};
 use crate::entity::outbox::Column as Outbox;
 use crate::error_text::truncate;
 use crate::time::millis;
@@ -79,7 +79,7 @@ impl OutboxTable {
         let mine = |ids: Vec<i64>, retry_count: i32| -> SimpleExpr {
             let mut cond = Expr::col(Outbox::Id)
                 .is_in(ids)
-                .and(status_is(OutboxStatus::Pending))
+                .and(status_of_picked_is(OutboxStatus::Pending))
                 .and(Expr::col(Outbox::RetryCount).eq(retry_count));
             if let Some(owner) = &owner {
                 cond = cond.and(Expr::col(Outbox::LockedBy).eq(owner.clone()));
@@ -201,7 +201,7 @@ impl OutboxTable {
             .value(Outbox::LockedUntil, Value::BigInt(None))
             .value(Outbox::UpdatedAt, now)
             .and_where(Expr::col(Outbox::Id).is_in(ids.to_vec()))
-            .and_where(status_is(OutboxStatus::Dead))
+            .and_where(status_of_picked_is(OutboxStatus::Dead))
             .to_owned();
         Ok(conn
             .execute(conn.get_database_backend().build(&stmt))
