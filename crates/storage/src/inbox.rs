@@ -12,6 +12,7 @@ pub use crate::entity::inbox::{InboxStatus, Model as InboxEntry};
 
 use crate::entity::inbox::Column as Inbox;
 use crate::error_text::truncate;
+use crate::outbox::EventIdRow;
 use crate::table_name::TableName;
 use crate::{now_millis, StorageError};
 
@@ -21,11 +22,6 @@ pub const DEFAULT_INBOX_TABLE: &str = "inbox";
 /// Rows per statement of a set-based record: 6 parameters a row, well inside every backend's
 /// limit.
 const ROWS_PER_STATEMENT: usize = 1000;
-
-#[derive(FromQueryResult)]
-struct KnownEvent {
-    event_id: String,
-}
 
 /// One inbox table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +106,7 @@ impl InboxTable {
                 .and_where(Expr::col(Inbox::Consumer).eq(consumer))
                 .and_where(Expr::col(Inbox::EventId).is_in(chunk.iter().map(|(id, _)| *id)))
                 .to_owned();
-            let known: HashSet<String> = KnownEvent::find_by_statement(backend.build(&select))
+            let known: HashSet<String> = EventIdRow::find_by_statement(backend.build(&select))
                 .all(conn)
                 .await?
                 .into_iter()

@@ -91,6 +91,17 @@ enum Phase {
     Consumer,
 }
 
+impl BenchArgs {
+    /// The backlog the relay and consumer measurements preload on `backend`.
+    fn backlog_rows(&self, backend: BackendArg) -> usize {
+        if backend == BackendArg::Sqlite {
+            self.sqlite_relay_rows
+        } else {
+            self.relay_rows
+        }
+    }
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -209,11 +220,7 @@ async fn throughput_phase(
     backend: BackendArg,
     figures: &mut Figures,
 ) -> Result<()> {
-    let rows = if backend == BackendArg::Sqlite {
-        args.sqlite_relay_rows
-    } else {
-        args.relay_rows
-    };
+    let rows = args.backlog_rows(backend);
     with_fixture(args, backend, async |fx| {
         let producer = throughput::producer(fx, args.producer_messages).await?;
         println!(
@@ -256,11 +263,7 @@ async fn consumer_phase(
     backend: BackendArg,
     figures: &mut Figures,
 ) -> Result<()> {
-    let events = if backend == BackendArg::Sqlite {
-        args.sqlite_relay_rows
-    } else {
-        args.relay_rows
-    };
+    let events = args.backlog_rows(backend);
     // The embedded broker keeps the last 5 MB of each partition: a backlog read from the start
     // must fit, with room for the messages' overhead.
     let bytes = events * 4 * fixture::envelope_bytes(&fixture::ChatMessageAppended::sized(0));

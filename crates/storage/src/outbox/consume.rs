@@ -4,7 +4,7 @@ use sea_orm::sea_query::{Expr, Query, SimpleExpr, UpdateStatement, Value};
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use smartflow_domain::{OutboxStatus, RetryPolicy};
 
-use super::{may_move_to, picked_may_move_to, status_is, stored, OutboxTable};
+use super::{may_move_to, picked_may_move_to, status_is, stored, EventIdRow, OutboxTable};
 use crate::entity::outbox::Column as Outbox;
 use crate::error_text::truncate;
 use crate::time::millis;
@@ -27,11 +27,6 @@ pub enum FailureOutcome {
 
 /// Event ids per statement of a set-based mark: a bounded `IN` list on every backend.
 pub(crate) const IDS_PER_STATEMENT: usize = 1000;
-
-#[derive(FromQueryResult)]
-pub(crate) struct EventIdRow {
-    pub(crate) event_id: String,
-}
 
 /// What a failure is counted against.
 #[derive(FromQueryResult)]

@@ -36,6 +36,12 @@ use crate::entity::outbox::{Column, Status};
 use crate::table_name::TableName;
 use crate::StorageError;
 
+/// One `event_id` read back: what a set-based mark finds already there (outbox and inbox).
+#[derive(sea_orm::FromQueryResult)]
+pub(crate) struct EventIdRow {
+    pub(crate) event_id: String,
+}
+
 /// One service's outbox table, and beside it the table of its key shards (`<name>_shards`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxTable {
