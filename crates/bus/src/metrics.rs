@@ -35,6 +35,8 @@ pub struct Metrics {
     /// undecodable message, an unknown type or a single message, or one whose whole attempt
     /// failed (a handler error) and was rolled back.
     pub batches_one_by_one: AtomicU64,
+    /// Rows retention deleted: outbox rows the bus was done with and handled inbox entries.
+    pub retention_deleted: AtomicU64,
 }
 
 impl Metrics {
@@ -101,6 +103,10 @@ impl Metrics {
             (
                 "batches_one_by_one",
                 self.batches_one_by_one.load(Ordering::Relaxed),
+            ),
+            (
+                "retention_deleted",
+                self.retention_deleted.load(Ordering::Relaxed),
             ),
             ("relay_pauses", self.relay_pauses.load(Ordering::Relaxed)),
             (

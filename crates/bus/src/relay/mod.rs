@@ -1,6 +1,7 @@
 //! The relay: claims due outbox rows, publishes them, and records the outcome.
 
 mod publish_batch;
+mod retention;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,8 @@ use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable, KEY_SHARDS
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub use retention::{InboxRetention, Retention, RetentionReport, DEFAULT_RETENTION};
 
 use crate::health::Transition;
 use crate::{BusError, Metrics};
@@ -62,6 +65,9 @@ pub struct RelayConfig {
     /// `base_delay` doubling up to `max_delay` between probes (`max_retry` is not used: a pause
     /// lasts as long as the outage), and no row's retries are spent.
     pub pause: RetryPolicy,
+    /// What the relay deletes once the bus is done with it, and how often (consumed rows after
+    /// seven days by default).
+    pub retention: Retention,
 }
 
 impl Default for RelayConfig {
@@ -88,6 +94,7 @@ impl Default for RelayConfig {
                 max_delay: Duration::from_secs(30),
                 max_retry: u32::MAX,
             },
+            retention: Retention::default(),
         }
     }
 }
@@ -98,6 +105,7 @@ impl RelayConfig {
     pub fn validate(&self, delivery_timeout: Duration) -> Result<(), BusError> {
         self.retry.validated()?;
         self.pause.validated()?;
+        self.retention.validate()?;
         if self.min_poll_interval.is_zero() || self.min_poll_interval > self.poll_interval {
             return Err(BusError::Config(
                 "the relay's min_poll_interval must be above zero and at most poll_interval".into(),
@@ -417,6 +425,11 @@ impl Relay {
             let relay = self.clone();
             let shutdown = shutdown.clone();
             tasks.spawn(async move { relay.listen_loop(shutdown).await });
+        }
+        {
+            let relay = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { relay.retention_loop(shutdown).await });
         }
         while tasks.join_next().await.is_some() {}
     }

@@ -265,10 +265,7 @@ async fn batches_apply_whole_while_other_connections_commit(t: TestDb) {
     let commits = writer.await.unwrap();
     assert!(commits > 0, "the other connection never committed");
     assert_eq!(whole_and_one_by_one(&metrics), (BATCHES, 0));
-    assert_eq!(
-        chat_history::count(&w.t.db).await.unwrap(),
-        (BATCHES * 5) as u64
-    );
+    assert_eq!(chat_history::count(&w.t.db).await.unwrap(), BATCHES * 5);
     w.finish().await;
 }
 

@@ -368,16 +368,29 @@ impl OutboxTable {
         purge: &OutboxPurge,
         batch: u64,
     ) -> Result<u64, StorageError> {
-        let batch = batch.clamp(1, MAX_BATCH);
         if purge.statuses.is_empty() {
             return Ok(0);
         }
+        self.delete_in_batches(conn, purge.condition(), batch).await
+    }
+
+    /// Deletes the rows `condition` matches, at most `batch` (capped at [`MAX_BATCH`]) per
+    /// statement, oldest ids first, until none is left; returns how many went. Each batch's ids
+    /// are read first, then deleted under the same condition (a row that changed meanwhile
+    /// stays), each statement on its own.
+    pub(super) async fn delete_in_batches<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        condition: Condition,
+        batch: u64,
+    ) -> Result<u64, StorageError> {
+        let batch = batch.clamp(1, MAX_BATCH);
         let mut deleted = 0;
         loop {
             let select = Query::select()
                 .column(Outbox::Id)
                 .from(self.alias())
-                .cond_where(purge.condition())
+                .cond_where(condition.clone())
                 .order_by(Outbox::Id, Order::Asc)
                 .limit(batch)
                 .to_owned();
@@ -387,7 +400,7 @@ impl OutboxTable {
             }
             let delete: DeleteStatement = Query::delete()
                 .from_table(self.alias())
-                .cond_where(purge.condition())
+                .cond_where(condition.clone())
                 .and_where(Expr::col(Outbox::Id).is_in(found.clone()))
                 .to_owned();
             deleted += conn
