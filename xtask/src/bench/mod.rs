@@ -11,6 +11,7 @@ mod fixture;
 mod latency;
 mod outbox_cost;
 mod report;
+mod retention;
 mod throughput;
 
 use std::path::PathBuf;
@@ -68,7 +69,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "cost,throughput,latency,consumer"
+        default_value = "cost,throughput,latency,consumer,retention"
     )]
     phases: Vec<Phase>,
     /// A librdkafka property for every client, as KEY=VALUE (repeatable), to try a tuning.
@@ -89,6 +90,8 @@ enum Phase {
     Latency,
     /// Figure d: a consumer applying a backlog, with batch and per-event handlers.
     Consumer,
+    /// Figure e: the relay's rate with retention deleting beside it, and without.
+    Retention,
 }
 
 impl BenchArgs {
@@ -167,6 +170,7 @@ async fn run_all(args: &BenchArgs) -> Vec<Figures> {
                 Phase::Throughput => throughput_phase(args, backend, &mut figures).await,
                 Phase::Latency => latency_phase(args, backend, &mut figures).await,
                 Phase::Consumer => consumer_phase(args, backend, &mut figures).await,
+                Phase::Retention => retention_phase(args, backend, &mut figures).await,
             };
             if let Err(e) = result {
                 println!("  {phase:?} FAILED: {e:#}");
@@ -281,6 +285,28 @@ async fn consumer_phase(
             c.events, c.batched_events_per_s, c.per_event_events_per_s, c.batch_max, c.batches_whole, c.batches_one_by_one
         );
         figures.consumer = Some(c);
+        Ok(())
+    })
+    .await
+}
+
+async fn retention_phase(
+    args: &BenchArgs,
+    backend: BackendArg,
+    figures: &mut Figures,
+) -> Result<()> {
+    let rows = args.backlog_rows(backend);
+    with_fixture(args, backend, async |fx| {
+        let r = retention::measure(fx, rows, args.relay_batch, args.relay_workers).await?;
+        println!(
+            "  retention: relay {:.0} rows/s while retention deleted {} of {} old consumed rows beside it, {:.0} rows/s with retention off: {:.1}% slower (target: at most 10%)",
+            r.with_retention.rows_per_s,
+            r.deleted_during_drain,
+            r.old_rows,
+            r.without_retention.rows_per_s,
+            r.slowdown * 100.0
+        );
+        figures.retention = Some(r);
         Ok(())
     })
     .await

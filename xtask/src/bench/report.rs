@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use super::consumer::ConsumerApply;
 use super::latency::Latency;
 use super::outbox_cost::OutboxCost;
+use super::retention::RetentionCost;
 use super::throughput::{ProducerThroughput, RelayThroughput, RoundBreakdown};
 use super::BenchArgs;
 
@@ -23,6 +24,7 @@ pub struct Figures {
     pub seeds_baseline_rows_per_s: Option<f64>,
     pub latency: Option<Latency>,
     pub consumer: Option<ConsumerApply>,
+    pub retention: Option<RetentionCost>,
     pub errors: Vec<String>,
     /// `/proc/loadavg`'s 1, 5 and 15 minute figures before and after this backend's run: the
     /// machine is shared, and other work skews every figure.
@@ -43,6 +45,7 @@ impl Figures {
             seeds_baseline_rows_per_s: None,
             latency: None,
             consumer: None,
+            retention: None,
             errors: Vec::new(),
             load_before: load_average(),
             load_after: String::new(),
@@ -130,6 +133,26 @@ pub fn table(all: &[Figures]) -> String {
         ("one round by hand: rows/s (1 worker)".into(), |f| {
             f.relay_round.as_ref().map(|r| int(r.rows_per_s))
         }),
+        (
+            "relay rows/s with retention deleting beside it / off".into(),
+            |f| {
+                f.retention.as_ref().map(|r| {
+                    format!(
+                        "{} / {}",
+                        int(r.with_retention.rows_per_s),
+                        int(r.without_retention.rows_per_s)
+                    )
+                })
+            },
+        ),
+        (
+            "**retention's cost to the relay** (target <= 10%)".into(),
+            |f| {
+                f.retention
+                    .as_ref()
+                    .map(|r| format!("**{:.1}%**", r.slowdown * 100.0))
+            },
+        ),
         ("end-to-end p50 ms".into(), |f| {
             f.latency.as_ref().map(|l| format!("{:.1}", l.p50_ms))
         }),

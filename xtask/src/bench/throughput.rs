@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use sea_orm::sea_query::{Alias, Expr, Order, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
 use serde::Serialize;
-use smartflow_bus::{Metrics, Relay, RelayConfig};
+use smartflow_bus::{Metrics, Relay, RelayConfig, Retention};
 use smartflow_domain::{
     Envelope, EventContract, OutboundMessage, OutboundTransport, RetryPolicy, TransportError,
     EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
@@ -125,8 +125,22 @@ pub async fn relay(
     batch_size: u64,
     workers: usize,
 ) -> Result<RelayThroughput> {
+    let producer = warmed_producer(fx).await?;
+    relay_through(
+        fx,
+        rows,
+        batch_size,
+        workers,
+        Arc::new(producer),
+        Retention::default(),
+    )
+    .await
+}
+
+/// A producer that has sent one message: its first waits for metadata, which is not the relay's
+/// cost.
+pub async fn warmed_producer(fx: &Fixture) -> Result<KafkaProducer> {
     let producer = KafkaProducer::new(&fx.kafka)?;
-    // The producer's first message waits for metadata; not the relay's cost.
     let warm = ChatMessageAppended::sized(0);
     let warm = Envelope::for_event("warm-up", &warm)?;
     send_all(
@@ -134,7 +148,7 @@ pub async fn relay(
         vec![outbound(&fx.route.topic, &warm, "00-0-0-01")],
     )
     .await?;
-    relay_through(fx, rows, batch_size, workers, Arc::new(producer)).await
+    Ok(producer)
 }
 
 /// A transport that acknowledges every message at once and sends nothing: the relay's own cost,
@@ -163,7 +177,15 @@ pub async fn relay_discarding(
     batch_size: u64,
     workers: usize,
 ) -> Result<RelayThroughput> {
-    relay_through(fx, rows, batch_size, workers, Arc::new(Discard)).await
+    relay_through(
+        fx,
+        rows,
+        batch_size,
+        workers,
+        Arc::new(Discard),
+        Retention::default(),
+    )
+    .await
 }
 
 /// The seeds' relay, as a baseline: pending rows read in id order, and for each one a publish,
@@ -252,12 +274,15 @@ struct PendingRow {
     traceparent: Option<String>,
 }
 
-async fn relay_through(
+/// Preloads `rows` rows, then times a relay of `workers` x `batch_size` through `transport` (with
+/// `retention` running beside it) until every one is `published`.
+pub async fn relay_through(
     fx: &Fixture,
     rows: usize,
     batch_size: u64,
     workers: usize,
     transport: Arc<dyn OutboundTransport>,
+    retention: Retention,
 ) -> Result<RelayThroughput> {
     const PER_TX: usize = 1000;
     let table = OutboxTable::new(&fx.route.outbox_table)?;
@@ -268,6 +293,7 @@ async fn relay_through(
     let config = RelayConfig {
         batch_size,
         workers,
+        retention,
         ..RelayConfig::default()
     };
     let relay = Relay::new(
