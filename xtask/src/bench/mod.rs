@@ -12,6 +12,7 @@ mod latency;
 mod outbox_cost;
 mod report;
 mod retention;
+mod scale;
 mod throughput;
 
 use std::path::PathBuf;
@@ -64,7 +65,11 @@ pub struct BenchArgs {
     /// Partitions of each benchmark topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
-    /// Which measurements to run, comma-separated.
+    /// The backlogs of the scale phase, drained one after another on one table.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    scale_rows: Vec<usize>,
+    /// Which measurements to run, comma-separated (`scale` only when named: it drains over a
+    /// million rows per backend).
     #[arg(
         long,
         value_enum,
@@ -92,6 +97,8 @@ enum Phase {
     Consumer,
     /// Figure e: the relay's rate with retention deleting beside it, and without.
     Retention,
+    /// Figure f: the relay's rate at growing backlogs on one growing table, with peak RSS.
+    Scale,
 }
 
 impl BenchArgs {
@@ -171,6 +178,7 @@ async fn run_all(args: &BenchArgs) -> Vec<Figures> {
                 Phase::Latency => latency_phase(args, backend, &mut figures).await,
                 Phase::Consumer => consumer_phase(args, backend, &mut figures).await,
                 Phase::Retention => retention_phase(args, backend, &mut figures).await,
+                Phase::Scale => scale_phase(args, backend, &mut figures).await,
             };
             if let Err(e) = result {
                 println!("  {phase:?} FAILED: {e:#}");
@@ -307,6 +315,30 @@ async fn retention_phase(
             r.slowdown * 100.0
         );
         figures.retention = Some(r);
+        Ok(())
+    })
+    .await
+}
+
+async fn scale_phase(args: &BenchArgs, backend: BackendArg, figures: &mut Figures) -> Result<()> {
+    with_fixture(args, backend, async |fx| {
+        let points =
+            scale::measure(fx, &args.scale_rows, args.relay_batch, args.relay_workers).await?;
+        for p in &points {
+            println!(
+                "  scale: {} rows (table already holding {}) in {:.2} s: {:.0} rows/s, peak RSS {}",
+                p.rows,
+                p.table_rows_before,
+                p.seconds,
+                p.rows_per_s,
+                p.peak_rss_mib
+                    .map_or("unknown".to_owned(), |m| format!("{m:.0} MiB"))
+            );
+        }
+        if let Some(spread) = scale::spread(&points) {
+            println!("  scale: slowest / fastest {spread:.2} (target: at least 0.80)");
+        }
+        figures.scale = points;
         Ok(())
     })
     .await

@@ -7,6 +7,7 @@ use super::consumer::ConsumerApply;
 use super::latency::Latency;
 use super::outbox_cost::OutboxCost;
 use super::retention::RetentionCost;
+use super::scale::ScalePoint;
 use super::throughput::{ProducerThroughput, RelayThroughput, RoundBreakdown};
 use super::BenchArgs;
 
@@ -25,6 +26,7 @@ pub struct Figures {
     pub latency: Option<Latency>,
     pub consumer: Option<ConsumerApply>,
     pub retention: Option<RetentionCost>,
+    pub scale: Vec<ScalePoint>,
     pub errors: Vec<String>,
     /// `/proc/loadavg`'s 1, 5 and 15 minute figures before and after this backend's run: the
     /// machine is shared, and other work skews every figure.
@@ -46,6 +48,7 @@ impl Figures {
             latency: None,
             consumer: None,
             retention: None,
+            scale: Vec::new(),
             errors: Vec::new(),
             load_before: load_average(),
             load_after: String::new(),
@@ -122,7 +125,7 @@ pub fn table(all: &[Figures]) -> String {
             Some(format!("{:.1}x", relay.rows_per_s / seeds))
         }),
         (
-            "backlog preload rows/s (bus.publish, 1000 per tx)".into(),
+            "backlog preload rows/s (bus.publish_all, 1000 per tx)".into(),
             |f| f.relay.as_ref().map(|r| int(r.preload_rows_per_s)),
         ),
         ("one round by hand: claim / send / settle ms".into(), |f| {
@@ -153,6 +156,28 @@ pub fn table(all: &[Figures]) -> String {
                     .map(|r| format!("**{:.1}%**", r.slowdown * 100.0))
             },
         ),
+        ("scale: relay rows/s at each backlog (rows)".into(), |f| {
+            (!f.scale.is_empty()).then(|| {
+                f.scale
+                    .iter()
+                    .map(|p| format!("{} ({})", int(p.rows_per_s), int(p.rows as f64)))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+        }),
+        (
+            "**scale: slowest / fastest** (target >= 0.80)".into(),
+            |f| super::scale::spread(&f.scale).map(|s| format!("**{s:.2}**")),
+        ),
+        ("scale: peak RSS MiB at each backlog".into(), |f| {
+            (!f.scale.is_empty()).then(|| {
+                f.scale
+                    .iter()
+                    .map(|p| p.peak_rss_mib.map_or("?".to_owned(), |m| format!("{m:.0}")))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+        }),
         ("end-to-end p50 ms".into(), |f| {
             f.latency.as_ref().map(|l| format!("{:.1}", l.p50_ms))
         }),
@@ -269,6 +294,7 @@ pub fn json(args: &BenchArgs, all: &[Figures]) -> Value {
             "baseline_rows": args.baseline_rows,
             "partitions": args.partitions,
             "message_bytes": super::fixture::envelope_bytes(&super::fixture::ChatMessageAppended::sized(0)),
+            "scale_rows": args.scale_rows,
             "phases": args.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "kafka_set": args.kafka_set,
         },
