@@ -13,6 +13,7 @@ mod outbox_cost;
 mod report;
 mod retention;
 mod scale;
+mod sustained;
 mod throughput;
 
 use std::path::PathBuf;
@@ -65,11 +66,14 @@ pub struct BenchArgs {
     /// Partitions of each benchmark topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// Seconds the sustained phase's writers commit for.
+    #[arg(long, default_value_t = 60)]
+    sustained_seconds: u64,
     /// The backlogs of the scale phase, drained one after another on one table.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
     scale_rows: Vec<usize>,
-    /// Which measurements to run, comma-separated (`scale` only when named: it drains over a
-    /// million rows per backend).
+    /// Which measurements to run, comma-separated (`scale` and `sustained` only when named:
+    /// they drain over a million rows and run a minute per backend).
     #[arg(
         long,
         value_enum,
@@ -99,6 +103,9 @@ enum Phase {
     Retention,
     /// Figure f: the relay's rate at growing backlogs on one growing table, with peak RSS.
     Scale,
+    /// Figure g: `--writers` writers committing as fast as they can for `--sustained-seconds`,
+    /// with the relay and a consumer running: the rates and whether the backlog stayed bounded.
+    Sustained,
 }
 
 impl BenchArgs {
@@ -179,6 +186,7 @@ async fn run_all(args: &BenchArgs) -> Vec<Figures> {
                 Phase::Consumer => consumer_phase(args, backend, &mut figures).await,
                 Phase::Retention => retention_phase(args, backend, &mut figures).await,
                 Phase::Scale => scale_phase(args, backend, &mut figures).await,
+                Phase::Sustained => sustained_phase(args, backend, &mut figures).await,
             };
             if let Err(e) = result {
                 println!("  {phase:?} FAILED: {e:#}");
@@ -339,6 +347,39 @@ async fn scale_phase(args: &BenchArgs, backend: BackendArg, figures: &mut Figure
             println!("  scale: slowest / fastest {spread:.2} (target: at least 0.80)");
         }
         figures.scale = points;
+        Ok(())
+    })
+    .await
+}
+
+async fn sustained_phase(
+    args: &BenchArgs,
+    backend: BackendArg,
+    figures: &mut Figures,
+) -> Result<()> {
+    with_fixture(args, backend, async |fx| {
+        let s = sustained::measure(
+            fx,
+            args.writers,
+            args.sustained_seconds,
+            args.relay_batch,
+            args.relay_workers,
+        )
+        .await?;
+        println!(
+            "  sustained: {} writers for {} s committed {:.0} tx/s ({} failed), consumed {:.0} events/s; backlog max {}, {} when the writers stopped, drained {}; bounded: {}",
+            s.writers,
+            s.seconds,
+            s.committed_per_s,
+            s.commit_errors,
+            s.consumed_per_s,
+            s.backlog_max,
+            s.backlog_at_end,
+            s.drained_after_s
+                .map_or("not within 120 s".to_owned(), |d| format!("{d:.1} s later")),
+            if s.bounded { "yes" } else { "NO" }
+        );
+        figures.sustained = Some(s);
         Ok(())
     })
     .await

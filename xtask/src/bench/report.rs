@@ -8,6 +8,7 @@ use super::latency::Latency;
 use super::outbox_cost::OutboxCost;
 use super::retention::RetentionCost;
 use super::scale::ScalePoint;
+use super::sustained::Sustained;
 use super::throughput::{ProducerThroughput, RelayThroughput, RoundBreakdown};
 use super::BenchArgs;
 
@@ -27,6 +28,7 @@ pub struct Figures {
     pub consumer: Option<ConsumerApply>,
     pub retention: Option<RetentionCost>,
     pub scale: Vec<ScalePoint>,
+    pub sustained: Option<Sustained>,
     pub errors: Vec<String>,
     /// `/proc/loadavg`'s 1, 5 and 15 minute figures before and after this backend's run: the
     /// machine is shared, and other work skews every figure.
@@ -49,6 +51,7 @@ impl Figures {
             consumer: None,
             retention: None,
             scale: Vec::new(),
+            sustained: None,
             errors: Vec::new(),
             load_before: load_average(),
             load_after: String::new(),
@@ -178,6 +181,26 @@ pub fn table(all: &[Figures]) -> String {
                     .join(" / ")
             })
         }),
+        ("sustained: writers' tx/s / consumed events/s".into(), |f| {
+            f.sustained
+                .as_ref()
+                .map(|s| format!("{} / {}", int(s.committed_per_s), int(s.consumed_per_s)))
+        }),
+        (
+            "**sustained: backlog bounded** (max / at stop / drained after)".into(),
+            |f| {
+                f.sustained.as_ref().map(|s| {
+                    format!(
+                        "**{}** ({} / {} / {})",
+                        if s.bounded { "yes" } else { "no" },
+                        int(s.backlog_max as f64),
+                        int(s.backlog_at_end as f64),
+                        s.drained_after_s
+                            .map_or("> 120 s".to_owned(), |d| format!("{d:.1} s"))
+                    )
+                })
+            },
+        ),
         ("end-to-end p50 ms".into(), |f| {
             f.latency.as_ref().map(|l| format!("{:.1}", l.p50_ms))
         }),
@@ -295,6 +318,7 @@ pub fn json(args: &BenchArgs, all: &[Figures]) -> Value {
             "partitions": args.partitions,
             "message_bytes": super::fixture::envelope_bytes(&super::fixture::ChatMessageAppended::sized(0)),
             "scale_rows": args.scale_rows,
+            "sustained_seconds": args.sustained_seconds,
             "phases": args.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "kafka_set": args.kafka_set,
         },
