@@ -187,6 +187,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Shared by the workers: while set, only worker 0 runs rounds (the probes).
     pause: Mutex<Option<Pause>>,
+    /// When a round last filled its batch: the relay is saturated, and retention yields.
+    last_full_round: Mutex<Option<Instant>>,
     health_name: String,
 }
 
@@ -220,6 +222,7 @@ impl Relay {
                 wake,
                 metrics,
                 pause: Mutex::new(None),
+                last_full_round: Mutex::new(None),
                 health_name,
             }),
         })
@@ -311,6 +314,24 @@ impl Relay {
             self.inner.wake.notify_waiters();
         }
         Ok(moved)
+    }
+
+    /// Notes that a round filled its batch (see [`saturated_within`](Self::saturated_within)).
+    fn note_full_round(&self) {
+        *self
+            .inner
+            .last_full_round
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether a round filled its batch within `window`: the relay has more than it can take.
+    fn saturated_within(&self, window: Duration) -> bool {
+        self.inner
+            .last_full_round
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some_and(|at| at.elapsed() < window)
     }
 
     /// Whether the relay is paused now because the broker or the database is unavailable.
@@ -501,6 +522,7 @@ impl Relay {
                     if round.claimed > 0 {
                         idle_poll = i.config.min_poll_interval;
                         if round.claimed as u64 >= i.config.batch_size {
+                            self.note_full_round();
                             continue;
                         }
                         tokio::task::yield_now().await;

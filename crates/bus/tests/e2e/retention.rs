@@ -206,7 +206,7 @@ async fn a_running_relay_deletes_what_is_due(t: TestDb) {
     w.finish().await;
 }
 
-/// A zero interval or batch is refused when the relay is built.
+/// A zero interval or batch, or a busy share outside (0, 1], is refused when the relay is built.
 async fn a_retention_that_cannot_run_is_refused(t: TestDb) {
     let w = World::new(t).await;
     for retention in [
@@ -216,6 +216,14 @@ async fn a_retention_that_cannot_run_is_refused(t: TestDb) {
         },
         Retention {
             batch: 0,
+            ..Retention::default()
+        },
+        Retention {
+            busy_share: 0.0,
+            ..Retention::default()
+        },
+        Retention {
+            busy_share: 1.5,
             ..Retention::default()
         },
     ] {

@@ -23,15 +23,16 @@ impl OutboxTable {
     /// consumption deadline (handed off to other services' consumers, which deduplicate in
     /// their own databases, or published with re-sends switched off). Never a row still to be
     /// sent, sent again or looked at by an operator (`pending`, `published` awaiting its
-    /// consumer, `dead`, `stored`). At most `batch` per statement, each statement on its own,
-    /// so the table is never locked for long; returns how many went.
+    /// consumer, `dead`, `stored`). One batch of at most `batch` rows (two short statements),
+    /// so the table is never locked for long and the caller can pace the batches; returns how
+    /// many rows were found and how many went (fewer found than `batch`: none is left).
     pub async fn delete_done<C: ConnectionTrait>(
         &self,
         conn: &C,
         topics: Topics<'_>,
         before: i64,
         batch: u64,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<(u64, u64), StorageError> {
         let done = Cond::any()
             .add(status_is(OutboxStatus::Consumed))
             .add(status_is(OutboxStatus::Published).and(Expr::col(Outbox::NextRetryAt).is_null()));
@@ -44,6 +45,6 @@ impl OutboxTable {
             .add(done)
             .add(topic)
             .add(Expr::col(Outbox::UpdatedAt).lt(before));
-        self.delete_in_batches(conn, condition, batch).await
+        self.delete_one_batch(conn, condition, batch).await
     }
 }
