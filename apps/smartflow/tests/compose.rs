@@ -365,6 +365,40 @@ fn the_compose_file_runs_what_the_code_reads() {
     assert_eq!(used, declared, "named volumes used and declared");
 }
 
+/// Compose's own schema check, `config -q` (no engine needed), where a compose CLI is installed:
+/// the `docker compose` plugin, else the standalone `docker-compose` (Debian's package).
+#[test]
+fn a_compose_cli_finds_the_file_valid_where_one_is_installed() {
+    let file = repo_file("docker-compose.yml");
+    let file = file.to_str().unwrap();
+    let candidates: [&[&str]; 2] = [&["docker", "compose"], &["docker-compose"]];
+    for cli in candidates {
+        let probe = std::process::Command::new(cli[0])
+            .args(&cli[1..])
+            .arg("version")
+            .output();
+        if !probe.is_ok_and(|out| out.status.success()) {
+            continue;
+        }
+        let out = std::process::Command::new(cli[0])
+            .args(&cli[1..])
+            .args(["-f", file, "config", "-q"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`{} config -q` refuses the file: {}",
+            cli.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("`{} config -q`: valid", cli.join(" "));
+        return;
+    }
+    println!(
+        "skipped: no compose CLI (`docker compose`, `docker-compose`) to check the schema with"
+    );
+}
+
 #[test]
 fn a_variable_no_binary_reads_is_caught() {
     let env = BTreeMap::from([("SMARTFLOW_NO_SUCH_SETTING".to_owned(), "1".to_owned())]);
