@@ -91,6 +91,10 @@ pub fn skeleton_operations() -> Vec<Operation> {
             "/admin/inbox/purge",
             "Delete old inbox rows",
         )),
+        Operation::get(
+            crate::admin::DASHBOARD_PATH,
+            "The operator's dashboard (an HTML page; what it shows needs a service credential)",
+        ),
     ]
 }
 

@@ -71,7 +71,7 @@ async fn the_skeletons_routes_are_documented_and_routed() {
             "{method} {path}"
         );
     }
-    assert_eq!(listed.len(), 13, "{listed:?}");
+    assert_eq!(listed.len(), 14, "{listed:?}");
     let wrong = mismatches(&doc, async |method, path| call(&router, method, path).await).await;
     assert!(wrong.is_empty(), "{wrong:#?}");
     // A document naming a route that is not there is caught.

@@ -4,7 +4,8 @@
 //! for a test that runs a chosen migrator itself ([`TestDb::migrate`]).
 //!
 //! The server addresses come from `SMARTFLOW_TEST_POSTGRES_URL` and `SMARTFLOW_TEST_MYSQL_URL`
-//! (defaults: the local servers on 127.0.0.1). This is a test-only crate, so reading the
+//! (defaults: the local servers on 127.0.0.1), or from the test ([`TestDb::on_server`], for a
+//! server it started itself, such as a container). This is a test-only crate, so reading the
 //! environment here is deliberate.
 
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ pub struct TestDb {
     pub config: ConnectConfig,
     name: String,
     sqlite_file: Option<PathBuf>,
+    /// The server URL the schema or database was made on (what `cleanup` drops it through).
+    server_url: Option<String>,
 }
 
 impl TestDb {
@@ -60,9 +63,28 @@ impl TestDb {
         t
     }
 
+    /// The same on the server at `server_url` (`postgres://...` or `mysql://...` of a database
+    /// that exists, the test's own is made beside it); ignored for SQLite.
+    pub async fn on_server(backend: Backend, server_url: &str) -> TestDb {
+        let t = TestDb::empty_on(backend, Some(server_url)).await;
+        smartflow_migrations::run(&t.db).await.expect("migrations");
+        t
+    }
+
     /// Creates the isolated database with no table in it.
     pub async fn empty(backend: Backend) -> TestDb {
+        TestDb::empty_on(backend, None).await
+    }
+
+    /// [`TestDb::empty`] on `server_url`, else on the configured server of `backend`.
+    async fn empty_on(backend: Backend, server_url: Option<&str>) -> TestDb {
         init_tracing();
+        let server_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(server_url.map_or_else(postgres_url, str::to_owned)),
+            Backend::MariaDb => Some(server_url.map_or_else(mysql_url, str::to_owned)),
+        };
+        let server = server_url.clone().unwrap_or_default();
         let name = format!("sf_{}", uuid::Uuid::new_v4().simple());
         let (config, sqlite_file) = match backend {
             Backend::Sqlite => {
@@ -71,24 +93,23 @@ impl TestDb {
                 (cfg, Some(file))
             }
             Backend::Postgres => {
-                let admin = admin(&postgres_url()).await;
+                let admin = admin(&server).await;
                 admin
                     .execute_unprepared(&format!("CREATE SCHEMA {name}"))
                     .await
                     .expect("create test schema");
-                let mut cfg = ConnectConfig::new(postgres_url());
+                let mut cfg = ConnectConfig::new(server.clone());
                 cfg.pg_schema = Some(name.clone());
                 (cfg, None)
             }
             Backend::MariaDb => {
-                let admin = admin(&mysql_url()).await;
+                let admin = admin(&server).await;
                 admin
                     .execute_unprepared(&format!("CREATE DATABASE {name}"))
                     .await
                     .expect("create test database");
-                let base = mysql_url();
-                let server = base.rsplit_once('/').map(|(s, _)| s).unwrap_or(&base);
-                (ConnectConfig::new(format!("{server}/{name}")), None)
+                let host = server.rsplit_once('/').map_or(server.as_str(), |(s, _)| s);
+                (ConnectConfig::new(format!("{host}/{name}")), None)
             }
         };
         let db = connect(&config)
@@ -100,6 +121,7 @@ impl TestDb {
             config,
             name,
             sqlite_file,
+            server_url,
         }
     }
 
@@ -176,13 +198,13 @@ impl TestDb {
                 }
             }
             Backend::Postgres => {
-                let admin = admin(&postgres_url()).await;
+                let admin = admin(self.server_url.as_deref().unwrap_or_default()).await;
                 let _ = admin
                     .execute_unprepared(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
                     .await;
             }
             Backend::MariaDb => {
-                let admin = admin(&mysql_url()).await;
+                let admin = admin(self.server_url.as_deref().unwrap_or_default()).await;
                 let _ = admin
                     .execute_unprepared(&format!("DROP DATABASE IF EXISTS {}", self.name))
                     .await;

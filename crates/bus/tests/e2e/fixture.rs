@@ -231,33 +231,47 @@ impl World {
 
     /// Every message on the topic, read by a fresh consumer group, until `count` have arrived.
     pub async fn read_topic(&self, count: usize) -> Vec<IncomingMessage> {
-        let reader =
-            KafkaConsumer::new(&self.kafka, &self.t.unique("reader"), &[&self.route.topic])
-                .unwrap();
-        let mut all = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while all.len() < count && Instant::now() < deadline {
-            if let Ok(batch) = reader
-                .recv_batch(1000, Duration::from_secs(2), Duration::from_millis(20))
-                .await
-            {
-                all.extend(batch);
-            }
-        }
-        // Anything more that arrives shortly after would be a duplicate.
-        if let Ok(batch) = reader
-            .recv_batch(1000, Duration::from_secs(1), Duration::from_millis(20))
-            .await
-        {
-            all.extend(batch);
-        }
-        reader.close().await;
-        all
+        read_topic(
+            &self.kafka,
+            &self.t.unique("reader"),
+            &self.route.topic,
+            count,
+        )
+        .await
     }
 
     pub async fn finish(self) {
         self.t.cleanup().await;
     }
+}
+
+/// Every message on `topic`, read by the new consumer group `group`, until `count` have arrived
+/// (or a minute passed), and whatever arrives in a second more (which would be a duplicate).
+pub async fn read_topic(
+    kafka: &KafkaConfig,
+    group: &str,
+    topic: &str,
+    count: usize,
+) -> Vec<IncomingMessage> {
+    let reader = KafkaConsumer::new(kafka, group, &[topic]).unwrap();
+    let mut all = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while all.len() < count && Instant::now() < deadline {
+        if let Ok(batch) = reader
+            .recv_batch(1000, Duration::from_secs(2), Duration::from_millis(20))
+            .await
+        {
+            all.extend(batch);
+        }
+    }
+    if let Ok(batch) = reader
+        .recv_batch(1000, Duration::from_secs(1), Duration::from_millis(20))
+        .await
+    {
+        all.extend(batch);
+    }
+    reader.close().await;
+    all
 }
 
 pub fn relay_config() -> RelayConfig {

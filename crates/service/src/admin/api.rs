@@ -22,7 +22,7 @@ use super::selection::{
     before_now, parse_age, parse_inbox_status, parse_outbox_status, parse_settled_status,
     settled_rows, InboxSelection, OutboxSelection,
 };
-use super::{redrive_plan, DEFAULT_CONFIRM_ABOVE};
+use super::{dashboard_routes, redrive_plan, DEFAULT_CONFIRM_ABOVE};
 use crate::credentials::ServiceCredentials;
 use crate::http_error::HttpError;
 
@@ -38,7 +38,8 @@ pub struct AdminTables {
 }
 
 /// The admin routes (`/admin/outbox/...`, `/admin/inbox/...`) over `tables`, behind
-/// `credentials`.
+/// `credentials`, and the dashboard page over them (`/admin/dashboard`, which holds no data and
+/// is served without a credential).
 pub fn admin_routes(tables: AdminTables, credentials: ServiceCredentials) -> Router {
     Router::new()
         .route("/admin/outbox/stats", get(outbox_stats))
@@ -56,6 +57,7 @@ pub fn admin_routes(tables: AdminTables, credentials: ServiceCredentials) -> Rou
             ServiceCredentials::require,
         ))
         .with_state(tables)
+        .merge(dashboard_routes())
 }
 
 impl AdminTables {

@@ -1,9 +1,10 @@
 //! The operator's work on a service's own outbox and inbox: what the `smartflow outbox|inbox`
 //! commands (apps/smartflow) and the admin HTTP API ([`admin_routes`], beside `/metrics`) share:
 //! the parsing of filters ([`selection`]), the JSON shapes ([`json`]), and the plans built from
-//! storage's queries before a change.
+//! storage's queries before a change; and the dashboard page over that API ([`dashboard`]).
 
 mod api;
+pub mod dashboard;
 pub mod json;
 pub mod selection;
 
@@ -12,6 +13,7 @@ use smartflow_storage::outbox::{OutboxFilter, OutboxTable};
 use smartflow_storage::StorageError;
 
 pub use api::{admin_routes, AdminTables};
+pub use dashboard::{dashboard_routes, DASHBOARD_PATH};
 
 /// Rows a change (redrive, purge, unblock) makes without a confirmation: `--confirm-above`'s
 /// default in the CLI, and the bound above which the API wants `"confirm": true`.
