@@ -76,7 +76,7 @@ impl EventBus {
                 table,
                 config,
                 wake: Arc::new(Notify::new()),
-                metrics: Arc::new(Metrics::default()),
+                metrics: Arc::new(Metrics::for_service(service)),
             }),
         })
     }

@@ -7,6 +7,8 @@
 //! (defaults: the local servers on 127.0.0.1). This is a test-only crate, so reading the
 //! environment here is deliberate.
 
+pub mod metrics;
+
 use std::path::PathBuf;
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};

@@ -7,6 +7,7 @@ use smartflow_storage::outbox::FailureOutcome;
 use tracing::Instrument;
 
 use super::{ConsumerRunner, Mark};
+use crate::metrics::{DeadReason, HandlerErrorKind, Stage};
 use crate::{BusError, HandlerError, Metrics};
 
 /// What applying one batch did.
@@ -217,7 +218,9 @@ impl ConsumerRunner {
                 "no handler is registered for event type `{}`",
                 envelope.event_type
             );
-            self.fail(txn, envelope, HandlerError::Permanent(reason), report)
+            self.metrics.handler_error(HandlerErrorKind::UnknownType);
+            let error = HandlerError::Permanent(reason);
+            self.fail(txn, envelope, error, DeadReason::UnknownType, report)
                 .await?;
             return Ok(Applied::Done);
         };
@@ -253,6 +256,16 @@ impl ConsumerRunner {
             }
             Err(mut error) => {
                 savepoint.rollback().await?;
+                self.metrics.handler_error(if error.is_retryable() {
+                    HandlerErrorKind::Retryable
+                } else {
+                    HandlerErrorKind::Permanent
+                });
+                let mut reason = if error.is_retryable() {
+                    DeadReason::RetriesExhausted
+                } else {
+                    DeadReason::Permanent
+                };
                 // An inbox event cannot be sent back to an outbox of this database, and under
                 // `KeyOrder::Block` a later event of the key must not be applied before this
                 // one: both try again in place, holding the partition at the event.
@@ -275,8 +288,9 @@ impl ConsumerRunner {
                         "gave up after {failures} attempts: {}",
                         error.reason()
                     ));
+                    reason = DeadReason::RetriesExhausted;
                 }
-                self.fail(txn, envelope, error, report).await?;
+                self.fail(txn, envelope, error, reason, report).await?;
                 Ok(Applied::Done)
             }
         }
@@ -304,12 +318,13 @@ impl ConsumerRunner {
     }
 
     /// Records a failed event: for the owning service, back to `pending` (republished later) or
-    /// `dead`; for an inbox consumer, `dead` in the inbox with the reason.
+    /// `dead` (counted under `reason`); for an inbox consumer, `dead` in the inbox with the reason.
     async fn fail(
         &self,
         txn: &DatabaseTransaction,
         envelope: &Envelope,
         error: HandlerError,
+        reason: DeadReason,
         report: &mut BatchReport,
     ) -> Result<(), BusError> {
         let event_id = envelope.event_id.to_string();
@@ -331,6 +346,7 @@ impl ConsumerRunner {
                     }
                     FailureOutcome::Dead => {
                         report.dead += 1;
+                        self.metrics.dead(Stage::Consume, reason, 1);
                         tracing::error!(%error, "event is dead");
                     }
                     FailureOutcome::StillDead => {
@@ -356,6 +372,7 @@ impl ConsumerRunner {
                     .await?;
                 if recorded {
                     report.dead += 1;
+                    self.metrics.dead(Stage::Consume, reason, 1);
                     tracing::error!(%error, "event is dead for this consumer");
                 } else {
                     report.duplicates += 1;
@@ -375,6 +392,7 @@ impl ConsumerRunner {
         report: &mut BatchReport,
     ) -> Result<(), BusError> {
         let reason = format!("undecodable message: {reason}");
+        self.metrics.handler_error(HandlerErrorKind::Undecodable);
         let Some(event_id) = message.header(EVENT_ID_HEADER) else {
             report.rejected += 1;
             tracing::error!(
@@ -413,6 +431,8 @@ impl ConsumerRunner {
         };
         if dead {
             report.dead += 1;
+            self.metrics
+                .dead(Stage::Consume, DeadReason::Undecodable, 1);
             tracing::error!(event_id, %reason, "poison message is dead");
         } else {
             report.duplicates += 1;
