@@ -23,6 +23,7 @@ pub mod group;
 pub mod health;
 pub mod http_error;
 pub mod http_server;
+pub mod logging;
 pub mod openapi;
 pub mod reliability;
 pub mod run;

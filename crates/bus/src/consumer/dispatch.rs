@@ -160,6 +160,9 @@ impl ConsumerRunner {
         for run in applying.chunk_by(|a, b| a.event_type == b.event_type) {
             let event_type = &run[0].event_type;
             let span = tracing::info_span!("handle_batch", %event_type, events = run.len());
+            for envelope in run {
+                crate::trace::link_trace(&span, envelope.traceparent());
+            }
             // Checked above: every event type has its handler.
             if let Some(handler) = self.handlers.get(event_type) {
                 handler
@@ -212,6 +215,7 @@ impl ConsumerRunner {
             event_id = %event_id,
             traceparent = envelope.traceparent().unwrap_or(""),
         );
+        crate::trace::continue_trace(&span, envelope.traceparent());
         let _guard = span.enter();
         let Some(handler) = self.handlers.get(&envelope.event_type) else {
             let reason = format!(
