@@ -7,10 +7,11 @@ use anyhow::Result;
 
 use crate::process::{cargo, exit_code, run};
 
-/// `cargo xtask test`: the databases first, then every test of the workspace.
+/// `cargo xtask test`: the databases first, then every test of the workspace (every test binary
+/// runs, even after one fails, so a run reports all that fail).
 pub fn test() -> Result<ExitCode> {
     crate::services::ensure_databases()?;
-    let status = run(cargo().args(["test", "--workspace"]))?;
+    let status = run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     Ok(exit_code(status))
 }
 

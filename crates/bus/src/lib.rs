@@ -20,7 +20,9 @@ pub use handler::{
 pub use health::{ComponentReport, Health};
 pub use metrics::Metrics;
 pub use publish::{EventBus, PublishConfig};
-pub use relay::{Relay, RelayConfig, RelayRound};
+pub use relay::{
+    InboxRetention, Relay, RelayConfig, RelayRound, Retention, RetentionReport, DEFAULT_RETENTION,
+};
 
 pub use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 pub use smartflow_domain as domain;

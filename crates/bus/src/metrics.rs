@@ -310,6 +310,8 @@ pub struct Metrics {
     /// undecodable message, an unknown type or a single message, or one whose whole attempt
     /// failed (a handler error) and was rolled back.
     pub batches_one_by_one: AtomicU64,
+    /// Rows retention deleted: outbox rows the bus was done with and handled inbox entries.
+    pub retention_deleted: AtomicU64,
     families: Families,
     registry: Registry,
     /// The labels every metric carries (`service`, when named).
@@ -350,6 +352,7 @@ impl Metrics {
             order_breaks: AtomicU64::new(0),
             batches_whole: AtomicU64::new(0),
             batches_one_by_one: AtomicU64::new(0),
+            retention_deleted: AtomicU64::new(0),
             families,
             registry,
             labels,
@@ -495,6 +498,7 @@ impl Metrics {
             ("order_breaks", &self.order_breaks),
             ("batches_whole", &self.batches_whole),
             ("batches_one_by_one", &self.batches_one_by_one),
+            ("retention_deleted", &self.retention_deleted),
             ("relay_pauses", &self.relay_pauses),
             ("consumer_stalls", &self.consumer_stalls),
         ]

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::DomainError;
 
@@ -14,6 +15,10 @@ pub struct ServiceRoute {
     pub key_order: KeyOrder,
     /// How `EventBus::publish` delivers this route's events.
     pub delivery: Delivery,
+    /// How long this route's rows stay in the outbox once the bus is done with them (consumed,
+    /// or handed off to other services): the relay deletes them after that. `None`: the
+    /// service's default (the relay's `Retention::outbox`).
+    pub retention: Option<Duration>,
 }
 
 /// How the events of a route are delivered, and so what is guaranteed about them
@@ -59,6 +64,7 @@ impl ServiceRoute {
             consumer_group: consumer_group.into(),
             key_order: KeyOrder::Block,
             delivery: Delivery::Outbox,
+            retention: None,
         };
         check_sql_identifier("outbox table", &route.outbox_table)?;
         check_kafka_name("service", &route.service)?;
@@ -70,6 +76,13 @@ impl ServiceRoute {
     /// The same route with another delivery strategy.
     pub fn with_delivery(mut self, delivery: Delivery) -> Self {
         self.delivery = delivery;
+        self
+    }
+
+    /// The same route with a retention of its own: its rows the bus is done with are deleted
+    /// `keep` after they were consumed (or handed off).
+    pub fn with_retention(mut self, keep: Duration) -> Self {
+        self.retention = Some(keep);
         self
     }
 

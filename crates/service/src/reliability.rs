@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
-use smartflow_bus::{ConsumerConfig, RelayConfig};
+use smartflow_bus::{ConsumerConfig, RelayConfig, Retention, DEFAULT_RETENTION};
 use smartflow_domain::RetryPolicy;
 use smartflow_kafka::KafkaConfig;
 use smartflow_storage::connect::SessionLimits;
@@ -69,6 +69,16 @@ pub struct ReliabilitySettings {
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub relay_workers: u64,
 
+    /// Hours a consumed outbox row (or one handed off to other services) stays before the
+    /// relay deletes it; a route may keep its rows for a time of its own. 0: keep them.
+    #[arg(long, env = "SMARTFLOW_OUTBOX_RETENTION_HOURS", default_value_t = 168)]
+    pub outbox_retention_hours: u64,
+
+    /// Hours a handled inbox entry stays before the relay deletes it; keep it at least as long
+    /// as the topics it deduplicates keep their messages. 0: keep them.
+    #[arg(long, env = "SMARTFLOW_INBOX_RETENTION_HOURS", default_value_t = 168)]
+    pub inbox_retention_hours: u64,
+
     /// Messages a consumer applies in one database transaction.
     #[arg(long, env = "SMARTFLOW_CONSUMER_BATCH_SIZE", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(1..=100_000))]
@@ -104,6 +114,7 @@ impl Default for ReliabilitySettings {
         let retry = RetryPolicy::default();
         let kafka = KafkaConfig::new("defaults only");
         let ms = |d: Duration| d.as_millis() as u64;
+        let hours = |d: Option<Duration>| d.map_or(0, |d| d.as_secs() / 3600);
         Self {
             retry_base_ms: ms(retry.base_delay),
             retry_max_ms: ms(retry.max_delay),
@@ -116,11 +127,18 @@ impl Default for ReliabilitySettings {
             relay_batch_size: relay.batch_size,
             relay_workers: relay.workers as u64,
             consumer_batch_size: ConsumerConfig::default().batch_max as u64,
+            outbox_retention_hours: hours(relay.retention.outbox),
+            inbox_retention_hours: hours(Some(DEFAULT_RETENTION)),
             db_statement_timeout_ms: ms(limits.statement),
             db_lock_wait_ms: ms(limits.lock_wait),
             db_idle_transaction_ms: ms(limits.idle_in_transaction),
         }
     }
+}
+
+/// A retention setting in hours: 0 keeps the rows.
+fn retention(hours: u64) -> Option<Duration> {
+    (hours > 0).then(|| Duration::from_secs(hours.saturating_mul(3600)))
 }
 
 impl ReliabilitySettings {
@@ -145,8 +163,17 @@ impl ReliabilitySettings {
             republish_after: (self.republish_after_ms > 0)
                 .then(|| Duration::from_millis(self.republish_after_ms)),
             retry: self.retry(),
+            retention: Retention {
+                outbox: retention(self.outbox_retention_hours),
+                ..Retention::default()
+            },
             ..RelayConfig::default()
         }
+    }
+
+    /// How long handled inbox entries stay (`None`: kept).
+    pub fn inbox_retention(&self) -> Option<Duration> {
+        retention(self.inbox_retention_hours)
     }
 
     /// The consumer's configuration.
@@ -245,6 +272,29 @@ mod tests {
             parsed.relay().republish_after,
             Some(Duration::from_secs(900))
         );
+    }
+
+    #[test]
+    fn retention_is_a_week_by_default_and_zero_keeps_the_rows() {
+        let week = Some(Duration::from_secs(7 * 24 * 3600));
+        let defaults = ReliabilitySettings::default();
+        assert_eq!(defaults.relay().retention.outbox, week);
+        assert_eq!(defaults.inbox_retention(), week);
+        let settings = Cli::try_parse_from([
+            "x",
+            "--outbox-retention-hours",
+            "0",
+            "--inbox-retention-hours",
+            "720",
+        ])
+        .unwrap()
+        .settings;
+        assert_eq!(settings.relay().retention.outbox, None);
+        assert_eq!(
+            settings.inbox_retention(),
+            Some(Duration::from_secs(720 * 3600))
+        );
+        assert!(Cli::try_parse_from(["x", "--outbox-retention-hours", "-1"]).is_err());
     }
 
     #[test]

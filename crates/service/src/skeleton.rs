@@ -23,8 +23,8 @@ use axum::Router;
 use futures::future::BoxFuture;
 use sea_orm::{DatabaseConnection, DbErr};
 use smartflow_bus::{
-    ConsumerConfig, ConsumerRunner, EventBus, HandlerRegistry, Metrics, PublishConfig, Relay,
-    RelayConfig,
+    ConsumerConfig, ConsumerRunner, EventBus, HandlerRegistry, InboxRetention, Metrics,
+    PublishConfig, Relay, RelayConfig,
 };
 use smartflow_domain::{KeyOrder, RouteRegistry, ServiceRoute};
 use smartflow_kafka::{EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer};
@@ -204,6 +204,8 @@ pub struct ServiceStart {
     kafka: KafkaConfig,
     consumer_config: ConsumerConfig,
     relay_config: RelayConfig,
+    /// How long the consumers' handled inbox entries stay (`None`: kept).
+    inbox_retention: Option<Duration>,
     /// The broker is new and empty: the relay sends again what an earlier one got.
     new_broker: bool,
     bus: Option<EventBus>,
@@ -276,6 +278,7 @@ impl ServiceStart {
             db,
             kafka,
             consumer_config: reliability.consumer(),
+            inbox_retention: reliability.inbox_retention(),
             // Until its own consumer says what it marks: nothing, so a service that only
             // publishes for others gives its rows up at Kafka's ack instead of re-sending them.
             relay_config: RelayConfig {
@@ -298,6 +301,12 @@ impl ServiceStart {
         if let Some(outbox) = outbox {
             // Rows bound for a route that lets a failing event's key go on do not hold back
             // their key while they wait for a retry.
+            // Routes that keep their rows for a time of their own.
+            start.relay_config.retention.outbox_topics = outbox
+                .routes
+                .routes()
+                .filter_map(|route| Some((route.topic.clone(), route.retention?)))
+                .collect();
             start.relay_config.skip_topics = outbox
                 .routes
                 .routes()
@@ -392,6 +401,11 @@ impl ServiceStart {
             .into_iter()
             .map(str::to_owned)
             .collect();
+        // The name its inbox entries are kept under (the owner's consumer: the service's).
+        let inbox_consumer = match &plan.dedupe {
+            Dedupe::OwnRoute(route) => route.service.clone(),
+            Dedupe::Inbox { consumer, .. } => consumer.clone(),
+        };
         let runner = match plan.dedupe {
             Dedupe::OwnRoute(route) => {
                 // Its own consumer marks exactly the types it handles; the relay gives the rows
@@ -421,19 +435,27 @@ impl ServiceStart {
         } else {
             plan.only_event_types
         };
-        let runner = match plan.inbox_table {
+        let (runner, inbox) = match plan.inbox_table {
             Some(table) => {
                 let inbox =
                     InboxTable::new(&table).with_context(|| format!("inbox table `{table}`"))?;
                 self.inbox = Some(inbox.clone());
-                runner.with_inbox(inbox)
+                (runner.with_inbox(inbox.clone()), inbox)
             }
             None => {
                 // Both kinds of consumer record other services' events in the default inbox.
                 self.inbox.get_or_insert_with(InboxTable::default);
-                runner
+                (runner, InboxTable::default())
             }
         };
+        // The relay deletes this consumer's handled inbox entries once they are old enough.
+        if let Some(keep) = self.inbox_retention {
+            self.relay_config.retention.inboxes.push(InboxRetention {
+                table: inbox,
+                consumer: inbox_consumer,
+                keep,
+            });
+        }
         let runner = match only_event_types {
             Some(types) => runner.only_event_types(types.iter().map(String::as_str)),
             None => runner,

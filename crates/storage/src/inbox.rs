@@ -5,8 +5,10 @@
 
 use std::collections::HashSet;
 
-use sea_orm::sea_query::{Expr, InsertStatement, Query, Value};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, Iterable, TransactionTrait};
+use sea_orm::sea_query::{Expr, InsertStatement, OnConflict, Query, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, FromQueryResult, Iterable, TransactionTrait,
+};
 
 pub use crate::entity::inbox::{InboxStatus, Model as InboxEntry};
 
@@ -87,9 +89,11 @@ impl InboxTable {
 
     /// Records at once that `consumer` handled each of `events` (`(event_id, event_type)`), as
     /// [`record`](Self::record) does one by one: returns the ids recorded now (the others were
-    /// recorded already). `None` means a concurrent writer recorded one of them between this
-    /// call's two statements; the statement failed, so the caller must roll back to a savepoint
-    /// it took before, and go one by one.
+    /// recorded already). On PostgreSQL and SQLite one `INSERT ... ON CONFLICT DO NOTHING
+    /// RETURNING` per chunk (writing first, see `OutboxTable::mark_consumed_all`); on
+    /// MySQL/MariaDB a `SELECT` of the known ones, then the insert of the rest. `None` means a
+    /// concurrent writer recorded one of them between those two statements; the statement
+    /// failed, so the caller must roll back to a savepoint it took before, and go one by one.
     pub async fn record_handled_all<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -100,6 +104,21 @@ impl InboxTable {
         let mut fresh = HashSet::new();
         let now = now_millis();
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            if backend != DbBackend::MySql {
+                let mut stmt =
+                    self.insert_statement(consumer, chunk, InboxStatus::Handled, None, now);
+                stmt.on_conflict(
+                    OnConflict::columns([Inbox::Consumer, Inbox::EventId])
+                        .do_nothing()
+                        .to_owned(),
+                )
+                .returning_col(Inbox::EventId);
+                let recorded = EventIdRow::find_by_statement(backend.build(&stmt))
+                    .all(conn)
+                    .await?;
+                fresh.extend(recorded.into_iter().map(|r| r.event_id));
+                continue;
+            }
             let select = Query::select()
                 .column(Inbox::EventId)
                 .from(self.name.alias())

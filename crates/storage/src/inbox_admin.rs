@@ -203,45 +203,56 @@ impl InboxTable {
         filter: &InboxFilter,
         batch: u64,
     ) -> Result<u64, StorageError> {
-        let batch = batch.clamp(1, MAX_BATCH);
-        let backend = conn.get_database_backend();
         let mut deleted = 0;
         loop {
-            let select: SelectStatement = Query::select()
-                .columns([Inbox::Consumer, Inbox::EventId])
-                .from(self.table())
-                .cond_where(filter.condition())
-                .order_by(Inbox::Consumer, Order::Asc)
-                .order_by(Inbox::EventId, Order::Asc)
-                .limit(batch)
-                .to_owned();
-            let keys = Key::find_by_statement(backend.build(&select))
-                .all(conn)
-                .await?;
-            if keys.is_empty() {
-                return Ok(deleted);
-            }
-            let found = keys.len() as u64;
-            let mut by_consumer: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for key in keys {
-                by_consumer
-                    .entry(key.consumer)
-                    .or_default()
-                    .push(key.event_id);
-            }
-            for (consumer, event_ids) in by_consumer {
-                let delete = Query::delete()
-                    .from_table(self.table())
-                    .cond_where(filter.condition())
-                    .and_where(Expr::col(Inbox::Consumer).eq(consumer))
-                    .and_where(Expr::col(Inbox::EventId).is_in(event_ids))
-                    .to_owned();
-                deleted += conn.execute(backend.build(&delete)).await?.rows_affected();
-            }
-            if found < batch {
+            let (found, went) = self.purge_one_batch(conn, filter, batch).await?;
+            deleted += went;
+            if found < batch.clamp(1, MAX_BATCH) {
                 return Ok(deleted);
             }
         }
+    }
+
+    /// One batch of [`purge`](Self::purge): returns how many rows were found (fewer than
+    /// `batch`: none is left) and how many went.
+    pub async fn purge_one_batch<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        filter: &InboxFilter,
+        batch: u64,
+    ) -> Result<(u64, u64), StorageError> {
+        let batch = batch.clamp(1, MAX_BATCH);
+        let backend = conn.get_database_backend();
+        let select: SelectStatement = Query::select()
+            .columns([Inbox::Consumer, Inbox::EventId])
+            .from(self.table())
+            .cond_where(filter.condition())
+            .order_by(Inbox::Consumer, Order::Asc)
+            .order_by(Inbox::EventId, Order::Asc)
+            .limit(batch)
+            .to_owned();
+        let keys = Key::find_by_statement(backend.build(&select))
+            .all(conn)
+            .await?;
+        let found = keys.len() as u64;
+        let mut by_consumer: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for key in keys {
+            by_consumer
+                .entry(key.consumer)
+                .or_default()
+                .push(key.event_id);
+        }
+        let mut went = 0;
+        for (consumer, event_ids) in by_consumer {
+            let delete = Query::delete()
+                .from_table(self.table())
+                .cond_where(filter.condition())
+                .and_where(Expr::col(Inbox::Consumer).eq(consumer))
+                .and_where(Expr::col(Inbox::EventId).is_in(event_ids))
+                .to_owned();
+            went += conn.execute(backend.build(&delete)).await?.rows_affected();
+        }
+        Ok((found, went))
     }
 }
 

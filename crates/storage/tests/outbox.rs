@@ -529,3 +529,50 @@ on_every_backend!(
     a_lost_broker_gets_every_published_row_again,
     migrations_are_idempotent_and_concurrent,
 );
+
+/// SQLite's rounds lease shards, not rows: a round whose lease ran out and was taken over by
+/// another round settles nothing (its rows are the other round's now), and the other round's
+/// settle counts.
+#[tokio::test]
+async fn a_sqlite_round_whose_lease_was_taken_over_settles_nothing() {
+    let t = TestDb::new(Backend::Sqlite).await;
+    insert_n(&t, 5).await;
+    let mut slow_req = request("slow", 10);
+    slow_req.hold_for = Duration::from_millis(200);
+    let slow = table()
+        .claim(&t.db, ClaimMode::Lease, &slow_req)
+        .await
+        .unwrap();
+    assert_eq!(slow.rows.len(), 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fast = table()
+        .claim(&t.db, ClaimMode::Lease, &request("fast", 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        fast.rows.len(),
+        5,
+        "the lease ran out: another round takes the rows"
+    );
+    let all = |claim: &smartflow_storage::outbox::Claim| Settlement {
+        published: claim.rows.iter().map(|r| r.id).collect(),
+        ..Settlement::default()
+    };
+    let (slow_settlement, fast_settlement) = (all(&slow), all(&fast));
+    let late = table()
+        .settle(&t.db, slow, slow_settlement, &policy(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        late.published, 0,
+        "the round that lost its lease settles nothing"
+    );
+    let stats = table().stats(&t.db).await.unwrap();
+    assert_eq!(stats.pending, 5);
+    let settled = table()
+        .settle(&t.db, fast, fast_settlement, &policy(), None)
+        .await
+        .unwrap();
+    assert_eq!(settled.published, 5);
+    t.cleanup().await;
+}

@@ -11,6 +11,9 @@ mod fixture;
 mod latency;
 mod outbox_cost;
 mod report;
+mod retention;
+mod scale;
+mod sustained;
 mod throughput;
 
 use std::path::PathBuf;
@@ -63,12 +66,19 @@ pub struct BenchArgs {
     /// Partitions of each benchmark topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
-    /// Which measurements to run, comma-separated.
+    /// Seconds the sustained phase's writers commit for.
+    #[arg(long, default_value_t = 60)]
+    sustained_seconds: u64,
+    /// The backlogs of the scale phase, drained one after another on one table.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    scale_rows: Vec<usize>,
+    /// Which measurements to run, comma-separated (`scale` and `sustained` only when named:
+    /// they drain over a million rows and run a minute per backend).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "cost,throughput,latency,consumer"
+        default_value = "cost,throughput,latency,consumer,retention"
     )]
     phases: Vec<Phase>,
     /// A librdkafka property for every client, as KEY=VALUE (repeatable), to try a tuning.
@@ -89,6 +99,13 @@ enum Phase {
     Latency,
     /// Figure d: a consumer applying a backlog, with batch and per-event handlers.
     Consumer,
+    /// Figure e: the relay's rate with retention deleting beside it, and without.
+    Retention,
+    /// Figure f: the relay's rate at growing backlogs on one growing table, with peak RSS.
+    Scale,
+    /// Figure g: `--writers` writers committing as fast as they can for `--sustained-seconds`,
+    /// with the relay and a consumer running: the rates and whether the backlog stayed bounded.
+    Sustained,
 }
 
 impl BenchArgs {
@@ -167,6 +184,9 @@ async fn run_all(args: &BenchArgs) -> Vec<Figures> {
                 Phase::Throughput => throughput_phase(args, backend, &mut figures).await,
                 Phase::Latency => latency_phase(args, backend, &mut figures).await,
                 Phase::Consumer => consumer_phase(args, backend, &mut figures).await,
+                Phase::Retention => retention_phase(args, backend, &mut figures).await,
+                Phase::Scale => scale_phase(args, backend, &mut figures).await,
+                Phase::Sustained => sustained_phase(args, backend, &mut figures).await,
             };
             if let Err(e) = result {
                 println!("  {phase:?} FAILED: {e:#}");
@@ -281,6 +301,85 @@ async fn consumer_phase(
             c.events, c.batched_events_per_s, c.per_event_events_per_s, c.batch_max, c.batches_whole, c.batches_one_by_one
         );
         figures.consumer = Some(c);
+        Ok(())
+    })
+    .await
+}
+
+async fn retention_phase(
+    args: &BenchArgs,
+    backend: BackendArg,
+    figures: &mut Figures,
+) -> Result<()> {
+    let rows = args.backlog_rows(backend);
+    with_fixture(args, backend, async |fx| {
+        let r = retention::measure(fx, rows, args.relay_batch, args.relay_workers).await?;
+        println!(
+            "  retention: relay {:.0} rows/s while retention deleted {} of {} old consumed rows beside it, {:.0} rows/s with retention off: {:.1}% slower (target: at most 10%)",
+            r.with_retention.rows_per_s,
+            r.deleted_during_drain,
+            r.old_rows,
+            r.without_retention.rows_per_s,
+            r.slowdown * 100.0
+        );
+        figures.retention = Some(r);
+        Ok(())
+    })
+    .await
+}
+
+async fn scale_phase(args: &BenchArgs, backend: BackendArg, figures: &mut Figures) -> Result<()> {
+    with_fixture(args, backend, async |fx| {
+        let points =
+            scale::measure(fx, &args.scale_rows, args.relay_batch, args.relay_workers).await?;
+        for p in &points {
+            println!(
+                "  scale: {} rows (table already holding {}) in {:.2} s: {:.0} rows/s, peak RSS {}",
+                p.rows,
+                p.table_rows_before,
+                p.seconds,
+                p.rows_per_s,
+                p.peak_rss_mib
+                    .map_or("unknown".to_owned(), |m| format!("{m:.0} MiB"))
+            );
+        }
+        if let Some(spread) = scale::spread(&points) {
+            println!("  scale: slowest / fastest {spread:.2} (target: at least 0.80)");
+        }
+        figures.scale = points;
+        Ok(())
+    })
+    .await
+}
+
+async fn sustained_phase(
+    args: &BenchArgs,
+    backend: BackendArg,
+    figures: &mut Figures,
+) -> Result<()> {
+    with_fixture(args, backend, async |fx| {
+        let s = sustained::measure(
+            fx,
+            args.writers,
+            args.sustained_seconds,
+            args.relay_batch,
+            args.relay_workers,
+        )
+        .await?;
+        println!(
+            "  sustained: {} writers for {} s committed {:.0} tx/s ({} failed), consumed {:.0} events/s; backlog max {}, {} when the writers stopped, drained {}; bounded: {}",
+            s.writers,
+            s.seconds,
+            s.committed_per_s,
+            s.commit_errors,
+            s.consumed_per_s,
+            s.backlog_max,
+            s.backlog_at_end,
+            s.drained_after_s
+                .map_or("not within 120 s".to_owned(), |d| format!("{d:.1} s later")),
+            if s.bounded { "yes" } else { "NO" }
+        );
+        figures.sustained = Some(s);
         Ok(())
     })
     .await

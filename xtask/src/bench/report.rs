@@ -6,6 +6,9 @@ use serde_json::{json, Value};
 use super::consumer::ConsumerApply;
 use super::latency::Latency;
 use super::outbox_cost::OutboxCost;
+use super::retention::RetentionCost;
+use super::scale::ScalePoint;
+use super::sustained::Sustained;
 use super::throughput::{ProducerThroughput, RelayThroughput, RoundBreakdown};
 use super::BenchArgs;
 
@@ -23,6 +26,9 @@ pub struct Figures {
     pub seeds_baseline_rows_per_s: Option<f64>,
     pub latency: Option<Latency>,
     pub consumer: Option<ConsumerApply>,
+    pub retention: Option<RetentionCost>,
+    pub scale: Vec<ScalePoint>,
+    pub sustained: Option<Sustained>,
     pub errors: Vec<String>,
     /// `/proc/loadavg`'s 1, 5 and 15 minute figures before and after this backend's run: the
     /// machine is shared, and other work skews every figure.
@@ -43,6 +49,9 @@ impl Figures {
             seeds_baseline_rows_per_s: None,
             latency: None,
             consumer: None,
+            retention: None,
+            scale: Vec::new(),
+            sustained: None,
             errors: Vec::new(),
             load_before: load_average(),
             load_after: String::new(),
@@ -119,7 +128,7 @@ pub fn table(all: &[Figures]) -> String {
             Some(format!("{:.1}x", relay.rows_per_s / seeds))
         }),
         (
-            "backlog preload rows/s (bus.publish, 1000 per tx)".into(),
+            "backlog preload rows/s (bus.publish_all, 1000 per tx)".into(),
             |f| f.relay.as_ref().map(|r| int(r.preload_rows_per_s)),
         ),
         ("one round by hand: claim / send / settle ms".into(), |f| {
@@ -130,6 +139,68 @@ pub fn table(all: &[Figures]) -> String {
         ("one round by hand: rows/s (1 worker)".into(), |f| {
             f.relay_round.as_ref().map(|r| int(r.rows_per_s))
         }),
+        (
+            "relay rows/s with retention deleting beside it / off".into(),
+            |f| {
+                f.retention.as_ref().map(|r| {
+                    format!(
+                        "{} / {}",
+                        int(r.with_retention.rows_per_s),
+                        int(r.without_retention.rows_per_s)
+                    )
+                })
+            },
+        ),
+        (
+            "**retention's cost to the relay** (target <= 10%)".into(),
+            |f| {
+                f.retention
+                    .as_ref()
+                    .map(|r| format!("**{:.1}%**", r.slowdown * 100.0))
+            },
+        ),
+        ("scale: relay rows/s at each backlog (rows)".into(), |f| {
+            (!f.scale.is_empty()).then(|| {
+                f.scale
+                    .iter()
+                    .map(|p| format!("{} ({})", int(p.rows_per_s), int(p.rows as f64)))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+        }),
+        (
+            "**scale: slowest / fastest** (target >= 0.80)".into(),
+            |f| super::scale::spread(&f.scale).map(|s| format!("**{s:.2}**")),
+        ),
+        ("scale: peak RSS MiB at each backlog".into(), |f| {
+            (!f.scale.is_empty()).then(|| {
+                f.scale
+                    .iter()
+                    .map(|p| p.peak_rss_mib.map_or("?".to_owned(), |m| format!("{m:.0}")))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            })
+        }),
+        ("sustained: writers' tx/s / consumed events/s".into(), |f| {
+            f.sustained
+                .as_ref()
+                .map(|s| format!("{} / {}", int(s.committed_per_s), int(s.consumed_per_s)))
+        }),
+        (
+            "**sustained: backlog bounded** (max / at stop / drained after)".into(),
+            |f| {
+                f.sustained.as_ref().map(|s| {
+                    format!(
+                        "**{}** ({} / {} / {})",
+                        if s.bounded { "yes" } else { "no" },
+                        int(s.backlog_max as f64),
+                        int(s.backlog_at_end as f64),
+                        s.drained_after_s
+                            .map_or("> 120 s".to_owned(), |d| format!("{d:.1} s"))
+                    )
+                })
+            },
+        ),
         ("end-to-end p50 ms".into(), |f| {
             f.latency.as_ref().map(|l| format!("{:.1}", l.p50_ms))
         }),
@@ -246,6 +317,8 @@ pub fn json(args: &BenchArgs, all: &[Figures]) -> Value {
             "baseline_rows": args.baseline_rows,
             "partitions": args.partitions,
             "message_bytes": super::fixture::envelope_bytes(&super::fixture::ChatMessageAppended::sized(0)),
+            "scale_rows": args.scale_rows,
+            "sustained_seconds": args.sustained_seconds,
             "phases": args.phases.iter().map(|p| format!("{p:?}").to_lowercase()).collect::<Vec<_>>(),
             "kafka_set": args.kafka_set,
         },

@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use sea_orm::sea_query::{Alias, Expr, Order, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
 use serde::Serialize;
-use smartflow_bus::{Metrics, Relay, RelayConfig};
+use smartflow_bus::{Metrics, Relay, RelayConfig, Retention};
 use smartflow_domain::{
     Envelope, EventContract, OutboundMessage, OutboundTransport, RetryPolicy, TransportError,
     EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
@@ -101,17 +101,22 @@ pub async fn producer(fx: &Fixture, messages: usize) -> Result<ProducerThroughpu
     })
 }
 
-/// Writes `rows` pending rows with `bus.publish`, `per_tx` per transaction; returns rows/s.
+/// Writes `rows` pending rows with `bus.publish_all` (one multi-row insert per thousand),
+/// `per_tx` per transaction; returns rows/s.
 pub async fn preload(fx: &Fixture, rows: usize, per_tx: usize) -> Result<f64> {
     let started = Instant::now();
     let mut written = 0;
     while written < rows {
         let n = per_tx.min(rows - written);
+        let events: Vec<ChatMessageAppended> = (0..n)
+            .map(|i| ChatMessageAppended::sized((written + i) % 64))
+            .collect();
+        let keyed: Vec<(&str, &ChatMessageAppended)> = events
+            .iter()
+            .map(|e| (e.conversation_id.as_str(), e))
+            .collect();
         let txn = fx.db().begin().await?;
-        for i in 0..n {
-            let event = ChatMessageAppended::sized((written + i) % 64);
-            fx.bus.publish(&txn, &event.conversation_id, &event).await?;
-        }
+        fx.bus.publish_all(&txn, &keyed).await?;
         txn.commit().await?;
         written += n;
     }
@@ -125,8 +130,22 @@ pub async fn relay(
     batch_size: u64,
     workers: usize,
 ) -> Result<RelayThroughput> {
+    let producer = warmed_producer(fx).await?;
+    relay_through(
+        fx,
+        rows,
+        batch_size,
+        workers,
+        Arc::new(producer),
+        Retention::default(),
+    )
+    .await
+}
+
+/// A producer that has sent one message: its first waits for metadata, which is not the relay's
+/// cost.
+pub async fn warmed_producer(fx: &Fixture) -> Result<KafkaProducer> {
     let producer = KafkaProducer::new(&fx.kafka)?;
-    // The producer's first message waits for metadata; not the relay's cost.
     let warm = ChatMessageAppended::sized(0);
     let warm = Envelope::for_event("warm-up", &warm)?;
     send_all(
@@ -134,7 +153,7 @@ pub async fn relay(
         vec![outbound(&fx.route.topic, &warm, "00-0-0-01")],
     )
     .await?;
-    relay_through(fx, rows, batch_size, workers, Arc::new(producer)).await
+    Ok(producer)
 }
 
 /// A transport that acknowledges every message at once and sends nothing: the relay's own cost,
@@ -163,7 +182,15 @@ pub async fn relay_discarding(
     batch_size: u64,
     workers: usize,
 ) -> Result<RelayThroughput> {
-    relay_through(fx, rows, batch_size, workers, Arc::new(Discard)).await
+    relay_through(
+        fx,
+        rows,
+        batch_size,
+        workers,
+        Arc::new(Discard),
+        Retention::default(),
+    )
+    .await
 }
 
 /// The seeds' relay, as a baseline: pending rows read in id order, and for each one a publish,
@@ -252,12 +279,15 @@ struct PendingRow {
     traceparent: Option<String>,
 }
 
-async fn relay_through(
+/// Preloads `rows` rows, then times a relay of `workers` x `batch_size` through `transport` (with
+/// `retention` running beside it) until every one is `published`.
+pub async fn relay_through(
     fx: &Fixture,
     rows: usize,
     batch_size: u64,
     workers: usize,
     transport: Arc<dyn OutboundTransport>,
+    retention: Retention,
 ) -> Result<RelayThroughput> {
     const PER_TX: usize = 1000;
     let table = OutboxTable::new(&fx.route.outbox_table)?;
@@ -268,6 +298,7 @@ async fn relay_through(
     let config = RelayConfig {
         batch_size,
         workers,
+        retention,
         ..RelayConfig::default()
     };
     let relay = Relay::new(

@@ -25,6 +25,10 @@ pub struct BatchReport {
     pub stopped_at: Option<usize>,
 }
 
+/// A message of the batch, decoded once for both ways of applying it: its envelope, or why it
+/// is not one.
+type Decoded = Result<Envelope, String>;
+
 /// What applying one message did to the batch.
 enum Applied {
     Done,
@@ -46,15 +50,25 @@ impl ConsumerRunner {
     /// never twice and never lost.
     #[tracing::instrument(skip_all, fields(messages = batch.len()))]
     pub async fn process_batch(&self, batch: &[IncomingMessage]) -> Result<BatchReport, BusError> {
+        let decoded: Vec<Decoded> = batch
+            .iter()
+            .map(
+                |message| match message.payload.as_deref().map(Envelope::from_slice) {
+                    Some(Ok(envelope)) => Ok(envelope),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("message has no value".to_owned()),
+                },
+            )
+            .collect();
         let txn = self.db.begin().await?;
-        let report = match self.apply_whole(&txn, batch).await? {
+        let report = match self.apply_whole(&txn, &decoded).await? {
             Some(report) => {
                 Metrics::add(&self.metrics.batches_whole, 1);
                 report
             }
             None => {
                 Metrics::add(&self.metrics.batches_one_by_one, 1);
-                self.apply_each(&txn, batch).await?
+                self.apply_each(&txn, batch, &decoded).await?
             }
         };
         txn.commit().await?;
@@ -71,14 +85,14 @@ impl ConsumerRunner {
     async fn apply_whole(
         &self,
         txn: &DatabaseTransaction,
-        batch: &[IncomingMessage],
+        decoded: &[Decoded],
     ) -> Result<Option<BatchReport>, BusError> {
-        if !self.config.whole_batches || batch.len() < 2 {
+        if !self.config.whole_batches || decoded.len() < 2 {
             return Ok(None);
         }
-        let mut envelopes = Vec::with_capacity(batch.len());
-        for message in batch {
-            let Some(Ok(envelope)) = message.payload.as_deref().map(Envelope::from_slice) else {
+        let mut envelopes = Vec::with_capacity(decoded.len());
+        for envelope in decoded {
+            let Ok(envelope) = envelope else {
                 return Ok(None);
             };
             if self.handlers.get(&envelope.event_type).is_none() {
@@ -110,7 +124,7 @@ impl ConsumerRunner {
     async fn try_whole(
         &self,
         savepoint: &DatabaseTransaction,
-        envelopes: &[Envelope],
+        envelopes: &[&Envelope],
     ) -> Result<Option<BatchReport>, HandlerError> {
         let ids: Vec<String> = envelopes.iter().map(|e| e.event_id.to_string()).collect();
         // Each event's mark: its outbox row, or its inbox row (a copy delivered twice in one
@@ -150,7 +164,7 @@ impl ConsumerRunner {
         }
         let mut report = BatchReport::default();
         let mut applying: Vec<&Envelope> = Vec::with_capacity(envelopes.len());
-        for (envelope, id) in envelopes.iter().zip(&ids) {
+        for (&envelope, id) in envelopes.iter().zip(&ids) {
             if fresh.remove(id) {
                 applying.push(envelope);
             } else {
@@ -180,21 +194,18 @@ impl ConsumerRunner {
         &self,
         txn: &DatabaseTransaction,
         batch: &[IncomingMessage],
+        decoded: &[Decoded],
     ) -> Result<BatchReport, BusError> {
         let mut report = BatchReport::default();
-        for (index, message) in batch.iter().enumerate() {
-            let envelope = match message.payload.as_deref().map(Envelope::from_slice) {
-                Some(Ok(envelope)) => envelope,
-                other => {
-                    let reason = match other {
-                        Some(Err(e)) => e.to_string(),
-                        _ => "message has no value".to_owned(),
-                    };
-                    self.poison(txn, message, &reason, &mut report).await?;
+        for (index, (message, envelope)) in batch.iter().zip(decoded).enumerate() {
+            let envelope = match envelope {
+                Ok(envelope) => envelope,
+                Err(reason) => {
+                    self.poison(txn, message, reason, &mut report).await?;
                     continue;
                 }
             };
-            if let Applied::TryAgainLater = self.apply_one(txn, &envelope, &mut report).await? {
+            if let Applied::TryAgainLater = self.apply_one(txn, envelope, &mut report).await? {
                 report.stopped_at = Some(index);
                 break;
             }

@@ -1,6 +1,7 @@
 //! The relay: claims due outbox rows, publishes them, and records the outcome.
 
 mod publish_batch;
+mod retention;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,8 @@ use smartflow_storage::outbox::{ClaimMode, ClaimRequest, OutboxTable, KEY_SHARDS
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub use retention::{InboxRetention, Retention, RetentionReport, DEFAULT_RETENTION};
 
 use crate::health::Transition;
 use crate::metrics::{DeadReason, PublishErrorKind, Stage};
@@ -63,6 +66,9 @@ pub struct RelayConfig {
     /// `base_delay` doubling up to `max_delay` between probes (`max_retry` is not used: a pause
     /// lasts as long as the outage), and no row's retries are spent.
     pub pause: RetryPolicy,
+    /// What the relay deletes once the bus is done with it, and how often (consumed rows after
+    /// seven days by default).
+    pub retention: Retention,
 }
 
 impl Default for RelayConfig {
@@ -89,6 +95,7 @@ impl Default for RelayConfig {
                 max_delay: Duration::from_secs(30),
                 max_retry: u32::MAX,
             },
+            retention: Retention::default(),
         }
     }
 }
@@ -99,6 +106,7 @@ impl RelayConfig {
     pub fn validate(&self, delivery_timeout: Duration) -> Result<(), BusError> {
         self.retry.validated()?;
         self.pause.validated()?;
+        self.retention.validate()?;
         if self.min_poll_interval.is_zero() || self.min_poll_interval > self.poll_interval {
             return Err(BusError::Config(
                 "the relay's min_poll_interval must be above zero and at most poll_interval".into(),
@@ -180,6 +188,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     /// Shared by the workers: while set, only worker 0 runs rounds (the probes).
     pause: Mutex<Option<Pause>>,
+    /// When a round last filled its batch: the relay is saturated, and retention yields.
+    last_full_round: Mutex<Option<Instant>>,
     health_name: String,
 }
 
@@ -213,6 +223,7 @@ impl Relay {
                 wake,
                 metrics,
                 pause: Mutex::new(None),
+                last_full_round: Mutex::new(None),
                 health_name,
             }),
         })
@@ -314,6 +325,24 @@ impl Relay {
             self.inner.wake.notify_waiters();
         }
         Ok(moved)
+    }
+
+    /// Notes that a round filled its batch (see [`saturated_within`](Self::saturated_within)).
+    fn note_full_round(&self) {
+        *self
+            .inner
+            .last_full_round
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether a round filled its batch within `window`: the relay has more than it can take.
+    fn saturated_within(&self, window: Duration) -> bool {
+        self.inner
+            .last_full_round
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some_and(|at| at.elapsed() < window)
     }
 
     /// Whether the relay is paused now because the broker or the database is unavailable.
@@ -429,6 +458,11 @@ impl Relay {
             let shutdown = shutdown.clone();
             tasks.spawn(async move { relay.listen_loop(shutdown).await });
         }
+        {
+            let relay = self.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move { relay.retention_loop(shutdown).await });
+        }
         while tasks.join_next().await.is_some() {}
     }
 
@@ -499,6 +533,7 @@ impl Relay {
                     if round.claimed > 0 {
                         idle_poll = i.config.min_poll_interval;
                         if round.claimed as u64 >= i.config.batch_size {
+                            self.note_full_round();
                             continue;
                         }
                         tokio::task::yield_now().await;

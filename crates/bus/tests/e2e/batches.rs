@@ -13,6 +13,7 @@ use smartflow_bus::{
 };
 use smartflow_storage::chat_history;
 use smartflow_storage::inbox::{InboxStatus, InboxTable};
+use smartflow_storage::ConnectionTrait;
 use smartflow_testkit::{on_every_backend, TestDb};
 
 use crate::delivery::as_delivered;
@@ -217,7 +218,59 @@ async fn an_inbox_consumer_applies_a_batch_whole(t: TestDb) {
     w.finish().await;
 }
 
+/// Other connections commit all the time (relays, publishers) while a consumer applies its
+/// batches. On SQLite a transaction that reads before it writes cannot write at all once another
+/// connection has committed since its read ("database is locked", which no waiting cures): the
+/// whole-batch marks read first once, and a consumer beside busy relays stalled batch after
+/// batch. Every batch here must apply whole, at its first try.
+async fn batches_apply_whole_while_other_connections_commit(t: TestDb) {
+    let w = World::new(t).await;
+    let bystander = w.publish(&["bystander"]).await.remove(0);
+    let touch = format!(
+        "UPDATE {} SET updated_at = updated_at + 1 WHERE event_id = '{bystander}'",
+        w.route.outbox_table
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop, touch) = (w.t.db.clone(), stop.clone(), touch.clone());
+        tokio::spawn(async move {
+            let mut commits = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // A lock wait may end in an error under the consumer's write; that is not what
+                // is tested.
+                if db.execute_unprepared(&touch).await.is_ok() {
+                    commits += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            commits
+        })
+    };
+    let handler = CountingCalls::default();
+    let (runner, metrics) = owner_runner(&w, handler.registry());
+    const BATCHES: u64 = 30;
+    for n in 0..BATCHES {
+        let contents: Vec<String> = (0..5).map(|i| format!("b{n}-{i}")).collect();
+        let ids = w
+            .publish(&contents.iter().map(String::as_str).collect::<Vec<_>>())
+            .await;
+        let batch = as_delivered(&w, &ids).await;
+        let report = runner
+            .process_batch(&batch)
+            .await
+            .unwrap_or_else(|e| panic!("batch {n} failed while others committed: {e}"));
+        assert_eq!(report.applied, 5, "batch {n}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let commits = writer.await.unwrap();
+    assert!(commits > 0, "the other connection never committed");
+    assert_eq!(whole_and_one_by_one(&metrics), (BATCHES, 0));
+    assert_eq!(chat_history::count(&w.t.db).await.unwrap(), BATCHES * 5);
+    w.finish().await;
+}
+
 on_every_backend!(
+    batches_apply_whole_while_other_connections_commit,
     a_batch_is_applied_whole_with_one_handler_call,
     under_block_a_failing_event_makes_the_batch_go_one_by_one,
     under_skip_a_failing_event_makes_the_batch_go_one_by_one,

@@ -10,4 +10,5 @@ mod order;
 mod outages;
 mod ownership;
 mod relays;
+mod retention;
 mod wake;

@@ -368,36 +368,65 @@ impl OutboxTable {
         purge: &OutboxPurge,
         batch: u64,
     ) -> Result<u64, StorageError> {
-        let batch = batch.clamp(1, MAX_BATCH);
         if purge.statuses.is_empty() {
             return Ok(0);
         }
+        self.delete_in_batches(conn, purge.condition(), batch).await
+    }
+
+    /// Deletes the rows `condition` matches, at most `batch` (capped at [`MAX_BATCH`]) per
+    /// statement, oldest ids first, until none is left; returns how many went.
+    pub(super) async fn delete_in_batches<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        condition: Condition,
+        batch: u64,
+    ) -> Result<u64, StorageError> {
         let mut deleted = 0;
         loop {
-            let select = Query::select()
-                .column(Outbox::Id)
-                .from(self.alias())
-                .cond_where(purge.condition())
-                .order_by(Outbox::Id, Order::Asc)
-                .limit(batch)
-                .to_owned();
-            let found = select_ids(conn, &select).await?;
-            if found.is_empty() {
-                return Ok(deleted);
-            }
-            let delete: DeleteStatement = Query::delete()
-                .from_table(self.alias())
-                .cond_where(purge.condition())
-                .and_where(Expr::col(Outbox::Id).is_in(found.clone()))
-                .to_owned();
-            deleted += conn
-                .execute(conn.get_database_backend().build(&delete))
-                .await?
-                .rows_affected();
-            if (found.len() as u64) < batch {
+            let (found, went) = self
+                .delete_one_batch(conn, condition.clone(), batch)
+                .await?;
+            deleted += went;
+            if found < batch.clamp(1, MAX_BATCH) {
                 return Ok(deleted);
             }
         }
+    }
+
+    /// One batch of [`delete_in_batches`](Self::delete_in_batches): the ids of at most `batch`
+    /// (capped at [`MAX_BATCH`]) rows `condition` matches are read, oldest first, then deleted
+    /// under the same condition (a row that changed meanwhile stays). Returns how many were
+    /// found and how many went; fewer found than asked for means none is left.
+    pub(super) async fn delete_one_batch<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        condition: Condition,
+        batch: u64,
+    ) -> Result<(u64, u64), StorageError> {
+        let batch = batch.clamp(1, MAX_BATCH);
+        let select = Query::select()
+            .column(Outbox::Id)
+            .from(self.alias())
+            .cond_where(condition.clone())
+            .order_by(Outbox::Id, Order::Asc)
+            .limit(batch)
+            .to_owned();
+        let found = select_ids(conn, &select).await?;
+        if found.is_empty() {
+            return Ok((0, 0));
+        }
+        let n = found.len() as u64;
+        let delete: DeleteStatement = Query::delete()
+            .from_table(self.alias())
+            .cond_where(condition)
+            .and_where(Expr::col(Outbox::Id).is_in(found))
+            .to_owned();
+        let went = conn
+            .execute(conn.get_database_backend().build(&delete))
+            .await?
+            .rows_affected();
+        Ok((n, went))
     }
 
     async fn count_where<C: ConnectionTrait>(

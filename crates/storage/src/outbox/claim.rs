@@ -4,7 +4,7 @@ use std::time::Duration;
 use sea_orm::sea_query::{Expr, Order, Query, SelectStatement};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, FromQueryResult,
-    IsolationLevel, Statement, TransactionTrait,
+    IsolationLevel, TransactionTrait,
 };
 use smartflow_domain::OutboxStatus;
 
@@ -20,9 +20,11 @@ pub enum ClaimMode {
     /// batch is settled (PostgreSQL, MySQL 8, MariaDB 10.6+); the outbox rows themselves are read
     /// without locks. A dead relay's locks die with its connection.
     RowLocks,
-    /// `UPDATE ... SET locked_by, locked_until ... RETURNING` on shards and rows (SQLite, whose
-    /// single writer must not be held while Kafka answers). A dead relay's lease runs out and
-    /// another relay takes over.
+    /// `UPDATE ... SET locked_by, locked_until ... RETURNING` on the shard rows (SQLite, whose
+    /// single writer must not be held while Kafka answers); the outbox rows of leased shards are
+    /// read without a lease of their own (a second write of every row would double the claim's
+    /// cost), and the settle moves only rows of shards still leased to the round. A dead relay's
+    /// lease runs out and another relay takes over.
     Lease,
 }
 
@@ -163,12 +165,7 @@ impl OutboxTable {
         }
     }
 
-    fn lane_queries(
-        &self,
-        req: &ClaimRequest,
-        shards: &[i16],
-        lease: bool,
-    ) -> Vec<SelectStatement> {
+    fn lane_queries(&self, req: &ClaimRequest, shards: &[i16]) -> Vec<SelectStatement> {
         let in_shards = || Expr::col(Outbox::Shard).is_in(shards.to_vec());
         let mut fresh = Query::select();
         fresh
@@ -192,19 +189,11 @@ impl OutboxTable {
             if limit == 0 {
                 continue;
             }
-            if lease {
-                q.column(Outbox::Id).and_where(
-                    Expr::col(Outbox::LockedUntil)
-                        .is_null()
-                        .or(Expr::col(Outbox::LockedUntil).lt(req.now)),
-                );
-            } else {
-                // No row locks: the shard locks keep every other round off these rows, and the
-                // settle moves only rows still as claimed. (Row locks would be wrong on MySQL,
-                // where a scan locks every row it examines, even another shard's, and another
-                // round's `SKIP LOCKED` would then pass over rows of its own keys.)
-                q.columns(CLAIM_COLUMNS);
-            }
+            // No row locks or leases: the shard locks (or leases) keep every other round off
+            // these rows, and the settle moves only rows still as claimed. (Row locks would be
+            // wrong on MySQL, where a scan locks every row it examines, even another shard's,
+            // and another round's `SKIP LOCKED` would then pass over rows of its own keys.)
+            q.columns(CLAIM_COLUMNS);
             lanes.push(q);
         }
         lanes
@@ -232,7 +221,7 @@ impl OutboxTable {
         let backend = txn.get_database_backend();
         let mut rows = Vec::new();
         if !shards.is_empty() {
-            for lane in self.lane_queries(req, &shards, false) {
+            for lane in self.lane_queries(req, &shards) {
                 rows.extend(
                     ClaimedRow::find_by_statement(backend.build(&lane))
                         .all(&txn)
@@ -271,24 +260,18 @@ impl OutboxTable {
             return Ok(Claim::nothing());
         }
         let mut rows = Vec::new();
-        for lane in self.lane_queries(req, &shards, true) {
-            let mut update = Query::update();
-            update
-                .table(self.alias())
-                .value(Outbox::LockedBy, req.owner.clone())
-                .value(Outbox::LockedUntil, until)
-                .and_where(Expr::col(Outbox::Id).in_subquery(lane))
-                .returning(Query::returning().columns(CLAIM_COLUMNS));
-            let stmt: Statement = backend.build(&update);
-            rows.extend(ClaimedRow::find_by_statement(stmt).all(db).await?);
+        for lane in self.lane_queries(req, &shards) {
+            rows.extend(
+                ClaimedRow::find_by_statement(backend.build(&lane))
+                    .all(db)
+                    .await?,
+            );
         }
         rows.sort_by_key(|r| r.id);
-        let held = self
+        let held_back = self
             .hold_back_waiting_keys(db, req, &shards, &mut rows)
-            .await?;
-        let held_back = held.len() as u64;
-        // Rows leased here but held back: their lease is given back at once.
-        self.release_rows(db, &req.owner, held).await?;
+            .await?
+            .len() as u64;
         if rows.is_empty() {
             self.release_shards(db, &req.owner, &shards).await?;
             return Ok(Claim::empty(held_back));
@@ -354,28 +337,6 @@ impl OutboxTable {
             goes
         });
         Ok(held)
-    }
-
-    /// Gives back the lease on rows claimed but not sent.
-    pub(super) async fn release_rows<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        owner: &str,
-        ids: Vec<i64>,
-    ) -> Result<(), StorageError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let stmt = Query::update()
-            .table(self.alias())
-            .value(Outbox::LockedBy, sea_orm::Value::String(None))
-            .value(Outbox::LockedUntil, sea_orm::Value::BigInt(None))
-            .and_where(Expr::col(Outbox::Id).is_in(ids))
-            .and_where(Expr::col(Outbox::LockedBy).eq(owner))
-            .to_owned();
-        conn.execute(conn.get_database_backend().build(&stmt))
-            .await?;
-        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 use std::collections::HashSet;
 
-use sea_orm::sea_query::{Expr, Query, SimpleExpr, UpdateStatement, Value};
-use sea_orm::{ConnectionTrait, FromQueryResult};
+use sea_orm::sea_query::{Expr, LockType, Query, SimpleExpr, UpdateStatement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult};
 use smartflow_domain::{OutboxStatus, RetryPolicy};
 
 use super::{may_move_to, picked_may_move_to, status_is, stored, EventIdRow, OutboxTable};
@@ -55,8 +55,15 @@ impl OutboxTable {
     /// Marks the rows of `event_ids` `consumed` at once, as [`mark_consumed`](Self::mark_consumed)
     /// does one by one: returns the ids this transaction now owns the effect of (the others were
     /// applied already, or have no row). `None` means another writer changed one of them between
-    /// this call's two statements (a concurrent consumer of a rebalanced partition): nothing can
-    /// be told apart then, and the caller rolls back to a savepoint and goes one by one.
+    /// this call's two statements on MySQL/MariaDB (which has no `UPDATE ... RETURNING`; the rows
+    /// are locked by the first, so this should not happen): the caller rolls back to a savepoint
+    /// and goes one by one.
+    ///
+    /// On PostgreSQL and SQLite it is one `UPDATE ... RETURNING` per chunk, so the consumer's
+    /// transaction writes with its first statement: a SQLite transaction that read first could
+    /// not write at all after another connection's commit (`SQLITE_BUSY_SNAPSHOT`, which no
+    /// waiting cures), and with relays committing all the time its batches would fail again and
+    /// again.
     pub async fn mark_consumed_all<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -65,11 +72,22 @@ impl OutboxTable {
         let backend = conn.get_database_backend();
         let mut fresh = HashSet::new();
         for chunk in event_ids.chunks(IDS_PER_STATEMENT) {
+            let picked = || Expr::col(Outbox::EventId).is_in(chunk.iter().copied());
+            if backend != DbBackend::MySql {
+                let mut update = self.mark_consumed_statement(picked());
+                update.returning_col(Outbox::EventId);
+                let marked = EventIdRow::find_by_statement(backend.build(&update))
+                    .all(conn)
+                    .await?;
+                fresh.extend(marked.into_iter().map(|r| r.event_id));
+                continue;
+            }
             let select = Query::select()
                 .column(Outbox::EventId)
                 .from(self.alias())
-                .and_where(Expr::col(Outbox::EventId).is_in(chunk.iter().copied()))
+                .and_where(picked())
                 .and_where(picked_may_move_to(OutboxStatus::Consumed))
+                .lock(LockType::Update)
                 .to_owned();
             let found: Vec<String> = EventIdRow::find_by_statement(backend.build(&select))
                 .all(conn)

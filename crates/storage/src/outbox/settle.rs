@@ -82,7 +82,9 @@ impl OutboxTable {
                 .and(status_of_picked_is(OutboxStatus::Pending))
                 .and(Expr::col(Outbox::RetryCount).eq(retry_count));
             if let Some(owner) = &owner {
-                cond = cond.and(Expr::col(Outbox::LockedBy).eq(owner.clone()));
+                // Under a lease: rows of shards still leased to this round (a round whose lease
+                // ran out and was taken over settles nothing).
+                cond = cond.and(Expr::col(Outbox::Shard).in_subquery(self.shards_leased_to(owner)));
             }
             cond
         };
@@ -139,11 +141,6 @@ impl OutboxTable {
                 .entry((retry_count, retry_in, failure.error))
                 .or_default()
                 .push(failure.id);
-        }
-        if let Some(owner) = &owner {
-            // Under row locks the commit below releases them; a lease must be given back.
-            self.release_rows(&txn, owner, settlement.unavailable.clone())
-                .await?;
         }
         report.released = settlement.unavailable.len() as u64;
         for ((retry_count, retry_in, error), ids) in groups {
@@ -215,11 +212,7 @@ impl OutboxTable {
         match claim.hold {
             Hold::Nothing => Ok(()),
             Hold::Locks(txn) => Ok(txn.rollback().await?),
-            Hold::Lease { owner } => {
-                let ids = claim.rows.iter().map(|r| r.id).collect();
-                self.release_rows(db, &owner, ids).await?;
-                self.release_shards(db, &owner, &claim.shards).await
-            }
+            Hold::Lease { owner } => self.release_shards(db, &owner, &claim.shards).await,
         }
     }
 }

@@ -123,6 +123,15 @@ impl OutboxTable {
         Ok(taken)
     }
 
+    /// `SELECT shard FROM <outbox>_shards WHERE locked_by = owner`: the shards leased to `owner`.
+    pub(super) fn shards_leased_to(&self, owner: &str) -> SelectStatement {
+        Query::select()
+            .column(ShardCol::Shard)
+            .from(self.shards_alias())
+            .and_where(Expr::col(ShardCol::LockedBy).eq(owner))
+            .to_owned()
+    }
+
     /// Gives `owner`'s lease on `shards` back.
     pub(super) async fn release_shards<C: ConnectionTrait>(
         &self,
