@@ -1,6 +1,7 @@
 //! The `smartflow-broker` binary: reads the configuration, runs the development broker and
 //! stops it on SIGINT or SIGTERM (exit 0).
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,6 +16,8 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal, not in a log file or a collector's pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = BrokerConfig::parse();
     // Installed before start-up, so a stop request during start-up is not missed.

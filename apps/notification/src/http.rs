@@ -18,7 +18,9 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::EventBus;
 use smartflow_service::openapi::Operation;
-use smartflow_service::{write_gauge, Gauges, HttpError, ServiceCaller, ServiceCredentials};
+use smartflow_service::{
+    write_gauge, Gauges, HttpError, MetricsRegistry, ServiceCaller, ServiceCredentials,
+};
 use smartflow_storage::notification::{self, NotificationRecord};
 
 use crate::events::{Channel, NotificationRequested, Validate, MAX_TEXT_CHARS};
@@ -257,7 +259,7 @@ impl Gauges for RecordGauges {
     fn render<'a>(
         &'a self,
         db: &'a DatabaseConnection,
-        out: &'a mut String,
+        registry: &'a mut MetricsRegistry,
     ) -> BoxFuture<'a, Result<(), HttpError>> {
         async move {
             let counts = notification::counts(db)
@@ -265,9 +267,9 @@ impl Gauges for RecordGauges {
                 .map_err(|e| HttpError::internal("counting notifications", &e))?;
             let status = |status| [("status", status)];
             write_gauge(
-                out,
+                registry,
                 "smartflow_notification_records",
-                "Notification records per status.",
+                "Notification records per status",
                 &[
                     (&status("pending"), counts.pending),
                     (&status("sending"), counts.sending),

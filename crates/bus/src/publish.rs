@@ -76,7 +76,7 @@ impl EventBus {
                 table,
                 config,
                 wake: Arc::new(Notify::new()),
-                metrics: Arc::new(Metrics::default()),
+                metrics: Arc::new(Metrics::for_service(service)),
             }),
         })
     }
@@ -114,7 +114,9 @@ impl EventBus {
     }
 
     /// As [`publish`](Self::publish) for an envelope built by the caller (an untyped event, or
-    /// one that carries a trace context of its own). A missing trace context is started here.
+    /// one that carries a trace context of its own). A missing trace context is this call's
+    /// span's (`publish_envelope`, a child of the caller's), or a new trace when no
+    /// OpenTelemetry layer is installed.
     #[tracing::instrument(skip_all, fields(event_type = %envelope.event_type, event_id = %envelope.event_id))]
     pub async fn publish_envelope(
         &self,
@@ -183,7 +185,7 @@ impl EventBus {
         envelope
             .headers
             .entry(TRACEPARENT_HEADER.to_owned())
-            .or_insert_with(new_traceparent);
+            .or_insert_with(|| crate::trace::current_traceparent().unwrap_or_else(new_traceparent));
         // Always this service: a consumer trusts the source to decide where to mark the event.
         envelope
             .headers

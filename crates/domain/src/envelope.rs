@@ -83,6 +83,18 @@ impl Envelope {
         })
     }
 
+    /// When the envelope in `bytes` says its event occurred, reading nothing else of it; `None`
+    /// when the bytes are not an envelope.
+    pub fn occurred_at_of(bytes: &[u8]) -> Option<DateTime<Utc>> {
+        #[derive(Deserialize)]
+        struct OccurredAt {
+            occurred_at: DateTime<Utc>,
+        }
+        serde_json::from_slice::<OccurredAt>(bytes)
+            .ok()
+            .map(|o| o.occurred_at)
+    }
+
     /// The service whose outbox this envelope was published from, if it says.
     pub fn source(&self) -> Option<&str> {
         self.headers.get(SOURCE_HEADER).map(String::as_str)
@@ -140,6 +152,17 @@ mod tests {
         assert_eq!(envelope.payload["occurred_at_ms"].as_f64(), Some(1.79e307));
         let again = Envelope::from_slice(envelope.to_json().as_bytes()).unwrap();
         assert_eq!(again, envelope);
+    }
+
+    #[test]
+    fn the_time_of_an_event_is_read_alone_and_garbage_has_none() {
+        let env = Envelope::for_event("k1", &Ping { n: 7 }).unwrap();
+        assert_eq!(
+            Envelope::occurred_at_of(env.to_json().as_bytes()),
+            Some(env.occurred_at)
+        );
+        assert_eq!(Envelope::occurred_at_of(b"{not json"), None);
+        assert_eq!(Envelope::occurred_at_of(br#"{"event_id": 1}"#), None);
     }
 
     #[test]

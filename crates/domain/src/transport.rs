@@ -133,4 +133,18 @@ pub trait InboundTransport: Send + Sync {
 
     /// How many partitions are assigned to this member now.
     fn assigned_partitions(&self) -> usize;
+
+    /// How far this member is behind on each partition it owns, as of what it last heard from
+    /// the broker, without asking it; a transport that cannot tell reports none.
+    fn lag(&self) -> Vec<PartitionLag> {
+        Vec::new()
+    }
+}
+
+/// The messages of one partition after what its consumer committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub lag: i64,
 }

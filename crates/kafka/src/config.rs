@@ -26,6 +26,9 @@ pub struct KafkaConfig {
     /// Static group membership (`group.instance.id`): a member restarted with the same id gets
     /// its partitions back at once. Must be unique per running process.
     pub group_instance_id: Option<String>,
+    /// How often a consumer's lag per partition is refreshed, from librdkafka's statistics
+    /// (`statistics.interval.ms`); zero turns the statistics, and so the lag, off.
+    pub lag_interval: Duration,
     /// Raw librdkafka properties applied last to every client this crate builds, so they override
     /// anything it sets (security settings, `debug`, ...). A property meant for one role (say
     /// `session.timeout.ms`) is ignored, with a logged warning, by clients of the other role.
@@ -45,6 +48,7 @@ impl KafkaConfig {
             fetch_wait: Duration::from_millis(100),
             session_timeout: Duration::from_secs(6),
             group_instance_id: None,
+            lag_interval: Duration::from_secs(5),
             extra: Vec::new(),
         }
     }

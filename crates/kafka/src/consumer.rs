@@ -8,10 +8,12 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use smartflow_domain::{InboundTransport, IncomingMessage, TransportError};
+use smartflow_domain::{InboundTransport, IncomingMessage, PartitionLag, TransportError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::config::{millis, KafkaConfig};
@@ -27,17 +29,63 @@ pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer<PauseAware>>,
     /// Whether the caller asked for fetching to be paused (shared with the rebalance hooks).
     paused: Arc<AtomicBool>,
+    /// The lag per partition at librdkafka's last statistics (shared with the context).
+    lag: Arc<Mutex<Vec<PartitionLag>>>,
 }
 
 /// Keeps a pause from blocking a rebalance. librdkafka cannot finish revoking partitions that
 /// are paused (the group then waits for this member until its rebalance timeout, and every
 /// commit meanwhile fails with `RebalanceInProgress`), so revoked partitions are resumed before
 /// they go, and the partitions assigned next are paused again while the caller wants a pause.
+///
+/// It also keeps the lag per partition from librdkafka's statistics.
 struct PauseAware {
     paused: Arc<AtomicBool>,
+    lag: Arc<Mutex<Vec<PartitionLag>>>,
 }
 
-impl ClientContext for PauseAware {}
+impl ClientContext for PauseAware {
+    fn stats(&self, statistics: Statistics) {
+        let lags = partition_lags(&statistics);
+        *self
+            .lag
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = lags;
+    }
+}
+
+/// The lag of every partition the statistics say this member fetches: the high watermark less
+/// the committed offset, or, before anything of the partition was committed, less the next
+/// offset to fetch.
+fn partition_lags(statistics: &Statistics) -> Vec<PartitionLag> {
+    let mut lags: Vec<PartitionLag> = statistics
+        .topics
+        .values()
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .values()
+                // Partition -1 is librdkafka's internal "unassigned" queue.
+                .filter(|p| p.partition >= 0 && p.desired && p.hi_offset >= 0)
+                .filter_map(|p| {
+                    let lag = if p.consumer_lag >= 0 {
+                        p.consumer_lag
+                    } else if p.next_offset >= 0 {
+                        (p.hi_offset - p.next_offset).max(0)
+                    } else {
+                        return None;
+                    };
+                    Some(PartitionLag {
+                        topic: topic.topic.clone(),
+                        partition: p.partition,
+                        lag,
+                    })
+                })
+        })
+        .collect();
+    lags.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+    lags
+}
 
 impl ConsumerContext for PauseAware {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -86,17 +134,20 @@ impl KafkaConsumer {
             // times out; a short session hands them to a restarted or surviving member quickly.
             // Heartbeats come from librdkafka's own thread, so a busy handler cannot miss them.
             .set("session.timeout.ms", millis(config.session_timeout))
-            .set("heartbeat.interval.ms", millis(config.session_timeout / 4));
+            .set("heartbeat.interval.ms", millis(config.session_timeout / 4))
+            .set("statistics.interval.ms", millis(config.lag_interval));
         if let Some(instance) = &config.group_instance_id {
             // Static membership: a restarted member with the same id takes its partitions back
             // at once, without waiting for its old session to expire or a rebalance.
             client.set("group.instance.id", instance);
         }
         let paused = Arc::new(AtomicBool::new(false));
+        let lag = Arc::new(Mutex::new(Vec::new()));
         let consumer: StreamConsumer<PauseAware> = config
             .finish(client)
             .create_with_context(PauseAware {
                 paused: paused.clone(),
+                lag: lag.clone(),
             })
             .map_err(|e| KafkaError::client("creating Kafka consumer", e))?;
         consumer
@@ -105,6 +156,7 @@ impl KafkaConsumer {
         Ok(Self {
             consumer: Arc::new(consumer),
             paused,
+            lag,
         })
     }
 
@@ -226,6 +278,15 @@ impl InboundTransport for KafkaConsumer {
             .assignment()
             .map(|assigned| assigned.count())
             .unwrap_or(0)
+    }
+
+    /// From librdkafka's last statistics (every `KafkaConfig::lag_interval`): the high watermark
+    /// less the committed offset per partition this member fetches.
+    fn lag(&self) -> Vec<PartitionLag> {
+        self.lag
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 

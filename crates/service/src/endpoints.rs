@@ -4,7 +4,7 @@
 //! paths and methods, and the admin API (`/admin/...`, [`crate::admin`]; only for a service
 //! credential). With an admin address, `/metrics` and `/admin/...` move to a router of their own.
 
-use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -13,8 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::future::BoxFuture;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::registry::Registry;
+use prometheus_client::registry::Unit;
 use sea_orm::DatabaseConnection;
 use smartflow_bus::Metrics;
+use smartflow_domain::OutboxStatus;
 use smartflow_storage::outbox::OutboxTable;
 
 use crate::admin::{admin_routes, AdminTables};
@@ -22,17 +27,16 @@ use crate::credentials::ServiceCredentials;
 use crate::health::{health_check, HealthBody};
 use crate::http_error::{method_not_allowed, not_found, HttpError};
 
-/// The content type of the Prometheus text format.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use smartflow_bus::metrics::PROMETHEUS_CONTENT_TYPE;
 
 /// Gauges a service adds to `/metrics` (say, its records per status).
 pub trait Gauges: Send + Sync + 'static {
-    /// Appends the gauges in Prometheus text format to `out`, reading what they need from
+    /// Registers the gauges in `registry` (with [`write_gauge`]), reading what they need from
     /// `db`; a failure is answered as the error it returns.
     fn render<'a>(
         &'a self,
         db: &'a DatabaseConnection,
-        out: &'a mut String,
+        registry: &'a mut Registry,
     ) -> BoxFuture<'a, Result<(), HttpError>>;
 }
 
@@ -92,34 +96,46 @@ async fn healthz(State(observed): State<Observed>) -> (StatusCode, Json<HealthBo
 }
 
 async fn metrics(State(observed): State<Observed>) -> Result<Response, HttpError> {
-    let mut out = observed.metrics.prometheus_text();
+    let mut scrape = observed.metrics.scrape_registry();
     for outbox in &observed.outboxes {
-        outbox_backlog(&observed.db, outbox, &mut out).await?;
+        outbox_backlog(&observed.db, outbox, &mut scrape).await?;
     }
     if let Some(gauges) = &observed.gauges {
-        gauges.render(&observed.db, &mut out).await?;
+        gauges.render(&observed.db, &mut scrape).await?;
     }
+    let out = observed.metrics.encode(&scrape);
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], out).into_response())
 }
 
-/// Appends one gauge in Prometheus text format: its `# HELP` and `# TYPE` lines, then one sample
-/// per `(labels, value)`, each label a `(name, value)` pair.
-pub fn write_gauge(out: &mut String, name: &str, help: &str, samples: &[(&[(&str, &str)], u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+/// Registers one gauge read at scrape time in `registry`: one sample per `(labels, value)`,
+/// each label a `(name, value)` pair. `help` is a sentence without its full stop.
+pub fn write_gauge(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    samples: &[(&[(&str, &str)], u64)],
+) {
+    let family = Family::<Vec<(String, String)>, Gauge>::default();
     for (labels, value) in samples {
-        let labels: Vec<String> = labels
-            .iter()
-            .map(|(label, v)| format!("{label}=\"{v}\""))
-            .collect();
-        let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+        family
+            .get_or_create(&owned(labels))
+            .set(i64::try_from(*value).unwrap_or(i64::MAX));
     }
+    registry.register(name, help, family);
+}
+
+fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .map(|(label, v)| ((*label).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 /// The outbox's rows per status and the age of its oldest pending row.
 async fn outbox_backlog(
     db: &DatabaseConnection,
     outbox: &OutboxTable,
-    out: &mut String,
+    registry: &mut Registry,
 ) -> Result<(), HttpError> {
     let stats = outbox
         .stats(db)
@@ -130,23 +146,26 @@ async fn outbox_backlog(
         .oldest_pending_created_at
         .map_or(0, |created| (now - created).max(0).unsigned_abs());
     let table = outbox.name();
-    let rows = |status| [("table", table), ("status", status)];
+    let rows = |status: OutboxStatus| [("table", table), ("status", status.as_str())];
     write_gauge(
-        out,
+        registry,
         "smartflow_outbox_rows",
-        "Outbox rows per status.",
+        "Outbox rows per status",
         &[
-            (&rows("pending"), stats.pending),
-            (&rows("published"), stats.published),
-            (&rows("consumed"), stats.consumed),
-            (&rows("dead"), stats.dead),
+            (&rows(OutboxStatus::Pending), stats.pending),
+            (&rows(OutboxStatus::Published), stats.published),
+            (&rows(OutboxStatus::Consumed), stats.consumed),
+            (&rows(OutboxStatus::Dead), stats.dead),
         ],
     );
-    write_gauge(
-        out,
-        "smartflow_outbox_oldest_pending_age_ms",
-        "Age of the oldest pending outbox row, 0 when none.",
-        &[(&[("table", table)], oldest_pending_age_ms)],
+    let age = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
+    age.get_or_create(&owned(&[("table", table)]))
+        .set(oldest_pending_age_ms as f64 / 1000.0);
+    registry.register_with_unit(
+        "smartflow_outbox_oldest_pending_age",
+        "Age of the oldest pending outbox row, 0 when none",
+        Unit::Seconds,
+        age,
     );
     Ok(())
 }
@@ -157,16 +176,20 @@ mod tests {
 
     #[test]
     fn a_gauge_has_its_help_type_and_labelled_samples() {
-        let mut out = String::new();
+        let mut registry = Registry::default();
         write_gauge(
-            &mut out,
+            &mut registry,
             "x_rows",
-            "Rows.",
+            "Rows",
             &[(&[("table", "t"), ("status", "dead")], 2), (&[], 0)],
         );
-        assert_eq!(
-            out,
-            "# HELP x_rows Rows.\n# TYPE x_rows gauge\nx_rows{table=\"t\",status=\"dead\"} 2\nx_rows{} 0\n"
-        );
+        let text = Metrics::default().encode(&registry);
+        for expected in [
+            "# HELP x_rows Rows.\n# TYPE x_rows gauge\n",
+            "x_rows{table=\"t\",status=\"dead\"} 2\n",
+            "x_rows 0\n",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
     }
 }

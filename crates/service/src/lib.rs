@@ -23,6 +23,7 @@ pub mod group;
 pub mod health;
 pub mod http_error;
 pub mod http_server;
+pub mod logging;
 pub mod openapi;
 pub mod reliability;
 pub mod run;
@@ -36,7 +37,7 @@ pub use credentials::{
     SERVICE_TOKENS_SETTING, SERVICE_TOKEN_HEADER,
 };
 pub use database::{connect_config, connect_with_retries, DatabaseSettings};
-pub use endpoints::{write_gauge, Gauges, PROMETHEUS_CONTENT_TYPE};
+pub use endpoints::{write_gauge, Gauges, Registry as MetricsRegistry, PROMETHEUS_CONTENT_TYPE};
 pub use error_body::{database_answers, error_response, ErrorBody, ErrorChain, ErrorDetail};
 pub use group::{HostedService, ServiceGroup, ServiceLaunch};
 pub use health::{health_check, HealthBody};

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing_subscriber::EnvFilter;
+
+use crate::logging::{self, LogSettings};
 
 /// A started service as `main` drives it.
 pub trait RunningService {
@@ -19,8 +20,9 @@ pub trait RunningService {
     fn shutdown(self) -> impl Future<Output = ()>;
 }
 
-/// Initialises logging to stderr (`RUST_LOG`, `info` by default), parses `C` from the command
-/// line and environment, starts the service, and stops it on SIGINT or SIGTERM or when it stops
+/// Initialises logging to stderr (`RUST_LOG`, `info` by default; `SMARTFLOW_LOG_FORMAT`) and
+/// the trace export (`OTEL_EXPORTER_OTLP_ENDPOINT`, [`crate::logging`]), parses `C` from the
+/// command line and environment, starts the service, and stops it on SIGINT or SIGTERM or when it stops
 /// on its own. Exits with failure when start-up failed (the error is printed after `binary`) or
 /// a background task failed.
 pub async fn run_service<C, S, F, Fut>(binary: &str, start: F) -> ExitCode
@@ -30,20 +32,24 @@ where
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = anyhow::Result<S>>,
 {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let tracing =
+        match LogSettings::from_env().and_then(|settings| logging::init(&settings, binary)) {
+            Ok(tracing) => tracing,
+            Err(e) => {
+                eprintln!("{binary}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let config = C::parse();
-    match run(config, start).await {
+    let code = match run(config, start).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("{binary}: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    tracing.shutdown().await;
+    code
 }
 
 async fn run<C, S, F, Fut>(config: C, start: F) -> anyhow::Result<ExitCode>

@@ -287,7 +287,7 @@ impl ServiceStart {
             },
             new_broker: settings.new_broker || broker.is_some(),
             bus: None,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::for_service(name)),
             producer: None,
             consumers: Vec::new(),
             runners: Vec::new(),

@@ -8,6 +8,8 @@
 //! server it started itself, such as a container). This is a test-only crate, so reading the
 //! environment here is deliberate.
 
+pub mod metrics;
+
 use std::path::PathBuf;
 
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend};

@@ -8,6 +8,7 @@ mod batches;
 mod behind_userauth;
 mod forged;
 mod messages;
+mod metrics;
 mod notify;
 mod ownership;
 mod pages;

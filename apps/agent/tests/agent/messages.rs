@@ -11,6 +11,7 @@ use crate::support::*;
 /// The end-to-end scenario every backend runs: messages go in through the API, through the
 /// outbox, the relay, Kafka and the consumer, and come back from the history in order.
 pub async fn chat_round_trip(agent: &RunningAgent) {
+    let before = crate::metrics::scrape(agent).await;
     let sent = [
         ("alice", "user", "first"),
         ("alice", "assistant", "second, with ünïcode ✓"),
@@ -70,6 +71,7 @@ pub async fn chat_round_trip(agent: &RunningAgent) {
         assert_eq!(row.status, OutboxStatus::Consumed, "{row:?}");
         assert_eq!(row.last_error, None);
     }
+    crate::metrics::assert_metrics_moved(agent, &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,31 +122,26 @@ async fn messages_come_back_in_order_and_outbox_rows_end_consumed() {
             "service_credential_required".to_owned()
         )
     );
-    let metrics = client()
-        .get(format!("{}/metrics", agent.base_url()))
-        .header(SERVICE_TOKEN_HEADER, SERVICE_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(metrics.status(), StatusCode::OK);
-    assert!(metrics.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain"));
-    let text = metrics.text().await.unwrap();
-    for expected in [
-        "smartflow_outbox_rows{table=\"agent_outbox\",status=\"consumed\"} 4",
-        "smartflow_outbox_rows{table=\"agent_outbox\",status=\"published\"} 6",
-        "smartflow_outbox_rows{table=\"agent_outbox\",status=\"pending\"} 0",
-        "smartflow_outbox_rows{table=\"agent_outbox\",status=\"dead\"} 0",
-        "smartflow_outbox_oldest_pending_age_ms{table=\"agent_outbox\"} 0",
-        "# TYPE smartflow_bus_published_total counter",
-        "smartflow_bus_consumed_total ",
-        "smartflow_bus_relay_pauses_total 0",
-        "smartflow_component_healthy{component=\"relay agent_outbox\"} 1",
+    let metrics = crate::metrics::scrape(&agent).await;
+    let table = ("table", "agent_outbox");
+    for (status, rows) in [
+        ("consumed", 4.0),
+        ("published", 6.0),
+        ("pending", 0.0),
+        ("dead", 0.0),
     ] {
-        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        let labels = [table, ("status", status)];
+        assert_eq!(
+            metrics.value("smartflow_outbox_rows", &labels),
+            rows,
+            "{status}"
+        );
     }
+    assert_eq!(
+        metrics.value("smartflow_outbox_oldest_pending_age_seconds", &[table]),
+        0.0
+    );
+    assert_eq!(metrics.value("smartflow_bus_relay_pauses_total", &[]), 0.0);
     stop(agent).await;
 }
 

@@ -259,19 +259,33 @@ async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
         .text()
         .await
         .unwrap();
-    for expected in [
-        "smartflow_notification_records{status=\"sent\"} 1",
-        // The backlog of its outbox and the bus's counters, as every service reports them.
-        "smartflow_outbox_rows{table=\"notification_outbox\",status=\"pending\"} ",
-        "smartflow_outbox_oldest_pending_age_ms{table=\"notification_outbox\"} ",
-        "# TYPE smartflow_bus_published_total counter",
-        "smartflow_component_healthy{component=\"relay notification_outbox\"} 1",
-    ] {
-        assert!(
-            metrics.contains(expected),
-            "missing `{expected}` in:\n{metrics}"
-        );
-    }
+    let metrics = smartflow_testkit::metrics::Scrape::parse(&metrics);
+    let named = ("service", "notification");
+    assert_eq!(
+        metrics.value(
+            "smartflow_notification_records",
+            &[named, ("status", "sent")]
+        ),
+        1.0
+    );
+    // The backlog of its outbox and the bus's counters, as every service reports them.
+    let table = ("table", "notification_outbox");
+    metrics.value(
+        "smartflow_outbox_rows",
+        &[named, table, ("status", "pending")],
+    );
+    metrics.value(
+        "smartflow_outbox_oldest_pending_age_seconds",
+        &[named, table],
+    );
+    metrics.value("smartflow_bus_published_total", &[named]);
+    assert_eq!(
+        metrics.value(
+            "smartflow_component_healthy",
+            &[named, ("component", "relay notification_outbox")]
+        ),
+        1.0
+    );
 
     tokio::time::timeout(PATIENCE, service.shutdown())
         .await

@@ -69,6 +69,10 @@ macro_rules! decorate_inbound {
             fn assigned_partitions(&self) -> usize {
                 $crate::consumer::decorate::Decorate::inner(self).assigned_partitions()
             }
+
+            fn lag(&self) -> Vec<smartflow_domain::PartitionLag> {
+                $crate::consumer::decorate::Decorate::inner(self).lag()
+            }
         }
     };
 }

@@ -7,6 +7,7 @@ use smartflow_storage::outbox::FailureOutcome;
 use tracing::Instrument;
 
 use super::{ConsumerRunner, Mark};
+use crate::metrics::{DeadReason, HandlerErrorKind, Stage};
 use crate::{BusError, HandlerError, Metrics};
 
 /// What applying one batch did.
@@ -173,6 +174,9 @@ impl ConsumerRunner {
         for run in applying.chunk_by(|a, b| a.event_type == b.event_type) {
             let event_type = &run[0].event_type;
             let span = tracing::info_span!("handle_batch", %event_type, events = run.len());
+            for envelope in run {
+                crate::trace::link_trace(&span, envelope.traceparent());
+            }
             // Checked above: every event type has its handler.
             if let Some(handler) = self.handlers.get(event_type) {
                 handler
@@ -222,13 +226,16 @@ impl ConsumerRunner {
             event_id = %event_id,
             traceparent = envelope.traceparent().unwrap_or(""),
         );
+        crate::trace::continue_trace(&span, envelope.traceparent());
         let _guard = span.enter();
         let Some(handler) = self.handlers.get(&envelope.event_type) else {
             let reason = format!(
                 "no handler is registered for event type `{}`",
                 envelope.event_type
             );
-            self.fail(txn, envelope, HandlerError::Permanent(reason), report)
+            self.metrics.handler_error(HandlerErrorKind::UnknownType);
+            let error = HandlerError::Permanent(reason);
+            self.fail(txn, envelope, error, DeadReason::UnknownType, report)
                 .await?;
             return Ok(Applied::Done);
         };
@@ -264,6 +271,16 @@ impl ConsumerRunner {
             }
             Err(mut error) => {
                 savepoint.rollback().await?;
+                self.metrics.handler_error(if error.is_retryable() {
+                    HandlerErrorKind::Retryable
+                } else {
+                    HandlerErrorKind::Permanent
+                });
+                let mut reason = if error.is_retryable() {
+                    DeadReason::RetriesExhausted
+                } else {
+                    DeadReason::Permanent
+                };
                 // An inbox event cannot be sent back to an outbox of this database, and under
                 // `KeyOrder::Block` a later event of the key must not be applied before this
                 // one: both try again in place, holding the partition at the event.
@@ -286,8 +303,9 @@ impl ConsumerRunner {
                         "gave up after {failures} attempts: {}",
                         error.reason()
                     ));
+                    reason = DeadReason::RetriesExhausted;
                 }
-                self.fail(txn, envelope, error, report).await?;
+                self.fail(txn, envelope, error, reason, report).await?;
                 Ok(Applied::Done)
             }
         }
@@ -315,12 +333,13 @@ impl ConsumerRunner {
     }
 
     /// Records a failed event: for the owning service, back to `pending` (republished later) or
-    /// `dead`; for an inbox consumer, `dead` in the inbox with the reason.
+    /// `dead` (counted under `reason`); for an inbox consumer, `dead` in the inbox with the reason.
     async fn fail(
         &self,
         txn: &DatabaseTransaction,
         envelope: &Envelope,
         error: HandlerError,
+        reason: DeadReason,
         report: &mut BatchReport,
     ) -> Result<(), BusError> {
         let event_id = envelope.event_id.to_string();
@@ -342,6 +361,7 @@ impl ConsumerRunner {
                     }
                     FailureOutcome::Dead => {
                         report.dead += 1;
+                        self.metrics.dead(Stage::Consume, reason, 1);
                         tracing::error!(%error, "event is dead");
                     }
                     FailureOutcome::StillDead => {
@@ -367,6 +387,7 @@ impl ConsumerRunner {
                     .await?;
                 if recorded {
                     report.dead += 1;
+                    self.metrics.dead(Stage::Consume, reason, 1);
                     tracing::error!(%error, "event is dead for this consumer");
                 } else {
                     report.duplicates += 1;
@@ -386,6 +407,7 @@ impl ConsumerRunner {
         report: &mut BatchReport,
     ) -> Result<(), BusError> {
         let reason = format!("undecodable message: {reason}");
+        self.metrics.handler_error(HandlerErrorKind::Undecodable);
         let Some(event_id) = message.header(EVENT_ID_HEADER) else {
             report.rejected += 1;
             tracing::error!(
@@ -424,6 +446,8 @@ impl ConsumerRunner {
         };
         if dead {
             report.dead += 1;
+            self.metrics
+                .dead(Stage::Consume, DeadReason::Undecodable, 1);
             tracing::error!(event_id, %reason, "poison message is dead");
         } else {
             report.duplicates += 1;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use smartflow_domain::{
-    InboundTransport, IncomingMessage, KeyOrder, RetryPolicy, ServiceRoute, TransportError,
-    EVENT_ID_HEADER,
+    Envelope, InboundTransport, IncomingMessage, KeyOrder, RetryPolicy, ServiceRoute,
+    TransportError, EVENT_ID_HEADER,
 };
 use smartflow_storage::inbox::InboxTable;
 use smartflow_storage::outbox::OutboxTable;
@@ -369,7 +369,16 @@ impl ConsumerRunner {
         self.metrics
             .health
             .polled(&self.health_name, self.transport.assigned_partitions());
+        self.metrics
+            .consumer_lag(self.name(), &self.transport.lag());
         batch
+    }
+
+    /// The consumer group's (or inbox consumer's) name, as the metrics label it.
+    fn name(&self) -> &str {
+        self.health_name
+            .strip_prefix("consumer ")
+            .unwrap_or(&self.health_name)
     }
 
     /// Applies the batch and commits its offsets. Returns how many messages (from the front)
@@ -378,6 +387,14 @@ impl ConsumerRunner {
         let report = self.process_batch(batch).await?;
         let done = report.stopped_at.unwrap_or(batch.len());
         self.transport.commit(&batch[..done]).await?;
+        let committed_at = chrono::Utc::now();
+        self.metrics.end_to_end(
+            self.name(),
+            batch[..done]
+                .iter()
+                .filter_map(|m| Envelope::occurred_at_of(m.payload.as_deref()?))
+                .filter_map(|occurred| (committed_at - occurred).to_std().ok()),
+        );
         if report.stopped_at.is_none() {
             self.recovered();
         }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub use retention::{InboxRetention, Retention, RetentionReport, DEFAULT_RETENTION};
 
 use crate::health::Transition;
+use crate::metrics::{DeadReason, PublishErrorKind, Stage};
 use crate::{BusError, Metrics};
 
 /// The share of `claim_timeout` a round may spend waiting for the broker, so that it always
@@ -242,6 +243,7 @@ impl Relay {
     #[tracing::instrument(skip_all, fields(table = %self.inner.table.name(), worker))]
     async fn round(&self, worker: usize, shards: u64) -> Result<RelayRound, BusError> {
         let i = &*self.inner;
+        let started = Instant::now();
         let spacing = KEY_SHARDS as usize / i.config.workers.max(1);
         let req = ClaimRequest {
             owner: format!("{}-{worker}", i.config.owner),
@@ -274,6 +276,7 @@ impl Relay {
             i.config.consumed_here.as_ref(),
         )
         .await;
+        let rejected = settlement.failed.len() as u64;
         let report = i
             .table
             .settle(
@@ -288,6 +291,14 @@ impl Relay {
         Metrics::add(&i.metrics.published, report.published);
         Metrics::add(&i.metrics.publish_retries, report.retrying);
         Metrics::add(&i.metrics.publish_dead, report.dead);
+        i.metrics
+            .relay_round(i.table.name(), claimed, started.elapsed());
+        i.metrics
+            .publish_error(PublishErrorKind::Unavailable, report.released);
+        i.metrics
+            .publish_error(PublishErrorKind::Rejected, rejected);
+        i.metrics
+            .dead(Stage::Publish, DeadReason::Rejected, report.dead);
         if report.retrying + report.dead > 0 {
             tracing::warn!(
                 retrying = report.retrying,
@@ -536,6 +547,7 @@ impl Relay {
                     idle_poll = longer_idle_poll(idle_poll, &i.config);
                 }
                 Err(e) => {
+                    i.metrics.publish_error(PublishErrorKind::Database, 1);
                     self.paused_by("database", &e.to_string());
                 }
             }

@@ -23,8 +23,18 @@ pub(super) async fn publish(
     consumed_here: Option<&BTreeSet<String>>,
 ) -> (Settlement, Option<String>, u64) {
     let mut messages = Vec::with_capacity(rows.len());
+    let mut spans = Vec::with_capacity(rows.len());
     keep.reserve(rows.len());
     for mut row in rows {
+        // One span per row, in the trace its publish started, open while the batch is sent.
+        let span = tracing::info_span!(
+            "send",
+            event_id = %row.event_id,
+            event_type = %row.event_type,
+            topic = %row.topic,
+        );
+        crate::trace::continue_trace(&span, row.traceparent.as_deref());
+        spans.push(span);
         let mut headers = vec![
             (EVENT_ID_HEADER.to_owned(), row.event_id.clone()),
             (EVENT_TYPE_HEADER.to_owned(), row.event_type.clone()),
@@ -45,6 +55,7 @@ pub(super) async fn publish(
         keep.push(row);
     }
     let outcomes = transport.send_batch(messages, deadline).await;
+    drop(spans);
     let order_breaks = acknowledged_after_a_failure(keep, &outcomes);
     let mut settlement = Settlement::default();
     let mut unavailable = None;

@@ -112,7 +112,7 @@ impl Relay {
         for (topic, keep) in &r.outbox_topics {
             let before = cutoff(now, *keep);
             report.outbox_rows += self
-                .paced(|| {
+                .paced(i.table.name(), || {
                     i.table
                         .delete_done(&i.db, Topics::Only(topic), before, r.batch)
                 })
@@ -122,7 +122,7 @@ impl Relay {
             let own: Vec<String> = r.outbox_topics.keys().cloned().collect();
             let before = cutoff(now, keep);
             report.outbox_rows += self
-                .paced(|| {
+                .paced(i.table.name(), || {
                     i.table
                         .delete_done(&i.db, Topics::AllBut(&own), before, r.batch)
                 })
@@ -136,7 +136,9 @@ impl Relay {
                 ..InboxFilter::default()
             };
             report.inbox_rows += self
-                .paced(|| inbox.table.purge_one_batch(&i.db, &filter, r.batch))
+                .paced(inbox.table.name(), || {
+                    inbox.table.purge_one_batch(&i.db, &filter, r.batch)
+                })
                 .await?;
         }
         if report.outbox_rows + report.inbox_rows > 0 {
@@ -150,8 +152,9 @@ impl Relay {
     }
 
     /// Runs `batch` (one delete batch: rows found, rows deleted) until it finds fewer rows than
-    /// a batch, waiting after each one while the relay is saturated; returns the rows deleted.
-    async fn paced<F, Fut>(&self, mut batch: F) -> Result<u64, BusError>
+    /// a batch, waiting after each one while the relay is saturated; returns the rows deleted
+    /// (counted per `table` in the metrics).
+    async fn paced<F, Fut>(&self, table: &str, mut batch: F) -> Result<u64, BusError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(u64, u64), StorageError>>,
@@ -164,6 +167,7 @@ impl Relay {
             let (found, went) = batch().await?;
             deleted += went;
             Metrics::add(&i.metrics.retention_deleted, went);
+            i.metrics.retention_deleted(table, went);
             if found < r.batch.clamp(1, MAX_BATCH) {
                 return Ok(deleted);
             }

@@ -6,10 +6,29 @@ use smartflow_bus::domain::{Envelope, KeyOrder, OutboxStatus};
 use smartflow_bus::HandlerRegistry;
 use smartflow_kafka::ProduceFault;
 use smartflow_storage::chat_history;
+use smartflow_testkit::metrics::Scrape;
 use smartflow_testkit::{on_every_backend, TestDb};
 
 use crate::delivery::as_delivered;
 use crate::fixture::*;
+
+/// The bus's metrics of `w` as a scrape reads them.
+fn scrape(w: &World) -> Scrape {
+    Scrape::parse(&w.bus.metrics().prometheus_text())
+}
+
+/// `smartflow_dead_total` of `stage` and `reason`.
+fn dead_total(scrape: &Scrape, stage: &str, reason: &str) -> f64 {
+    scrape.value(
+        "smartflow_dead_total",
+        &[("stage", stage), ("reason", reason)],
+    )
+}
+
+/// `smartflow_handler_errors_total` of `kind`.
+fn handler_errors(scrape: &Scrape, kind: &str) -> f64 {
+    scrape.value("smartflow_handler_errors_total", &[("kind", kind)])
+}
 
 /// `KeyOrder::Skip`: a retryable handler error sends the row back to be published again.
 async fn handler_errors_retry_then_die_and_poison_dies_at_once(t: TestDb) {
@@ -49,6 +68,12 @@ async fn handler_errors_retry_then_die_and_poison_dies_at_once(t: TestDb) {
     let stored = chat_history::list(&w.t.db, "conv-1", 10).await.unwrap();
     assert_eq!(stored.len(), 1, "failed handlers leave no writes behind");
     assert_eq!(stored[0].content, "fine");
+    let metrics = scrape(&w);
+    assert_eq!(dead_total(&metrics, "consume", "retries_exhausted"), 1.0);
+    assert_eq!(dead_total(&metrics, "consume", "permanent"), 1.0);
+    assert_eq!(handler_errors(&metrics, "retryable"), 3.0);
+    // The poison's copy came in each of the three deliveries and failed each time; it died once.
+    assert_eq!(handler_errors(&metrics, "permanent"), 3.0);
     w.finish().await;
 }
 
@@ -86,6 +111,12 @@ async fn under_block_a_handler_error_is_tried_in_place_then_dies(t: TestDb) {
     );
     let fine = w.table().find(&w.t.db, &ids[1]).await.unwrap().unwrap();
     assert_eq!(fine.status, OutboxStatus::Consumed);
+    let metrics = scrape(&w);
+    assert_eq!(dead_total(&metrics, "consume", "retries_exhausted"), 1.0);
+    assert_eq!(
+        handler_errors(&metrics, "retryable"),
+        f64::from(fast_retry().max_retry)
+    );
     w.finish().await;
 }
 
@@ -135,6 +166,12 @@ async fn unknown_event_types_and_undecodable_messages_are_dead_with_a_reason(t: 
         "{:?}",
         row.last_error
     );
+    let metrics = scrape(&w);
+    assert_eq!(dead_total(&metrics, "consume", "unknown_type"), 1.0);
+    assert_eq!(dead_total(&metrics, "consume", "undecodable"), 1.0);
+    assert_eq!(handler_errors(&metrics, "unknown_type"), 1.0);
+    // The stranger's too, though it has no row to be dead in.
+    assert_eq!(handler_errors(&metrics, "undecodable"), 2.0);
 
     // A payload that is an envelope but not a valid `Said` is dead too.
     let ok = w.publish(&["shape"]).await.remove(0);
@@ -153,6 +190,7 @@ async fn unknown_event_types_and_undecodable_messages_are_dead_with_a_reason(t: 
         "{:?}",
         row.last_error
     );
+    assert_eq!(dead_total(&scrape(&w), "consume", "permanent"), 1.0);
     w.finish().await;
 }
 
@@ -176,6 +214,24 @@ async fn rejected_produce_requests_retry_or_die_by_error(t: TestDb) {
     let row = w.table().find(&w.t.db, &id).await.unwrap().unwrap();
     assert_eq!(row.status, OutboxStatus::Dead);
     assert!(row.last_error.is_some());
+    let metrics = scrape(&w);
+    assert_eq!(dead_total(&metrics, "publish", "rejected"), 1.0);
+    assert_eq!(
+        metrics.value("smartflow_publish_errors_total", &[("kind", "rejected")]),
+        1.0
+    );
+    // Every round that claimed rows was timed, and its rows counted: three rows in all.
+    let rounds = metrics.observations("smartflow_relay_round_duration_seconds", &[]);
+    assert!(rounds >= 1.0, "{rounds}");
+    assert_eq!(
+        metrics.observations("smartflow_relay_batch_rows", &[]),
+        rounds
+    );
+    assert_eq!(
+        metrics.value("smartflow_relay_batch_rows_sum", &[]),
+        3.0,
+        "rows claimed over all rounds"
+    );
     w.finish().await;
 }
 

@@ -10,7 +10,7 @@ use smartflow_bus::domain::{
 };
 use smartflow_bus::{
     ConsumerConfig, ConsumerRunner, DatabaseConnection, DatabaseTransaction, EventBus,
-    HandlerError, HandlerRegistry, Metrics, PublishConfig, Relay, RelayConfig, TypedHandler,
+    HandlerError, HandlerRegistry, PublishConfig, Relay, RelayConfig, TypedHandler,
 };
 use smartflow_kafka::{EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer};
 use smartflow_storage::chat_history::{self, NewChatMessage};
@@ -187,7 +187,8 @@ impl World {
                 retry: fast_retry(),
                 ..ConsumerConfig::default()
             },
-            Arc::new(Metrics::default()),
+            // The bus's, as a service shares one `Metrics` between its relay and consumers.
+            self.bus.metrics().clone(),
         )
         .unwrap();
         (runner, transport)

@@ -159,6 +159,15 @@ async fn a_retention_pass_deletes_what_the_bus_is_done_with_and_nothing_else(t: 
         w.bus.metrics().retention_deleted.load(Ordering::Relaxed) - before,
         4
     );
+    let scrape = smartflow_testkit::metrics::Scrape::parse(&w.bus.metrics().prometheus_text());
+    let per_table = |table: &str| {
+        scrape.value(
+            "smartflow_retention_deleted_rows_total",
+            &[("table", table)],
+        )
+    };
+    assert_eq!(per_table(&w.route.outbox_table), 4.0);
+    assert_eq!(per_table("inbox"), 2.0, "the first pass's inbox rows");
     let expected: BTreeSet<String> = ids[3..5].iter().chain(&ids[6..9]).cloned().collect();
     assert_eq!(remaining(&w).await, expected, "only done, old rows go");
     let expected_inbox: BTreeSet<(String, String)> = [

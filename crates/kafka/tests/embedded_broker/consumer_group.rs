@@ -1,9 +1,10 @@
 use std::collections::HashSet;
+use std::time::Duration;
 
-use smartflow_domain::InboundTransport;
+use smartflow_domain::{InboundTransport, PartitionLag};
 use smartflow_kafka::{EmbeddedBroker, KafkaConsumer, KafkaProducer};
 
-use crate::fixture::{config_for, consume_until, message, position, send_all_ok, unique};
+use crate::fixture::{config_for, consume_until, message, position, send_all_ok, unique, PATIENCE};
 
 const COUNT: usize = 40;
 const COMMITTED: usize = COUNT / 2;
@@ -131,5 +132,54 @@ async fn a_paused_member_thrown_out_of_its_group_fetches_again_once_resumed() {
             .any(|m| m.payload.as_deref() == Some(b"second".as_slice()))
     })
     .await;
+    member.close().await;
+}
+
+/// Waits (up to `PATIENCE`) until the member reports `expected` as its lag.
+async fn lag_becomes(member: &KafkaConsumer, expected: &[PartitionLag]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let lag = member.lag();
+        if lag == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lag stayed {lag:?}, expected {expected:?}"
+        );
+        // Polling keeps the member in its group and its statistics coming.
+        let more = member
+            .recv_batch(10, Duration::from_millis(50), Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(more.is_empty(), "nothing else was produced: {more:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_is_what_the_member_has_not_committed() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let topic = unique("lag");
+    broker.create_topic(&topic, 1).unwrap();
+    let mut config = config_for(&broker);
+    config.lag_interval = Duration::from_millis(100);
+    let producer = KafkaProducer::new(&config).unwrap();
+    let batch = (0..3)
+        .map(|i| message(&topic, "k", &i.to_string(), &[]))
+        .collect();
+    send_all_ok(&producer, batch).await;
+    let member = KafkaConsumer::new(&config, &unique("group"), &[&topic]).unwrap();
+    let got = consume_until(&member, |got| got.len() >= 3).await;
+    let lag = |lag| {
+        vec![PartitionLag {
+            topic: topic.clone(),
+            partition: 0,
+            lag,
+        }]
+    };
+    member.commit(&got[..1]).await.unwrap();
+    lag_becomes(&member, &lag(2)).await;
+    member.commit(&got).await.unwrap();
+    lag_becomes(&member, &lag(0)).await;
     member.close().await;
 }
