@@ -1,15 +1,20 @@
 //! What every benchmark phase starts from: an isolated migrated database, an in-process broker
 //! with its own topic, the route of the agent's outbox and an event bus over it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use sea_orm::{DatabaseConnection, DatabaseTransaction};
 use serde::{Deserialize, Serialize};
-use smartflow_bus::{EventBus, HandlerError, PublishConfig, TypedHandler};
-use smartflow_domain::{Envelope, EventContract, RouteRegistry, ServiceRoute, TRACEPARENT_HEADER};
-use smartflow_kafka::{EmbeddedBroker, KafkaConfig};
+use smartflow_bus::{
+    EventBus, HandlerError, Metrics, PublishConfig, Relay, RelayConfig, TypedHandler,
+};
+use smartflow_domain::{
+    Envelope, EventContract, OutboundTransport, RouteRegistry, ServiceRoute, TRACEPARENT_HEADER,
+};
+use smartflow_kafka::{EmbeddedBroker, KafkaConfig, KafkaConsumer, KafkaProducer};
 use smartflow_storage::chat_history::{self, NewChatMessage};
 use smartflow_storage::now_millis;
 use smartflow_testkit::{Backend, TestDb};
@@ -106,6 +111,37 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A relay of the fixture's outbox through `transport` (a new producer of its own when
+    /// `None`), woken by the bus's commits: `batch_size` x `workers`, the rest of `config`.
+    pub fn relay(
+        &self,
+        transport: Option<Arc<dyn OutboundTransport>>,
+        config: RelayConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Relay> {
+        let transport = match transport {
+            Some(transport) => transport,
+            None => Arc::new(KafkaProducer::new(&self.kafka)?),
+        };
+        Ok(Relay::new(
+            self.db().clone(),
+            &self.route.outbox_table,
+            transport,
+            config,
+            self.bus.wake_signal(),
+            metrics,
+        )?)
+    }
+
+    /// A consumer of the fixture's topic in the route's consumer group.
+    pub fn consumer(&self) -> Result<Arc<KafkaConsumer>> {
+        Ok(Arc::new(KafkaConsumer::new(
+            &self.kafka,
+            &self.route.consumer_group,
+            &[&self.route.topic],
+        )?))
+    }
+
     /// `kafka_extra` goes to every Kafka client's configuration (`KafkaConfig::extra`).
     pub async fn new(
         backend: Backend,

@@ -8,10 +8,9 @@ use anyhow::{Context, Result};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
 use smartflow_bus::{
-    ConsumerConfig, ConsumerRunner, EventBus, HandlerRegistry, Metrics, Relay, RelayConfig,
+    ConsumerConfig, ConsumerRunner, EventBus, HandlerRegistry, Metrics, RelayConfig,
 };
 use smartflow_domain::{Envelope, InboundTransport, OutboxStatus};
-use smartflow_kafka::{KafkaConsumer, KafkaProducer};
 use smartflow_storage::outbox::OutboxTable;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -92,25 +91,18 @@ pub async fn measure(
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
 
-    let relay = Relay::new(
-        fx.db().clone(),
-        &fx.route.outbox_table,
-        Arc::new(KafkaProducer::new(&fx.kafka)?),
+    let relay = fx.relay(
+        None,
         RelayConfig {
             batch_size,
             workers,
             ..RelayConfig::default()
         },
-        fx.bus.wake_signal(),
         metrics.clone(),
     )?;
     let relay_task = tokio::spawn(relay.run(stop.clone()));
 
-    let consumer = Arc::new(KafkaConsumer::new(
-        &fx.kafka,
-        &fx.route.consumer_group,
-        &[&fx.route.topic],
-    )?);
+    let consumer = fx.consumer()?;
     let handlers = HandlerRegistry::builder()
         .on::<ChatMessageAppended, _>(StoreChatMessage)
         .build()?;

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use smartflow_bus::{ConsumerConfig, ConsumerRunner, HandlerRegistry, Metrics, Relay, RelayConfig};
-use smartflow_kafka::{KafkaConsumer, KafkaProducer};
+use smartflow_bus::{ConsumerConfig, ConsumerRunner, HandlerRegistry, Metrics, RelayConfig};
 use smartflow_storage::outbox::OutboxTable;
 use smartflow_storage::TransactionTrait;
 use tokio::time::Instant;
@@ -60,24 +59,17 @@ pub async fn measure(
     let table = OutboxTable::new(&fx.route.outbox_table)?;
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
-    let relay = Relay::new(
-        fx.db().clone(),
-        &fx.route.outbox_table,
-        Arc::new(KafkaProducer::new(&fx.kafka)?),
+    let relay = fx.relay(
+        None,
         RelayConfig {
             batch_size,
             workers,
             ..RelayConfig::default()
         },
-        fx.bus.wake_signal(),
         metrics.clone(),
     )?;
     let relay_task = tokio::spawn(relay.run(stop.clone()));
-    let consumer = Arc::new(KafkaConsumer::new(
-        &fx.kafka,
-        &fx.route.consumer_group,
-        &[&fx.route.topic],
-    )?);
+    let consumer = fx.consumer()?;
     let runner = ConsumerRunner::for_route(
         fx.db().clone(),
         &fx.route,

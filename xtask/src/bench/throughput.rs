@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use sea_orm::sea_query::{Alias, Expr, Order, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult, TransactionTrait};
 use serde::Serialize;
-use smartflow_bus::{Metrics, Relay, RelayConfig, Retention};
+use smartflow_bus::{Metrics, RelayConfig, Retention};
 use smartflow_domain::{
     Envelope, EventContract, OutboundMessage, OutboundTransport, RetryPolicy, TransportError,
     EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
@@ -301,14 +301,7 @@ pub async fn relay_through(
         retention,
         ..RelayConfig::default()
     };
-    let relay = Relay::new(
-        fx.db().clone(),
-        &fx.route.outbox_table,
-        transport,
-        config,
-        fx.bus.wake_signal(),
-        metrics.clone(),
-    )?;
+    let relay = fx.relay(Some(transport), config, metrics.clone())?;
     let stop = CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn(relay.run(stop.clone()));

@@ -112,11 +112,14 @@ impl Api {
             .await
             .context("GET /metrics of notification")?;
         let text = response.error_for_status()?.text().await?;
-        let metric = format!("smartflow_bus_{name}_total ");
+        // `smartflow_bus_NAME_total{service="notification"} 3` (or with no labels).
+        let metric = format!("smartflow_bus_{name}_total");
         text.lines()
-            .find_map(|line| line.strip_prefix(&metric))
+            .filter_map(|line| line.strip_prefix(&metric))
+            .find(|rest| rest.starts_with(['{', ' ']))
+            .and_then(|rest| rest.rsplit(' ').next())
             .and_then(|value| value.trim().parse().ok())
-            .with_context(|| format!("no `{metric}` line on notification's /metrics"))
+            .with_context(|| format!("no `{metric}` sample on notification's /metrics"))
     }
 
     /// `POST url` with a JSON body (and the access token, if any); the JSON answer, which must
