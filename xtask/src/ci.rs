@@ -7,10 +7,18 @@ use anyhow::Result;
 
 use crate::process::{cargo, exit_code, run};
 
-/// `cargo xtask test`: the databases first, then every test of the workspace (every test binary
-/// runs, even after one fails, so a run reports all that fail).
+/// `cargo xtask test`: the databases and the browser test's prerequisites first, then every
+/// test of the workspace (every test binary runs, even after one fails, so a run reports all
+/// that fail).
 pub fn test() -> Result<ExitCode> {
     crate::services::ensure_databases()?;
+    // The dashboard's browser test needs Chromium and playwright-core; installed when missing.
+    let deps = run(std::process::Command::new("bash")
+        .arg(crate::process::workspace_root().join(".ci/browser-deps"))
+        .current_dir(crate::process::workspace_root()))?;
+    if !deps.success() {
+        anyhow::bail!("installing the browser test's prerequisites (.ci/browser-deps) failed");
+    }
     let status = run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
     Ok(exit_code(status))
 }
