@@ -218,22 +218,7 @@ impl OutboxTable {
             .await?;
         }
         let shards = self.lock_shards(&txn, req.first_shard, req.shards).await?;
-        let backend = txn.get_database_backend();
-        let mut rows = Vec::new();
-        if !shards.is_empty() {
-            for lane in self.lane_queries(req, &shards) {
-                rows.extend(
-                    ClaimedRow::find_by_statement(backend.build(&lane))
-                        .all(&txn)
-                        .await?,
-                );
-            }
-        }
-        rows.sort_by_key(|r| r.id);
-        let held_back = self
-            .hold_back_waiting_keys(&txn, req, &shards, &mut rows)
-            .await?
-            .len() as u64;
+        let (rows, held_back) = self.claimable_rows(&txn, req, &shards).await?;
         if rows.is_empty() {
             txn.commit().await?;
             return Ok(Claim::empty(held_back));
@@ -251,7 +236,6 @@ impl OutboxTable {
         db: &DatabaseConnection,
         req: &ClaimRequest,
     ) -> Result<Claim, StorageError> {
-        let backend = db.get_database_backend();
         let until = req.now.saturating_add(millis(req.hold_for));
         let shards = self
             .lease_shards(db, &req.owner, req.first_shard, req.shards, req.now, until)
@@ -259,19 +243,7 @@ impl OutboxTable {
         if shards.is_empty() {
             return Ok(Claim::nothing());
         }
-        let mut rows = Vec::new();
-        for lane in self.lane_queries(req, &shards) {
-            rows.extend(
-                ClaimedRow::find_by_statement(backend.build(&lane))
-                    .all(db)
-                    .await?,
-            );
-        }
-        rows.sort_by_key(|r| r.id);
-        let held_back = self
-            .hold_back_waiting_keys(db, req, &shards, &mut rows)
-            .await?
-            .len() as u64;
+        let (rows, held_back) = self.claimable_rows(db, req, &shards).await?;
         if rows.is_empty() {
             self.release_shards(db, &req.owner, &shards).await?;
             return Ok(Claim::empty(held_back));
@@ -286,19 +258,46 @@ impl OutboxTable {
         })
     }
 
+    /// The rows of `shards` (held by this round) it may send, in id order, and how many were
+    /// held back behind a waiting row of their key: the same for locked and leased shards.
+    async fn claimable_rows<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        req: &ClaimRequest,
+        shards: &[i16],
+    ) -> Result<(Vec<ClaimedRow>, u64), StorageError> {
+        if shards.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let backend = conn.get_database_backend();
+        let mut rows = Vec::new();
+        for lane in self.lane_queries(req, shards) {
+            rows.extend(
+                ClaimedRow::find_by_statement(backend.build(&lane))
+                    .all(conn)
+                    .await?,
+            );
+        }
+        rows.sort_by_key(|r| r.id);
+        let held_back = self
+            .hold_back_waiting_keys(conn, req, shards, &mut rows)
+            .await?;
+        Ok((rows, held_back))
+    }
+
     /// Leaves out of `rows` (in id order) every row whose key has an earlier row, in these
     /// shards and not in this claim, waiting for a retry (on topics outside `skip_topics`):
     /// that key sends nothing newer until the waiting row is published or `dead`. Returns the
-    /// ids of the rows left out.
+    /// number of rows left out.
     async fn hold_back_waiting_keys<C: ConnectionTrait>(
         &self,
         conn: &C,
         req: &ClaimRequest,
         shards: &[i16],
         rows: &mut Vec<ClaimedRow>,
-    ) -> Result<Vec<i64>, StorageError> {
+    ) -> Result<u64, StorageError> {
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut waiting = Query::select();
@@ -318,7 +317,7 @@ impl OutboxTable {
             .all(conn)
             .await?;
         if waiting.is_empty() {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         // The earliest waiting row of each key: rows of the key after it wait too.
         let mut first_waiting: HashMap<String, i64> = HashMap::new();
@@ -326,17 +325,13 @@ impl OutboxTable {
             let first = first_waiting.entry(w.message_key).or_insert(w.id);
             *first = (*first).min(w.id);
         }
-        let mut held = Vec::new();
+        let before = rows.len();
         rows.retain(|r| {
-            let goes = first_waiting
+            first_waiting
                 .get(&r.message_key)
-                .is_none_or(|&first| r.id < first);
-            if !goes {
-                held.push(r.id);
-            }
-            goes
+                .is_none_or(|&first| r.id < first)
         });
-        Ok(held)
+        Ok((before - rows.len()) as u64)
     }
 }
 
