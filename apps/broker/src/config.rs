@@ -111,6 +111,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_setting_is_in_the_operations_guide() {
+        smartflow_testkit::settings_doc::check_operations_guide(
+            env!("CARGO_MANIFEST_DIR"),
+            "broker",
+            &BrokerConfig::command(),
+            None,
+        );
+    }
+
+    #[test]
     fn the_command_line_is_well_formed() {
         BrokerConfig::command().debug_assert();
     }

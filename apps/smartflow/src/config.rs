@@ -195,6 +195,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_setting_is_in_the_operations_guide() {
+        use clap::Args;
+        smartflow_testkit::settings_doc::check_operations_guide(
+            env!("CARGO_MANIFEST_DIR"),
+            "smartflow",
+            &AllConfig::command(),
+            Some(&smartflow_service::ServiceSettings::augment_args(
+                clap::Command::new("service"),
+            )),
+        );
+    }
+
+    #[test]
     fn the_command_line_is_well_formed() {
         AllConfig::command().debug_assert();
     }

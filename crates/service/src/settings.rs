@@ -89,9 +89,10 @@ pub struct ServiceSettings {
     #[arg(long, env = "SMARTFLOW_SERVICE_TOKENS", hide_env_values = true)]
     pub service_tokens: Option<Secret>,
 
-    /// A second address for `/metrics` (and `/healthz`), for a network only operators reach.
-    /// Unset: they are served on SMARTFLOW_HTTP_ADDR with the API. `/metrics` needs a service
-    /// credential either way.
+    /// A second address for `/metrics`, the admin API and the dashboard (`/admin/...`, with a
+    /// copy of `/healthz`), for a network only operators reach. Unset: they are served on
+    /// SMARTFLOW_HTTP_ADDR with the API. `/metrics` and the admin API need a service credential
+    /// either way.
     #[arg(long, env = "SMARTFLOW_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
 
@@ -242,6 +243,17 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::*;
+
+    #[test]
+    fn every_setting_is_in_the_operations_guide() {
+        use clap::Args;
+        smartflow_testkit::settings_doc::check_operations_guide(
+            env!("CARGO_MANIFEST_DIR"),
+            "service",
+            &ServiceSettings::augment_args(clap::Command::new("smartflow-<service>")),
+            None,
+        );
+    }
 
     #[derive(Parser)]
     struct Cli {

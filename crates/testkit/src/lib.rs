@@ -9,6 +9,7 @@
 //! environment here is deliberate.
 
 pub mod metrics;
+pub mod settings_doc;
 
 use std::path::PathBuf;
 

@@ -126,3 +126,22 @@ impl Billing {
         start.serve(axum::Router::new(), ()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, CommandFactory};
+
+    use super::*;
+
+    #[test]
+    fn every_setting_is_in_the_operations_guide() {
+        smartflow_testkit::settings_doc::check_operations_guide(
+            env!("CARGO_MANIFEST_DIR"),
+            "billing",
+            &BillingConfig::command(),
+            Some(&ServiceSettings::augment_args(clap::Command::new(
+                "service",
+            ))),
+        );
+    }
+}
