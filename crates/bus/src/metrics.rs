@@ -15,7 +15,7 @@ use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
@@ -37,6 +37,9 @@ macro_rules! label_words {
         }
 
         impl $name {
+            /// Every value, in the order declared.
+            pub const ALL: &'static [Self] = &[$(Self::$variant,)+];
+
             /// The label's value.
             pub fn as_str(self) -> &'static str {
                 match self {
@@ -105,6 +108,23 @@ label_words! {
     }
 }
 
+label_words! {
+    /// Why a direct event was not sent.
+    DirectErrorKind {
+        /// The broker (or the way to it) was not working.
+        Unavailable => "unavailable",
+        /// The broker refused the message for good.
+        Rejected => "rejected",
+        /// The bus had no transport to send it through.
+        NoTransport => "no_transport",
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectErrorLabels {
+    kind: DirectErrorKind,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabel {
     table: String,
@@ -157,6 +177,17 @@ fn end_to_end_seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 25))
 }
 
+/// Creates the series of `family` for each of `labels`, at 0.
+fn at_zero<S, M, C>(family: &Family<S, M, C>, labels: impl IntoIterator<Item = S>)
+where
+    S: Clone + std::hash::Hash + Eq,
+    C: MetricConstructor<M>,
+{
+    for label in labels {
+        let _ = family.get_or_create(&label);
+    }
+}
+
 /// The metrics whose values `prometheus-client` keeps (histograms and labelled families).
 #[derive(Debug)]
 struct Families {
@@ -168,6 +199,8 @@ struct Families {
     consumer_lag: Family<PartitionLabels, Gauge>,
     end_to_end: HistogramFamily<ConsumerLabel>,
     retention_deleted: Family<TableLabel, Counter>,
+    direct_sent: Counter,
+    direct_errors: Family<DirectErrorLabels, Counter>,
     /// The partitions each consumer last reported a lag for, so those it lost leave the gauge.
     lag_partitions: Mutex<HashMap<String, Vec<PartitionLabels>>>,
 }
@@ -183,6 +216,8 @@ impl Families {
             consumer_lag: Family::default(),
             end_to_end: Family::new_with_constructor(end_to_end_seconds),
             retention_deleted: Family::default(),
+            direct_sent: Counter::default(),
+            direct_errors: Family::default(),
             lag_partitions: Mutex::new(HashMap::new()),
         }
     }
@@ -190,25 +225,24 @@ impl Families {
     /// Creates, at 0, every series of the families whose labels are a fixed set, so that each
     /// is there (and `rate()` over it works) before its first event.
     fn with_known_series(self) -> Self {
-        for kind in [
-            PublishErrorKind::Unavailable,
-            PublishErrorKind::Rejected,
-            PublishErrorKind::Database,
-        ] {
-            let _ = self
-                .publish_errors
-                .get_or_create(&PublishErrorLabels { kind });
-        }
-        for kind in [
-            HandlerErrorKind::Retryable,
-            HandlerErrorKind::Permanent,
-            HandlerErrorKind::Undecodable,
-            HandlerErrorKind::UnknownType,
-        ] {
-            let _ = self
-                .handler_errors
-                .get_or_create(&HandlerErrorLabels { kind });
-        }
+        at_zero(
+            &self.publish_errors,
+            PublishErrorKind::ALL
+                .iter()
+                .map(|&kind| PublishErrorLabels { kind }),
+        );
+        at_zero(
+            &self.handler_errors,
+            HandlerErrorKind::ALL
+                .iter()
+                .map(|&kind| HandlerErrorLabels { kind }),
+        );
+        at_zero(
+            &self.direct_errors,
+            DirectErrorKind::ALL
+                .iter()
+                .map(|&kind| DirectErrorLabels { kind }),
+        );
         let publish = [(Stage::Publish, DeadReason::Rejected)];
         let consume = [
             DeadReason::RetriesExhausted,
@@ -217,9 +251,13 @@ impl Families {
             DeadReason::UnknownType,
         ]
         .map(|reason| (Stage::Consume, reason));
-        for (stage, reason) in publish.into_iter().chain(consume) {
-            let _ = self.dead.get_or_create(&DeadLabels { stage, reason });
-        }
+        at_zero(
+            &self.dead,
+            publish
+                .into_iter()
+                .chain(consume)
+                .map(|(stage, reason)| DeadLabels { stage, reason }),
+        );
         self
     }
 
@@ -263,6 +301,16 @@ impl Families {
              commit",
             Unit::Seconds,
             self.end_to_end.clone(),
+        );
+        registry.register(
+            "smartflow_direct_sent",
+            "Direct events (`Delivery::Direct`) the broker acknowledged",
+            self.direct_sent.clone(),
+        );
+        registry.register(
+            "smartflow_direct_send_errors",
+            "Direct events that were not sent, by kind: lost, since nothing keeps them",
+            self.direct_errors.clone(),
         );
         registry.register(
             "smartflow_retention_deleted_rows",
@@ -374,6 +422,19 @@ impl Metrics {
                 table: table.to_owned(),
             })
             .inc_by(rows);
+    }
+
+    /// A direct event the broker acknowledged.
+    pub(crate) fn direct_sent(&self) {
+        self.families.direct_sent.inc();
+    }
+
+    /// A direct event that was not sent.
+    pub(crate) fn direct_error(&self, kind: DirectErrorKind) {
+        self.families
+            .direct_errors
+            .get_or_create(&DirectErrorLabels { kind })
+            .inc();
     }
 
     /// One relay round of `table` that claimed `rows` rows and took `took`.
@@ -576,6 +637,24 @@ mod tests {
             "# TYPE smartflow_retention_deleted_rows_total counter",
             "smartflow_retention_deleted_rows_total{service=\"agent\",table=\"agent_outbox\"} 42",
             "smartflow_retention_deleted_rows_total{service=\"agent\",table=\"inbox\"} 5",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn direct_sends_and_their_failures_are_counted_per_service() {
+        let m = Metrics::for_service("agent");
+        m.direct_sent();
+        m.direct_sent();
+        m.direct_error(DirectErrorKind::Unavailable);
+        let text = m.prometheus_text();
+        for expected in [
+            "# TYPE smartflow_direct_sent_total counter",
+            "smartflow_direct_sent_total{service=\"agent\"} 2",
+            "smartflow_direct_send_errors_total{service=\"agent\",kind=\"unavailable\"} 1",
+            "smartflow_direct_send_errors_total{service=\"agent\",kind=\"rejected\"} 0",
+            "smartflow_direct_send_errors_total{service=\"agent\",kind=\"no_transport\"} 0",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }

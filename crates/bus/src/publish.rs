@@ -1,16 +1,23 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::RngCore;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use smartflow_domain::{
-    Delivery, DomainError, Envelope, EventContract, RouteRegistry, SOURCE_HEADER,
+    Delivery, DomainError, Envelope, EventContract, EventHeaders, OutboundMessage,
+    OutboundTransport, RouteRegistry, TransportError, TransportFault, SOURCE_HEADER,
     TRACEPARENT_HEADER,
 };
 use smartflow_storage::outbox::{EncodedRow, OutboxTable};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::metrics::DirectErrorKind;
 use crate::{BusError, Metrics};
+
+/// How much longer than the transport's own delivery timeout a direct send waits, so that the
+/// transport's verdict (with the broker's reason) comes before the bus stops waiting.
+const DIRECT_GRACE: Duration = Duration::from_secs(1);
 
 /// Limits applied when publishing.
 #[derive(Debug, Clone, Copy)]
@@ -35,11 +42,17 @@ impl Default for PublishConfig {
 /// the caller's transaction and wakes the relays of this process when that transaction commits.
 /// The route of an event's type picks only the topic: a service never writes into another
 /// service's outbox, so services need not share a database.
+///
+/// The route's `Delivery` decides which method an event is given to, and the bus refuses the
+/// other: [`publish`](Self::publish) for `Outbox` and `StoreOnly` routes (a row, in the
+/// caller's transaction), [`send_direct`](Self::send_direct) for `Direct` routes (no row, sent
+/// at once through the transport of [`with_transport`](Self::with_transport)).
 #[derive(Clone)]
 pub struct EventBus {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     service: String,
     routes: RouteRegistry,
@@ -47,6 +60,8 @@ struct Inner {
     config: PublishConfig,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// What direct events are sent through; `None`: a direct send is an error.
+    transport: Option<Arc<dyn OutboundTransport>>,
 }
 
 impl EventBus {
@@ -77,8 +92,17 @@ impl EventBus {
                 config,
                 wake: Arc::new(Notify::new()),
                 metrics: Arc::new(Metrics::for_service(service)),
+                transport: None,
             }),
         })
+    }
+
+    /// The same bus, sending the events of `Delivery::Direct` routes through `transport` (the
+    /// service's producer, which its relay uses too). Call it before cloning the bus: clones
+    /// made before keep no transport.
+    pub fn with_transport(mut self, transport: Arc<dyn OutboundTransport>) -> Self {
+        Arc::make_mut(&mut self.inner).transport = Some(transport);
+        self
     }
 
     /// The outbox table this bus writes into.
@@ -102,7 +126,9 @@ impl EventBus {
     /// Writes a typed event into this service's outbox through `txn`, bound for the topic of its
     /// type's route. Nothing is published unless
     /// `txn` commits. Returns the event id. An event type with no route, or a payload over the
-    /// limit, is an error and nothing is written.
+    /// limit, is an error and nothing is written. So is an event of a `Delivery::Direct` route
+    /// ([`BusError::DirectInTransaction`]), which has no row: [`send_direct`](Self::send_direct)
+    /// sends it, at once and whatever becomes of `txn`.
     pub async fn publish<E: EventContract>(
         &self,
         txn: &DatabaseTransaction,
@@ -156,6 +182,13 @@ impl EventBus {
             .into_iter()
             .map(|envelope| self.prepare(envelope))
             .collect::<Result<Vec<_>, _>>()?;
+        // A direct event has no row: written here, it would seem tied to the transaction.
+        if let Some(direct) = prepared.iter().find(|p| p.delivery == Delivery::Direct) {
+            return Err(BusError::DirectInTransaction {
+                event_type: direct.envelope.event_type.clone(),
+                service: direct.service.to_owned(),
+            });
+        }
         let rows: Vec<EncodedRow<'_>> = prepared
             .iter()
             .map(|p| EncodedRow {
@@ -204,8 +237,85 @@ impl EventBus {
             envelope,
             encoded,
             topic: &route.topic,
+            service: &route.service,
             delivery: route.delivery,
         })
+    }
+
+    /// Sends a typed event of a `Delivery::Direct` route to the broker now, with no outbox row
+    /// and outside any transaction (a transaction the caller has open, committed or rolled back
+    /// later, changes nothing about it). Returns the event id once the broker acknowledged the
+    /// message; otherwise an error and the event is lost: nothing keeps it, nothing sends it
+    /// again ([`BusError::DirectNotSent`], whose `error.fault` says whether the broker was
+    /// unavailable or rejected it; [`BusError::NoTransport`] for a bus without a transport).
+    /// An event of a route that keeps a row is refused ([`BusError::NotDirect`]), as are an
+    /// unrouted type and a payload over the limit. The message is the one the relay would send
+    /// (same key, value and headers), so consumers dispatch and deduplicate it the same way.
+    pub async fn send_direct<E: EventContract>(
+        &self,
+        message_key: &str,
+        event: &E,
+    ) -> Result<Uuid, BusError> {
+        let envelope = Envelope::for_event(message_key, event)?;
+        self.send_direct_envelope(envelope).await
+    }
+
+    /// As [`send_direct`](Self::send_direct) for an envelope built by the caller (an untyped
+    /// event, one with a trace context of its own, or the same event id sent again).
+    #[tracing::instrument(skip_all, fields(event_type = %envelope.event_type, event_id = %envelope.event_id))]
+    pub async fn send_direct_envelope(&self, envelope: Envelope) -> Result<Uuid, BusError> {
+        let prepared = self.prepare(envelope)?;
+        let event_type = prepared.envelope.event_type.clone();
+        if prepared.delivery != Delivery::Direct {
+            return Err(BusError::NotDirect {
+                event_type,
+                service: prepared.service.to_owned(),
+                delivery: prepared.delivery,
+            });
+        }
+        let Some(transport) = &self.inner.transport else {
+            self.inner
+                .metrics
+                .direct_error(DirectErrorKind::NoTransport);
+            return Err(BusError::NoTransport { event_type });
+        };
+        let event_id = prepared.envelope.event_id;
+        let message = OutboundMessage::event(
+            prepared.topic.to_owned(),
+            prepared.envelope.message_key.clone(),
+            prepared.encoded,
+            EventHeaders {
+                event_id: event_id.to_string(),
+                event_type: event_type.clone(),
+                version: prepared.envelope.version.into(),
+                traceparent: prepared.envelope.traceparent().map(str::to_owned),
+            },
+        );
+        let within = transport.delivery_timeout() + DIRECT_GRACE;
+        let outcome = transport
+            .send_batch(vec![message], within)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(TransportError::unavailable("the transport gave no outcome")));
+        match outcome {
+            Ok(()) => {
+                self.inner.metrics.direct_sent();
+                Ok(event_id)
+            }
+            Err(error) => {
+                self.inner.metrics.direct_error(match error.fault {
+                    TransportFault::Unavailable => DirectErrorKind::Unavailable,
+                    TransportFault::Rejected => DirectErrorKind::Rejected,
+                });
+                tracing::warn!(%error, "a direct event was not sent; it is lost");
+                Err(BusError::DirectNotSent {
+                    event_type,
+                    event_id,
+                    error,
+                })
+            }
+        }
     }
 
     /// Commits `txn` and wakes this process's relays at once, so a new row does not wait for
@@ -235,6 +345,8 @@ struct Prepared<'a> {
     envelope: Envelope,
     encoded: String,
     topic: &'a str,
+    /// The route's service.
+    service: &'a str,
     delivery: Delivery,
 }
 

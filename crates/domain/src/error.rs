@@ -31,6 +31,16 @@ pub enum DomainError {
         size: usize,
         limit: usize,
     },
+    #[error(
+        "topic `{topic}` belongs to the direct route `{direct}` and to the outbox route `{outbox}`: \
+         its consumers could not tell which events have an outbox row; give the direct route a \
+         topic of its own"
+    )]
+    DirectTopicShared {
+        topic: String,
+        direct: String,
+        outbox: String,
+    },
     #[error("invalid retry policy: {0}")]
     InvalidRetryPolicy(&'static str),
 }

@@ -21,6 +21,6 @@ pub use retry::RetryPolicy;
 pub use route::{Delivery, KeyOrder, RouteRegistry, RouteRegistryBuilder, ServiceRoute};
 pub use status::OutboxStatus;
 pub use transport::{
-    InboundTransport, IncomingMessage, OutboundMessage, OutboundTransport, PartitionLag,
-    TransportError, TransportFault,
+    EventHeaders, InboundTransport, IncomingMessage, OutboundMessage, OutboundTransport,
+    PartitionLag, TransportError, TransportFault,
 };

@@ -32,6 +32,12 @@ pub enum Delivery {
     /// A `stored` row in the publisher's outbox, in the caller's transaction, for the record:
     /// never published, never consumed (an audit trail of what the service decided).
     StoreOnly,
+    /// No row: sent to the broker at once by `EventBus::send_direct`, outside any transaction,
+    /// which returns once the broker acknowledged it or with the broker's error. At most once:
+    /// an event the broker did not take is lost (nothing keeps it, nothing tries it again).
+    /// `EventBus::publish` refuses the events of such a route, so a caller never believes one
+    /// is tied to its transaction. For events that may be lost (progress, telemetry).
+    Direct,
 }
 
 /// What happens to the later events of a message key while one of its events fails: the route's
@@ -201,6 +207,22 @@ impl RouteRegistryBuilder {
 
     pub fn build(self) -> Result<RouteRegistry, DomainError> {
         let mut registry = RouteRegistry::default();
+        for route in &self.routes {
+            // A consumer of a topic tells an event with an outbox row from one without by the
+            // topic's route, so a direct route needs a topic of its own.
+            let shared = self.routes.iter().find(|other| {
+                other.topic == route.topic
+                    && route.delivery == Delivery::Direct
+                    && other.delivery == Delivery::Outbox
+            });
+            if let Some(other) = shared {
+                return Err(DomainError::DirectTopicShared {
+                    topic: route.topic.clone(),
+                    direct: route.service.clone(),
+                    outbox: other.service.clone(),
+                });
+            }
+        }
         for route in self.routes {
             if registry.routes.contains_key(&route.service) {
                 return Err(DomainError::DuplicateService(route.service));
@@ -289,6 +311,35 @@ mod tests {
                 .build(),
             Err(DomainError::DuplicateEventType { .. })
         ));
+    }
+
+    #[test]
+    fn a_direct_route_needs_a_topic_of_its_own() {
+        let direct = ServiceRoute::new("progress", "progress_outbox", "smartflow.agent", "g")
+            .unwrap()
+            .with_delivery(Delivery::Direct);
+        let err = RouteRegistry::builder()
+            .service(agent())
+            .service(direct.clone())
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            DomainError::DirectTopicShared {
+                topic: "smartflow.agent".into(),
+                direct: "progress".into(),
+                outbox: "agent".into(),
+            }
+        );
+        let own_topic = ServiceRoute {
+            topic: "smartflow.progress".into(),
+            ..direct
+        };
+        assert!(RouteRegistry::builder()
+            .service(agent())
+            .service(own_topic)
+            .build()
+            .is_ok());
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
+use crate::{EVENT_ID_HEADER, EVENT_TYPE_HEADER, EVENT_VERSION_HEADER, TRACEPARENT_HEADER};
+
 /// Whose fault a broker failure is, which decides what it may cost the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportFault {
@@ -55,6 +57,40 @@ pub struct OutboundMessage {
     pub key: String,
     pub payload: String,
     pub headers: Vec<(String, String)>,
+}
+
+impl OutboundMessage {
+    /// One event as the bus sends it, whether the relay sends it from its outbox row or
+    /// `EventBus::send_direct` sends it at once: keyed by its message key, the encoded envelope
+    /// as its value, and the headers consumers dispatch and deduplicate by. One constructor for
+    /// both, so a consumer cannot tell a direct event from a relayed one by its wire form.
+    pub fn event(topic: String, key: String, payload: String, event: EventHeaders) -> Self {
+        let mut headers = vec![
+            (EVENT_ID_HEADER.to_owned(), event.event_id),
+            (EVENT_TYPE_HEADER.to_owned(), event.event_type),
+            (EVENT_VERSION_HEADER.to_owned(), event.version.to_string()),
+        ];
+        if let Some(traceparent) = event.traceparent {
+            headers.push((TRACEPARENT_HEADER.to_owned(), traceparent));
+        }
+        Self {
+            topic,
+            key,
+            payload,
+            headers,
+        }
+    }
+}
+
+/// What an event's message carries as headers beside its envelope (which holds them too, with
+/// the publishing service's `source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventHeaders {
+    pub event_id: String,
+    pub event_type: String,
+    pub version: i64,
+    /// The W3C trace context, sent as `traceparent` when present.
+    pub traceparent: Option<String>,
 }
 
 /// Sends messages to the broker.

@@ -313,10 +313,12 @@ impl ServiceStart {
                 .filter(|route| route.key_order == KeyOrder::Skip)
                 .map(|route| route.topic.clone())
                 .collect();
-            let bus = EventBus::new(name, outbox.routes, outbox.publish)
-                .context("building the event bus")?;
             let producer =
                 KafkaProducer::new(&start.kafka).context("creating the Kafka producer")?;
+            // One producer for the relay and the bus's direct sends (`Delivery::Direct`).
+            let bus = EventBus::new(name, outbox.routes, outbox.publish)
+                .context("building the event bus")?
+                .with_transport(Arc::new(producer.clone()));
             start.metrics = bus.metrics().clone();
             start.bus = Some(bus);
             start.producer = Some(producer);

@@ -6,15 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::sea_query::{
-    Alias, Cond, Condition, Expr, Func, Order, Query, SelectStatement, Value,
-};
+use sea_orm::sea_query::{Alias, Condition, Expr, Func, Order, Query, SelectStatement, Value};
 use sea_orm::{ActiveEnum, ConnectionTrait, FromQueryResult, Iterable};
 
+use crate::admin_query::{count_where, dead_reasons, delete_in_batches, Clauses};
 use crate::entity::inbox::{Column as Inbox, InboxStatus, Model as InboxEntry};
 use crate::inbox::InboxTable;
-use crate::outbox::admin::contains_ignoring_case;
-use crate::outbox::{MAX_BATCH, TOP_REASONS};
+use crate::outbox::MAX_BATCH;
 use crate::StorageError;
 
 /// Which inbox rows an admin command is about; every field left empty matches every row.
@@ -32,26 +30,14 @@ pub struct InboxFilter {
 
 impl InboxFilter {
     fn condition(&self) -> Condition {
-        let mut cond = Cond::all();
-        if let Some(status) = self.status {
-            cond = cond.add(Expr::col(Inbox::Status).eq(Into::<Value>::into(status)));
-        }
-        if let Some(event_type) = &self.event_type {
-            cond = cond.add(Expr::col(Inbox::EventType).eq(event_type.as_str()));
-        }
-        if let Some(consumer) = &self.consumer {
-            cond = cond.add(Expr::col(Inbox::Consumer).eq(consumer.as_str()));
-        }
-        if let Some(event_id) = &self.event_id {
-            cond = cond.add(Expr::col(Inbox::EventId).eq(event_id.as_str()));
-        }
-        if let Some(before) = self.handled_before {
-            cond = cond.add(Expr::col(Inbox::HandledAt).lt(before));
-        }
-        if let Some(reason) = &self.reason_contains {
-            cond = cond.add(contains_ignoring_case(Inbox::LastError, reason));
-        }
-        cond
+        Clauses::new()
+            .equals(Inbox::Status, self.status)
+            .equals(Inbox::EventType, self.event_type.as_deref())
+            .equals(Inbox::Consumer, self.consumer.as_deref())
+            .equals(Inbox::EventId, self.event_id.as_deref())
+            .before(Inbox::HandledAt, self.handled_before)
+            .contains(Inbox::LastError, self.reason_contains.as_deref())
+            .condition()
     }
 }
 
@@ -60,7 +46,8 @@ impl InboxFilter {
 pub struct InboxReport {
     /// Rows per consumer and status (`handled`, `dead`).
     pub counts: BTreeMap<String, InboxCounts>,
-    /// `(last_error, rows)` over the `dead` rows, most frequent first, at most [`TOP_REASONS`].
+    /// `(last_error, rows)` over the `dead` rows, most frequent first, at most
+    /// [`TOP_REASONS`](crate::outbox::TOP_REASONS).
     pub dead_reasons: Vec<(Option<String>, u64)>,
 }
 
@@ -81,17 +68,6 @@ struct ConsumerCount {
 }
 
 #[derive(FromQueryResult)]
-struct ReasonCount {
-    reason: Option<String>,
-    n: i64,
-}
-
-#[derive(FromQueryResult)]
-struct Count {
-    n: i64,
-}
-
-#[derive(FromQueryResult)]
 struct Key {
     consumer: String,
     event_id: String,
@@ -105,11 +81,10 @@ impl InboxTable {
     /// The counts per consumer and status and the most frequent reasons rows died of.
     pub async fn report<C: ConnectionTrait>(&self, conn: &C) -> Result<InboxReport, StorageError> {
         let backend = conn.get_database_backend();
-        let n = Alias::new("n");
         let counts = Query::select()
             .column(Inbox::Consumer)
             .column(Inbox::Status)
-            .expr_as(Func::count(Expr::col(Inbox::EventId)), n.clone())
+            .expr_as(Func::count(Expr::col(Inbox::EventId)), Alias::new("n"))
             .expr_as(Func::min(Expr::col(Inbox::HandledAt)), Alias::new("oldest"))
             .from(self.table())
             .group_by_col(Inbox::Consumer)
@@ -130,22 +105,14 @@ impl InboxTable {
                 (a, b) => a.or(b),
             };
         }
-        let reasons = Query::select()
-            .expr_as(Expr::col(Inbox::LastError), Alias::new("reason"))
-            .expr_as(Func::count(Expr::col(Inbox::EventId)), n.clone())
-            .from(self.table())
-            .and_where(Expr::col(Inbox::Status).eq(Into::<Value>::into(InboxStatus::Dead)))
-            .group_by_col(Inbox::LastError)
-            .order_by(n, Order::Desc)
-            .order_by(Inbox::LastError, Order::Asc)
-            .limit(TOP_REASONS)
-            .to_owned();
-        report.dead_reasons = ReasonCount::find_by_statement(backend.build(&reasons))
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.reason, r.n.max(0) as u64))
-            .collect();
+        report.dead_reasons = dead_reasons(
+            conn,
+            self.table(),
+            Inbox::EventId,
+            Inbox::LastError,
+            Expr::col(Inbox::Status).eq(Into::<Value>::into(InboxStatus::Dead)),
+        )
+        .await?;
         Ok(report)
     }
 
@@ -178,17 +145,7 @@ impl InboxTable {
         conn: &C,
         filter: &InboxFilter,
     ) -> Result<u64, StorageError> {
-        let stmt = Query::select()
-            .expr_as(Func::count(Expr::col(Inbox::EventId)), Alias::new("n"))
-            .from(self.table())
-            .cond_where(filter.condition())
-            .to_owned();
-        Ok(
-            Count::find_by_statement(conn.get_database_backend().build(&stmt))
-                .one(conn)
-                .await?
-                .map_or(0, |c| c.n.max(0) as u64),
-        )
+        count_where(conn, self.table(), Inbox::EventId, filter.condition()).await
     }
 
     /// Deletes the rows `filter` matches, at most `batch` (capped at [`MAX_BATCH`]) per
@@ -203,14 +160,7 @@ impl InboxTable {
         filter: &InboxFilter,
         batch: u64,
     ) -> Result<u64, StorageError> {
-        let mut deleted = 0;
-        loop {
-            let (found, went) = self.purge_one_batch(conn, filter, batch).await?;
-            deleted += went;
-            if found < batch.clamp(1, MAX_BATCH) {
-                return Ok(deleted);
-            }
-        }
+        delete_in_batches(batch, |size| self.purge_one_batch(conn, filter, size)).await
     }
 
     /// One batch of [`purge`](Self::purge): returns how many rows were found (fewer than

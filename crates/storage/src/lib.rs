@@ -13,6 +13,7 @@
 //! (claims with `SKIP LOCKED`, batch settles, anything on a table named at run time) are
 //! sea-query written against the entity's columns, decoded into `FromQueryResult` types.
 
+mod admin_query;
 mod apps;
 pub mod catalog;
 pub mod conflict;

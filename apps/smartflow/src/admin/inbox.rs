@@ -4,19 +4,18 @@
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde_json::Value;
 use smartflow_service::admin::json::{inbox_report_json, inbox_row_json};
 use smartflow_service::admin::selection::{before_now, parse_inbox_status, InboxSelection};
-use smartflow_storage::inbox::{InboxStatus, InboxTable, DEFAULT_INBOX_TABLE};
-use smartflow_storage::inbox_admin::InboxFilter;
-use smartflow_storage::now_millis;
+use smartflow_storage::inbox::{InboxEntry, InboxStatus, InboxTable, DEFAULT_INBOX_TABLE};
+use smartflow_storage::inbox_admin::{InboxFilter, InboxReport};
 use smartflow_storage::outbox::MAX_BATCH;
+use smartflow_storage::StorageError;
 
 use super::duration::{parse_age, show_age};
+use super::each_table::{list, stats, AdminTable};
 use super::text_table::{cell, TextTable};
-use super::{
-    print_json, print_reasons, purge_tables, show_time, tables, ChangeArgs, Db, Failure, Target,
-};
+use super::{print_reasons, purge_tables, show_time, tables, ChangeArgs, Db, Failure, Target};
 
 const BUILT_IN: [&str; 1] = [DEFAULT_INBOX_TABLE];
 
@@ -98,14 +97,15 @@ pub async fn run(db: &Db, target: &Target, command: InboxCommand) -> Result<(), 
                 reason: filter.reason,
             }
             .filter(status);
-            list(db, &tables, &filter, limit, target.json, false).await
+            list(db, &tables, &filter, limit, target.json, None).await
         }
         InboxCommand::Show { event_id } => {
+            let missing = format!("no row of event `{event_id}`");
             let filter = InboxFilter {
                 event_id: Some(event_id),
                 ..InboxFilter::default()
             };
-            list(db, &tables, &filter, MAX_BATCH, target.json, true).await
+            list(db, &tables, &filter, MAX_BATCH, target.json, Some(&missing)).await
         }
         InboxCommand::Purge {
             older_than,
@@ -125,19 +125,24 @@ pub async fn run(db: &Db, target: &Target, command: InboxCommand) -> Result<(), 
     }
 }
 
-async fn stats(db: &Db, tables: &[InboxTable], json: bool) -> Result<(), Failure> {
-    let now = now_millis();
-    let mut out = Vec::new();
-    for (i, table) in tables.iter().enumerate() {
-        let report = table.report(db).await?;
-        if json {
-            out.push(inbox_report_json(table.name(), &report));
-            continue;
-        }
-        if i > 0 {
-            println!();
-        }
-        println!("{}", table.name());
+impl AdminTable for InboxTable {
+    type Report = InboxReport;
+    type Filter = InboxFilter;
+    type Row = InboxEntry;
+
+    fn name(&self) -> &str {
+        InboxTable::name(self)
+    }
+
+    async fn report(&self, db: &Db) -> Result<InboxReport, StorageError> {
+        InboxTable::report(self, db).await
+    }
+
+    fn report_json(&self, report: &InboxReport, _now: i64) -> Value {
+        inbox_report_json(InboxTable::name(self), report)
+    }
+
+    fn print_report(report: &InboxReport, now: i64) {
         let mut counts = TextTable::new(
             &["consumer", "handled", "dead", "oldest row"],
             &["handled", "dead"],
@@ -159,79 +164,48 @@ async fn stats(db: &Db, tables: &[InboxTable], json: bool) -> Result<(), Failure
         }
         print_reasons(&report.dead_reasons);
     }
-    if json {
-        print_json(&json!({ "tables": out }));
-    }
-    Ok(())
-}
 
-async fn list(
-    db: &Db,
-    tables: &[InboxTable],
-    filter: &InboxFilter,
-    limit: u64,
-    json: bool,
-    must_find: bool,
-) -> Result<(), Failure> {
-    let mut out = Vec::new();
-    let mut found = 0;
-    for (i, table) in tables.iter().enumerate() {
-        let matched = table.count_matching(db, filter).await?;
-        let rows = table.list_matching(db, filter, limit).await?;
-        found += rows.len();
-        if json {
-            out.push(json!({
-                "table": table.name(),
-                "matched": matched,
-                "rows": rows.iter().map(inbox_row_json).collect::<Vec<_>>(),
-            }));
-            continue;
-        }
-        if i > 0 {
-            println!();
-        }
-        println!(
-            "{}: {matched} rows match, {} shown",
-            table.name(),
-            rows.len()
+    async fn count(&self, db: &Db, filter: &InboxFilter) -> Result<u64, StorageError> {
+        self.count_matching(db, filter).await
+    }
+
+    async fn rows(
+        &self,
+        db: &Db,
+        filter: &InboxFilter,
+        limit: u64,
+    ) -> Result<Vec<InboxEntry>, StorageError> {
+        self.list_matching(db, filter, limit).await
+    }
+
+    fn row_json(row: &InboxEntry) -> Value {
+        inbox_row_json(row)
+    }
+
+    fn rows_table(rows: &[InboxEntry]) -> TextTable {
+        let mut text = TextTable::new(
+            &[
+                "consumer",
+                "event_id",
+                "event_type",
+                "status",
+                "handled_at",
+                "last_error",
+            ],
+            &[],
         );
-        if !rows.is_empty() {
-            let mut text = TextTable::new(
-                &[
-                    "consumer",
-                    "event_id",
-                    "event_type",
-                    "status",
-                    "handled_at",
-                    "last_error",
-                ],
-                &[],
-            );
-            for row in &rows {
-                text.row(vec![
-                    row.consumer.clone(),
-                    row.event_id.clone(),
-                    row.event_type.clone(),
-                    row.status.name(),
-                    show_time(Some(row.handled_at)),
-                    cell(row.last_error.as_deref().unwrap_or("-"), 60),
-                ]);
-            }
-            print!("{text}");
+        for row in rows {
+            text.row(vec![
+                row.consumer.clone(),
+                row.event_id.clone(),
+                row.event_type.clone(),
+                row.status.name(),
+                show_time(Some(row.handled_at)),
+                cell(row.last_error.as_deref().unwrap_or("-"), 60),
+            ]);
         }
+        text
     }
-    if must_find && found == 0 {
-        let names: Vec<&str> = tables.iter().map(InboxTable::name).collect();
-        return Err(Failure::Failed(anyhow::anyhow!(
-            "no row of event `{}` in {}",
-            filter.event_id.as_deref().unwrap_or_default(),
-            names.join(", ")
-        )));
-    }
-    if json {
-        print_json(&json!({ "tables": out }));
-    }
-    Ok(())
 }
 
 async fn purge(

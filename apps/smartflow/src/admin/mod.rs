@@ -7,6 +7,7 @@
 //! 3 refused (more rows than `--confirm-above` and no confirmation).
 
 mod duration;
+mod each_table;
 mod inbox;
 mod outbox;
 mod text_table;

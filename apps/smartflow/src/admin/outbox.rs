@@ -8,12 +8,13 @@ use smartflow_domain::OutboxStatus;
 use smartflow_service::admin::json::{outbox_report_json, outbox_row_json};
 use smartflow_service::admin::redrive_plan;
 use smartflow_service::admin::selection::{parse_outbox_status, settled_rows, OutboxSelection};
-use smartflow_storage::now_millis;
 use smartflow_storage::outbox::{
-    OutboxFilter, OutboxPurge, OutboxRecord, OutboxTable, SettledStatus, MAX_BATCH,
+    OutboxFilter, OutboxPurge, OutboxRecord, OutboxReport, OutboxTable, SettledStatus, MAX_BATCH,
 };
+use smartflow_storage::StorageError;
 
 use super::duration::{parse_age, show_age};
+use super::each_table::{list, stats, AdminTable};
 use super::text_table::{cell, TextTable};
 use super::{
     print_json, print_reasons, purge_tables, show_time, tables, ChangeArgs, Db, Failure, Target,
@@ -148,7 +149,10 @@ pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(),
             filter,
             status,
             limit,
-        } => list(db, &tables, &filter.filter(status, &[]), limit, target.json).await,
+        } => {
+            let filter = filter.filter(status, &[]);
+            list(db, &tables, &filter, limit, target.json, None).await
+        }
         OutboxCommand::Show { id } => show(db, &tables, &id, target.json).await,
         OutboxCommand::Redrive {
             ids,
@@ -201,21 +205,25 @@ pub async fn run(db: &Db, target: &Target, command: OutboxCommand) -> Result<(),
     }
 }
 
-async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failure> {
-    let now = now_millis();
-    let mut out = Vec::new();
-    for (i, table) in tables.iter().enumerate() {
-        let report = table.report(db).await?;
-        let c = report.counts;
-        let oldest = c.oldest_pending_created_at;
-        if json {
-            out.push(outbox_report_json(table.name(), &report, now));
-            continue;
-        }
-        if i > 0 {
-            println!();
-        }
-        println!("{}", table.name());
+impl AdminTable for OutboxTable {
+    type Report = OutboxReport;
+    type Filter = OutboxFilter;
+    type Row = OutboxRecord;
+
+    fn name(&self) -> &str {
+        OutboxTable::name(self)
+    }
+
+    async fn report(&self, db: &Db) -> Result<OutboxReport, StorageError> {
+        OutboxTable::report(self, db).await
+    }
+
+    fn report_json(&self, report: &OutboxReport, now: i64) -> Value {
+        outbox_report_json(OutboxTable::name(self), report, now)
+    }
+
+    fn print_report(report: &OutboxReport, now: i64) {
+        let c = &report.counts;
         let mut counts = TextTable::new(&["status", "rows"], &["rows"]);
         for (status, n) in [
             (OutboxStatus::Pending, c.pending),
@@ -227,7 +235,7 @@ async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failur
             counts.row(vec![status.to_string(), n.to_string()]);
         }
         print!("{counts}");
-        match oldest {
+        match c.oldest_pending_created_at {
             Some(t) => println!(
                 "oldest pending: {} ({} ago)",
                 show_time(Some(t)),
@@ -245,47 +253,27 @@ async fn stats(db: &Db, tables: &[OutboxTable], json: bool) -> Result<(), Failur
         }
         print_reasons(&report.dead_reasons);
     }
-    if json {
-        print_json(&json!({ "tables": out }));
-    }
-    Ok(())
-}
 
-async fn list(
-    db: &Db,
-    tables: &[OutboxTable],
-    filter: &OutboxFilter,
-    limit: u64,
-    json: bool,
-) -> Result<(), Failure> {
-    let mut out = Vec::new();
-    for (i, table) in tables.iter().enumerate() {
-        let matched = table.count_matching(db, filter).await?;
-        let rows = table.list_matching(db, filter, limit).await?;
-        if json {
-            out.push(json!({
-                "table": table.name(),
-                "matched": matched,
-                "rows": rows.iter().map(|r| outbox_row_json(r, false)).collect::<Vec<_>>(),
-            }));
-            continue;
-        }
-        if i > 0 {
-            println!();
-        }
-        println!(
-            "{}: {matched} rows match, {} shown",
-            table.name(),
-            rows.len()
-        );
-        if !rows.is_empty() {
-            print!("{}", rows_table(&rows));
-        }
+    async fn count(&self, db: &Db, filter: &OutboxFilter) -> Result<u64, StorageError> {
+        self.count_matching(db, filter).await
     }
-    if json {
-        print_json(&json!({ "tables": out }));
+
+    async fn rows(
+        &self,
+        db: &Db,
+        filter: &OutboxFilter,
+        limit: u64,
+    ) -> Result<Vec<OutboxRecord>, StorageError> {
+        self.list_matching(db, filter, limit).await
     }
-    Ok(())
+
+    fn row_json(row: &OutboxRecord) -> Value {
+        outbox_row_json(row, false)
+    }
+
+    fn rows_table(rows: &[OutboxRecord]) -> TextTable {
+        rows_table(rows)
+    }
 }
 
 async fn show(db: &Db, tables: &[OutboxTable], id: &str, json: bool) -> Result<(), Failure> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sea_orm::DatabaseConnection;
 use smartflow_domain::{
-    Envelope, InboundTransport, IncomingMessage, KeyOrder, RetryPolicy, ServiceRoute,
+    Delivery, Envelope, InboundTransport, IncomingMessage, KeyOrder, RetryPolicy, ServiceRoute,
     TransportError, EVENT_ID_HEADER,
 };
 use smartflow_storage::inbox::InboxTable;
@@ -179,7 +179,8 @@ pub struct ConsumerRunner {
 impl ConsumerRunner {
     /// The consumer of a service's own route: marks the service's outbox rows `consumed`, and
     /// deduplicates what other services published onto the route's topic through the service's
-    /// inbox (see [`Dedupe::Owner`]).
+    /// inbox (see [`Dedupe::Owner`]). The consumer of a `Delivery::Direct` route, whose events
+    /// have no row, deduplicates them all through the inbox under the service's name.
     pub fn for_route(
         db: DatabaseConnection,
         route: &ServiceRoute,
@@ -188,10 +189,18 @@ impl ConsumerRunner {
         config: ConsumerConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BusError> {
-        let dedupe = Dedupe::Owner {
-            outbox: OutboxTable::new(&route.outbox_table)?,
-            service: route.service.clone(),
-            inbox: InboxTable::default(),
+        let dedupe = match route.delivery {
+            // A direct route's events have no outbox row to mark, its own included: every
+            // event of its topic is deduplicated through the inbox.
+            Delivery::Direct => Dedupe::Inbox {
+                consumer: route.service.clone(),
+                inbox: InboxTable::default(),
+            },
+            Delivery::Outbox | Delivery::StoreOnly => Dedupe::Owner {
+                outbox: OutboxTable::new(&route.outbox_table)?,
+                service: route.service.clone(),
+                inbox: InboxTable::default(),
+            },
         };
         let mut runner = Self::new(
             db,

@@ -1,10 +1,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use smartflow_domain::{
-    OutboundMessage, OutboundTransport, TransportError, EVENT_ID_HEADER, EVENT_TYPE_HEADER,
-    EVENT_VERSION_HEADER, TRACEPARENT_HEADER,
-};
+use smartflow_domain::{EventHeaders, OutboundMessage, OutboundTransport, TransportError};
 use smartflow_storage::outbox::{ClaimedRow, PublishFailure, Settlement};
 
 /// Sends the claimed rows as one concurrent batch and sorts the outcomes into a settlement:
@@ -35,23 +32,17 @@ pub(super) async fn publish(
         );
         crate::trace::continue_trace(&span, row.traceparent.as_deref());
         spans.push(span);
-        let mut headers = vec![
-            (EVENT_ID_HEADER.to_owned(), row.event_id.clone()),
-            (EVENT_TYPE_HEADER.to_owned(), row.event_type.clone()),
-            (
-                EVENT_VERSION_HEADER.to_owned(),
-                row.event_version.to_string(),
-            ),
-        ];
-        if let Some(tp) = row.traceparent.take() {
-            headers.push((TRACEPARENT_HEADER.to_owned(), tp));
-        }
-        messages.push(OutboundMessage {
-            topic: std::mem::take(&mut row.topic),
-            key: row.message_key.clone(),
-            payload: std::mem::take(&mut row.payload),
-            headers,
-        });
+        messages.push(OutboundMessage::event(
+            std::mem::take(&mut row.topic),
+            row.message_key.clone(),
+            std::mem::take(&mut row.payload),
+            EventHeaders {
+                event_id: row.event_id.clone(),
+                event_type: row.event_type.clone(),
+                version: row.event_version.into(),
+                traceparent: row.traceparent.take(),
+            },
+        ));
         keep.push(row);
     }
     let outcomes = transport.send_batch(messages, deadline).await;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use smartflow_bus::domain::{
-    Envelope, EventContract, InboundTransport, IncomingMessage, KeyOrder, RetryPolicy,
+    Delivery, Envelope, EventContract, InboundTransport, IncomingMessage, KeyOrder, RetryPolicy,
     RouteRegistry, ServiceRoute,
 };
 use smartflow_bus::{
@@ -100,12 +100,24 @@ impl World {
 
     /// A world whose route has the ordering policy `key_order`.
     pub async fn ordered(t: TestDb, key_order: KeyOrder) -> World {
+        Self::with_route(t, |route| route.with_key_order(key_order)).await
+    }
+
+    /// A world whose route is `Delivery::Direct`, with a bus that sends through a producer.
+    pub async fn direct(t: TestDb) -> World {
+        let mut w = Self::with_route(t, |route| route.with_delivery(Delivery::Direct)).await;
+        let producer = w.producer();
+        w.bus = w.bus.clone().with_transport(producer);
+        w
+    }
+
+    /// A world whose route is `shape`'s change of the default one.
+    async fn with_route(t: TestDb, shape: impl FnOnce(ServiceRoute) -> ServiceRoute) -> World {
         let broker = EmbeddedBroker::start(1).unwrap();
         let topic = t.unique("topic");
         broker.create_topic(&topic, 3).unwrap();
-        let route = ServiceRoute::new("agent", "agent_outbox", topic, t.unique("group"))
-            .unwrap()
-            .with_key_order(key_order);
+        let route =
+            shape(ServiceRoute::new("agent", "agent_outbox", topic, t.unique("group")).unwrap());
         let routes = RouteRegistry::builder()
             .service(route.clone())
             .event(Said::EVENT_TYPE, "agent")
@@ -140,11 +152,12 @@ impl World {
     }
 
     pub fn relay_on(&self, db: DatabaseConnection, config: RelayConfig) -> Relay {
-        self.relay_through(
-            db,
-            config,
-            Arc::new(KafkaProducer::new(&self.kafka).unwrap()),
-        )
+        self.relay_through(db, config, self.producer())
+    }
+
+    /// A producer of its own on the world's broker.
+    pub fn producer(&self) -> Arc<dyn smartflow_bus::domain::OutboundTransport> {
+        Arc::new(KafkaProducer::new(&self.kafka).unwrap())
     }
 
     /// A relay sending through `transport` (a producer of its own, as a relay process has).

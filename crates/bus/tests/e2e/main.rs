@@ -4,6 +4,7 @@
 mod batches;
 mod consumers;
 mod delivery;
+mod direct;
 mod failures;
 mod fixture;
 mod order;

@@ -3,8 +3,7 @@
 //! in the row, and settled rows deleted in bounded batches.
 
 use sea_orm::sea_query::{
-    Alias, Cond, Condition, DeleteStatement, Expr, Func, IntoCondition, LikeExpr, Order, Query,
-    SelectStatement, SimpleExpr,
+    Alias, Cond, Condition, DeleteStatement, Expr, Func, Order, Query, SelectStatement, SimpleExpr,
 };
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, FromQueryResult, QueryResult, TransactionTrait,
@@ -12,6 +11,7 @@ use sea_orm::{
 use smartflow_domain::OutboxStatus;
 
 use super::{status_is, status_of_picked_is, stored, OutboxRow, OutboxStats, OutboxTable};
+use crate::admin_query::{count_where, dead_reasons, delete_in_batches, Clauses};
 use crate::catalog::column_exists;
 use crate::entity::outbox::{Column as Outbox, Model};
 use crate::{now_millis, StorageError};
@@ -43,48 +43,15 @@ pub struct OutboxFilter {
 
 impl OutboxFilter {
     fn condition(&self) -> Condition {
-        let mut cond = Cond::all();
-        if let Some(status) = self.status {
-            cond = cond.add(status_is(status));
-        }
-        if let Some(event_type) = &self.event_type {
-            cond = cond.add(Expr::col(Outbox::EventType).eq(event_type.as_str()));
-        }
-        if let Some(key) = &self.message_key {
-            cond = cond.add(Expr::col(Outbox::MessageKey).eq(key.as_str()));
-        }
-        if let Some(before) = self.created_before {
-            cond = cond.add(Expr::col(Outbox::CreatedAt).lt(before));
-        }
-        if let Some(reason) = &self.reason_contains {
-            cond = cond.add(contains_ignoring_case(Outbox::LastError, reason));
-        }
-        if !self.ids.is_empty() {
-            cond = cond.add(Expr::col(Outbox::Id).is_in(self.ids.clone()));
-        }
-        cond
+        Clauses::new()
+            .with(self.status.map(status_is))
+            .equals(Outbox::EventType, self.event_type.as_deref())
+            .equals(Outbox::MessageKey, self.message_key.as_deref())
+            .before(Outbox::CreatedAt, self.created_before)
+            .contains(Outbox::LastError, self.reason_contains.as_deref())
+            .with((!self.ids.is_empty()).then(|| Expr::col(Outbox::Id).is_in(self.ids.clone())))
+            .condition()
     }
-}
-
-/// `LOWER(column) LIKE LOWER('%text%')` with the text's wildcards escaped, so the match is the
-/// same on every backend (PostgreSQL's `LIKE` is case-sensitive, MySQL's and SQLite's are not).
-/// `!` is the escape character because a backslash means something else in MySQL string literals.
-pub(crate) fn contains_ignoring_case(
-    column: impl sea_orm::sea_query::IntoColumnRef,
-    text: &str,
-) -> Condition {
-    let mut pattern = String::with_capacity(text.len() + 2);
-    pattern.push('%');
-    for c in text.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '!') {
-            pattern.push('!');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    Expr::expr(Func::lower(Expr::col(column)))
-        .like(LikeExpr::new(pattern).escape('!'))
-        .into_condition()
 }
 
 /// How often an operator sent a row again, where the table keeps it.
@@ -160,17 +127,6 @@ struct RetryBucket {
 }
 
 #[derive(FromQueryResult)]
-struct ReasonCount {
-    reason: Option<String>,
-    n: i64,
-}
-
-#[derive(FromQueryResult)]
-struct Count {
-    n: i64,
-}
-
-#[derive(FromQueryResult)]
 struct Id {
     id: i64,
 }
@@ -189,10 +145,9 @@ impl OutboxTable {
     pub async fn report<C: ConnectionTrait>(&self, conn: &C) -> Result<OutboxReport, StorageError> {
         let backend = conn.get_database_backend();
         let counts = self.stats(conn).await?;
-        let n = Alias::new("n");
         let retries = Query::select()
             .column(Outbox::RetryCount)
-            .expr_as(Func::count(Expr::col(Outbox::Id)), n.clone())
+            .expr_as(Func::count(Expr::col(Outbox::Id)), Alias::new("n"))
             .from(self.alias())
             .and_where(
                 Expr::col(Outbox::Status)
@@ -207,22 +162,14 @@ impl OutboxTable {
             .into_iter()
             .map(|b| (b.retry_count, b.n.max(0) as u64))
             .collect();
-        let reasons = Query::select()
-            .expr_as(Expr::col(Outbox::LastError), Alias::new("reason"))
-            .expr_as(Func::count(Expr::col(Outbox::Id)), n.clone())
-            .from(self.alias())
-            .and_where(status_is(OutboxStatus::Dead))
-            .group_by_col(Outbox::LastError)
-            .order_by(n, Order::Desc)
-            .order_by(Outbox::LastError, Order::Asc)
-            .limit(TOP_REASONS)
-            .to_owned();
-        let dead_reasons = ReasonCount::find_by_statement(backend.build(&reasons))
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.reason, r.n.max(0) as u64))
-            .collect();
+        let dead_reasons = dead_reasons(
+            conn,
+            self.alias(),
+            Outbox::Id,
+            Outbox::LastError,
+            status_is(OutboxStatus::Dead),
+        )
+        .await?;
         Ok(OutboxReport {
             counts,
             retries,
@@ -371,30 +318,14 @@ impl OutboxTable {
         if purge.statuses.is_empty() {
             return Ok(0);
         }
-        self.delete_in_batches(conn, purge.condition(), batch).await
+        let condition = purge.condition();
+        delete_in_batches(batch, |size| {
+            self.delete_one_batch(conn, condition.clone(), size)
+        })
+        .await
     }
 
-    /// Deletes the rows `condition` matches, at most `batch` (capped at [`MAX_BATCH`]) per
-    /// statement, oldest ids first, until none is left; returns how many went.
-    pub(super) async fn delete_in_batches<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        condition: Condition,
-        batch: u64,
-    ) -> Result<u64, StorageError> {
-        let mut deleted = 0;
-        loop {
-            let (found, went) = self
-                .delete_one_batch(conn, condition.clone(), batch)
-                .await?;
-            deleted += went;
-            if found < batch.clamp(1, MAX_BATCH) {
-                return Ok(deleted);
-            }
-        }
-    }
-
-    /// One batch of [`delete_in_batches`](Self::delete_in_batches): the ids of at most `batch`
+    /// One batch of a purge or of the retention's deletes: the ids of at most `batch`
     /// (capped at [`MAX_BATCH`]) rows `condition` matches are read, oldest first, then deleted
     /// under the same condition (a row that changed meanwhile stays). Returns how many were
     /// found and how many went; fewer found than asked for means none is left.
@@ -434,16 +365,7 @@ impl OutboxTable {
         conn: &C,
         condition: Condition,
     ) -> Result<u64, StorageError> {
-        let stmt = Query::select()
-            .expr_as(Func::count(Expr::col(Outbox::Id)), Alias::new("n"))
-            .from(self.alias())
-            .cond_where(condition)
-            .to_owned();
-        let n = Count::find_by_statement(conn.get_database_backend().build(&stmt))
-            .one(conn)
-            .await?
-            .map_or(0, |c| c.n.max(0) as u64);
-        Ok(n)
+        count_where(conn, self.alias(), Outbox::Id, condition).await
     }
 
     /// Every column, and the redrive history where the table has it (then `true`).
