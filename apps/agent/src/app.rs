@@ -79,7 +79,6 @@ impl Agent {
             auth,
             credentials: start.credentials().clone(),
         });
-        start.document(http::operations());
         start.serve(routes, ()).await
     }
 }

@@ -16,8 +16,7 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat};
@@ -25,13 +24,15 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::{BusError, EventBus};
 use smartflow_domain::DomainError;
-use smartflow_service::openapi::Operation;
-use smartflow_service::{HttpError, ServiceCredentials};
+use smartflow_service::openapi::OpenApiRouter;
+use smartflow_service::{ErrorBody, HttpError, ServiceCredentials};
 use smartflow_storage::chat_history::{self, ChatMessage, HistoryPosition};
 use smartflow_storage::conflict::is_transient_conflict;
 use smartflow_storage::conversations::{self, Ownership};
 use smartflow_storage::StorageError;
 use smartflow_userauth_contracts::{AuthorizeError, UserauthClient};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::events::{ChatMessageAppended, Role};
@@ -62,23 +63,9 @@ pub struct ApiState {
     pub credentials: ServiceCredentials,
 }
 
-/// The operations [`router`] answers, for `/openapi.json`.
-pub fn operations() -> Vec<Operation> {
-    vec![
-        Operation::get(
-            "/v1/conversations/{id}/messages",
-            "A page of the conversation's history, newest first",
-        ),
-        Operation::post(
-            "/v1/conversations/{id}/messages",
-            "Post a message to the conversation",
-        ),
-    ]
-}
-
-/// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON
-/// fallbacks).
-pub fn router(state: ApiState) -> Router {
+/// The API's own routes over `state`, each documented by its handler's `#[utoipa::path]` (the
+/// skeleton adds `/healthz`, `/metrics`, `/openapi.json` and the JSON fallbacks).
+pub fn router(state: ApiState) -> OpenApiRouter {
     // Anything larger cannot hold a valid message: every character of the content takes at most
     // six bytes in JSON (`\u001f`), plus room for the other fields. Refusing it before buffering
     // keeps a client from making us hold megabytes to then reject them.
@@ -86,36 +73,37 @@ pub fn router(state: ApiState) -> Router {
         .max_content_chars
         .saturating_mul(6)
         .saturating_add(64 * 1024);
-    Router::new()
-        .route(
-            "/v1/conversations/{id}/messages",
-            get(list_messages).post(post_message),
-        )
+    OpenApiRouter::default()
+        .routes(routes!(list_messages, post_message))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
 /// The body of `POST /v1/conversations/{id}/messages`. The role is a string here so that a
 /// wrong one gets our message naming the allowed values rather than serde's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct PostMessage {
     /// Required without authentication; with it, the token names the user and a `user_id` that
     /// names someone else is refused.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// `user`, `assistant` or `system`; roles other than `user` need a service credential.
     pub role: String,
+    /// Not empty, at most the service's `SMARTFLOW_MAX_CONTENT_CHARS` characters, no NUL.
     pub content: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A message accepted into the outbox; it appears in the history once its consumer applied it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
+    /// The event's id (a UUID), the `event_id` of the message in the history.
     pub event_id: String,
 }
 
 /// A page of a conversation's history: `messages` in chronological order, and `next`, the
 /// cursor of the page before this one (older messages), `null` on the oldest page. Pass it as
 /// `before`; it is opaque and valid for the conversation it came from.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MessageList {
     pub messages: Vec<MessageView>,
     pub next: Option<String>,
@@ -123,7 +111,8 @@ pub struct MessageList {
 
 /// The query of `GET /v1/conversations/{id}/messages`. Strings here, so that a bad value gets
 /// our message rather than serde's.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Required without authentication (the user whose conversation it is); with it, one that
     /// names someone other than the token's user is refused.
@@ -134,7 +123,8 @@ pub struct HistoryQuery {
     pub before: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One message of the history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MessageView {
     pub event_id: String,
     pub user_id: String,
@@ -293,6 +283,27 @@ fn acting_user(token_user: Option<String>, claimed: Option<String>) -> Result<St
     }
 }
 
+/// Accepts a message into the outbox, in the transaction that claims the conversation for its
+/// user when it is new.
+#[utoipa::path(
+    post,
+    path = "/v1/conversations/{id}/messages",
+    summary = "Post a message to the conversation",
+    params(("id" = String, Path, description = "The conversation: letters, digits, `_`, `.`, `:`, `-`, at most 128")),
+    request_body = PostMessage,
+    security(("bearerAuth" = []), ("bearerAuth" = [], "serviceToken" = [])),
+    responses(
+        (status = 202, description = "Accepted into the outbox", body = Accepted),
+        (status = 400, description = "A value the request got wrong (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No access token, or one that does not verify or is revoked", body = ErrorBody),
+        (status = 403, description = "A role other than `user` without a service credential (`service_credential_required`)", body = ErrorBody),
+        (status = 404, description = "Another user's conversation (`not_found`)", body = ErrorBody),
+        (status = 413, description = "The message is too large (`payload_too_large`)", body = ErrorBody),
+        (status = 429, description = "The user's token quota is spent (`quota_exceeded`)", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+        (status = 503, description = "Userauth could not be asked (`unavailable`)", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(conversation_id))]
 async fn post_message(
     State(state): State<ApiState>,
@@ -456,6 +467,24 @@ fn publish_error(error: BusError) -> HttpError {
 /// A page of the user's conversation: the newest [`DEFAULT_PAGE_SIZE`] (or `limit`) messages,
 /// or those before the `before` cursor, in chronological order, with the cursor of the page
 /// before. Paging from the newest message backwards keeps the newest page one indexed read.
+#[utoipa::path(
+    get,
+    path = "/v1/conversations/{id}/messages",
+    summary = "A page of the conversation's history, newest first",
+    params(
+        ("id" = String, Path, description = "The conversation"),
+        HistoryQuery,
+    ),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "A page of the history", body = MessageList),
+        (status = 400, description = "A value the request got wrong (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No access token, or one that does not verify or is revoked", body = ErrorBody),
+        (status = 404, description = "Not the user's conversation, or none (`not_found`)", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+        (status = 503, description = "Userauth could not be asked (`unavailable`)", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(conversation_id))]
 async fn list_messages(
     State(state): State<ApiState>,

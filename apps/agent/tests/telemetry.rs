@@ -1,6 +1,8 @@
-//! The binaries' log and trace set-up. One trace from the HTTP request to the handler: the agent's post (its `post_message` span)
-//! publishes a chat message whose envelope carries the publish span's `traceparent`; the relay's
-//! `send` span and the consumer's `handle` span continue it. Spans are collected with
+//! The binaries' log and trace set-up. One trace from the HTTP request to the handler: the
+//! skeleton's HTTP server opens a `request` span per request (a child of the caller's trace when
+//! the request carries a W3C `traceparent` header), the agent's `post_message` span is its child
+//! and publishes a chat message whose envelope carries the publish span's `traceparent`; the
+//! relay's `send` span and the consumer's `handle` span continue it. Spans are collected with
 //! OpenTelemetry's in-memory exporter through the layer the binaries install
 //! (`smartflow_service::logging::trace_layer`). A test binary of its own: the subscriber is the
 //! process's. And a setting the set-up cannot use stops the binary at start, by name.
@@ -17,22 +19,155 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use smartflow_agent::RunningAgent;
 use support::*;
 
-/// The finished span named `name` whose `event_id` attribute is `event_id` (any, with `None`).
-fn find<'a>(spans: &'a [SpanData], name: &str, event_id: Option<&str>) -> Option<&'a SpanData> {
+/// The caller's trace, as a W3C `traceparent` (sampled).
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+/// The finished span named `name` whose attribute `key` is `value` (any, with `None`).
+fn find<'a>(
+    spans: &'a [SpanData],
+    name: &str,
+    attribute: Option<(&str, &str)>,
+) -> Option<&'a SpanData> {
     spans.iter().find(|span| {
         span.name == name
-            && event_id.is_none_or(|id| {
+            && attribute.is_none_or(|(key, value)| {
                 span.attributes
                     .iter()
-                    .any(|kv| kv.key.as_str() == "event_id" && kv.value.as_str() == id)
+                    .any(|kv| kv.key.as_str() == key && kv.value.as_str() == value)
             })
     })
 }
 
+/// The finished span whose id is `id`.
+fn by_id(spans: &[SpanData], id: SpanId) -> Option<&SpanData> {
+    spans.iter().find(|span| span.span_context.span_id() == id)
+}
+
+/// Posts a `user` message as `alice` to `conversation`, with `traceparent` when given; the
+/// accepted event's id.
+async fn post_traced(
+    agent: &RunningAgent,
+    conversation: &str,
+    traceparent: Option<&str>,
+) -> String {
+    let mut request = client()
+        .post(messages_url(agent, conversation))
+        .json(&serde_json::json!({"user_id": "alice", "role": "user", "content": "follow me"}));
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+    let accepted: smartflow_agent::http::Accepted = response.json().await.unwrap();
+    accepted.event_id
+}
+
+/// The spans of one post, from its request to its handler.
+struct PostSpans {
+    request: SpanData,
+    post: SpanData,
+    publish: SpanData,
+    send: SpanData,
+    handle: SpanData,
+}
+
+/// Waits until every span of the post to `conversation` that published `event_id` finished.
+async fn spans_of(
+    exporter: &InMemorySpanExporter,
+    conversation: &str,
+    event_id: &str,
+) -> PostSpans {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let spans = exporter.get_finished_spans().unwrap();
+        let post = find(
+            &spans,
+            "post_message",
+            Some(("conversation_id", conversation)),
+        );
+        let request = post.and_then(|post| by_id(&spans, post.parent_span_id));
+        let event = Some(("event_id", event_id));
+        let found = (
+            request,
+            post,
+            find(&spans, "publish_envelope", event),
+            find(&spans, "send", event),
+            find(&spans, "handle", event),
+        );
+        if let (Some(request), Some(post), Some(publish), Some(send), Some(handle)) = found {
+            return PostSpans {
+                request: request.clone(),
+                post: post.clone(),
+                publish: publish.clone(),
+                send: send.clone(),
+                handle: handle.clone(),
+            };
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans of the request, post, publish, send and handle never all finished: {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of `span`'s attribute `key`, as text.
+fn attribute(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+}
+
+/// Every span of the post is in the request's trace: the request's span holds the handler's,
+/// which publishes; the relay and the consumer continue the context the envelope carries (the
+/// publish span's), as remote parents.
+fn assert_one_trace(spans: &PostSpans) {
+    let request = &spans.request;
+    assert_eq!(request.name, "POST /v1/conversations/{id}/messages");
+    assert_eq!(
+        attribute(request, "http.request.method").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(
+        attribute(request, "http.route").as_deref(),
+        Some("/v1/conversations/{id}/messages")
+    );
+    assert_eq!(
+        attribute(request, "http.response.status_code").as_deref(),
+        Some("202")
+    );
+    let trace = request.span_context.trace_id();
+    assert_ne!(trace, TraceId::INVALID);
+    for span in [&spans.post, &spans.publish, &spans.send, &spans.handle] {
+        assert_eq!(
+            span.span_context.trace_id(),
+            trace,
+            "{} is in the request's trace",
+            span.name
+        );
+    }
+    assert_eq!(spans.post.parent_span_id, request.span_context.span_id());
+    assert!(!spans.post.parent_span_is_remote);
+    assert_ne!(spans.publish.parent_span_id, SpanId::INVALID);
+    for span in [&spans.send, &spans.handle] {
+        assert_eq!(
+            span.parent_span_id,
+            spans.publish.span_context.span_id(),
+            "{}",
+            span.name
+        );
+        assert!(span.parent_span_is_remote, "{}", span.name);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_runs_from_the_post_to_the_handler() {
+async fn one_trace_runs_from_the_callers_request_to_the_handler() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -44,50 +179,34 @@ async fn one_trace_runs_from_the_post_to_the_handler() {
 
     let dir = TempDir::new();
     let agent = start(sqlite_config(&dir)).await;
-    let event_id = post_message(&agent, "conv-traced", "alice", "user", "follow me").await;
-    wait_for_messages(&agent, "conv-traced", "alice", 1).await;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (post, publish, send, handle) = loop {
-        let spans = exporter.get_finished_spans().unwrap();
-        let found = (
-            find(&spans, "post_message", None).cloned(),
-            find(&spans, "publish_envelope", Some(&event_id)).cloned(),
-            find(&spans, "send", Some(&event_id)).cloned(),
-            find(&spans, "handle", Some(&event_id)).cloned(),
-        );
-        if let (Some(post), Some(publish), Some(send), Some(handle)) = found {
-            break (post, publish, send, handle);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "spans of the post, publish, send and handle never all finished: {:?}",
-            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let trace = post.span_context.trace_id();
-    assert_ne!(trace, TraceId::INVALID);
-    for span in [&publish, &send, &handle] {
-        assert_eq!(
-            span.span_context.trace_id(),
-            trace,
-            "{} is in the post's trace",
-            span.name
-        );
-    }
-    // The publish happens within the request; the relay and the consumer continue the context
-    // the envelope carries (the publish span's), as remote parents.
-    assert_ne!(publish.parent_span_id, SpanId::INVALID);
-    for span in [&send, &handle] {
-        assert_eq!(
-            span.parent_span_id,
-            publish.span_context.span_id(),
-            "{}",
-            span.name
-        );
-        assert!(span.parent_span_is_remote, "{}", span.name);
-    }
+    // A caller's trace goes on through the request, the publish, the relay and the handler.
+    let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let event_id = post_traced(&agent, "conv-traced", Some(&traceparent)).await;
+    wait_for_messages(&agent, "conv-traced", "alice", 1).await;
+    let traced = spans_of(&exporter, "conv-traced", &event_id).await;
+    assert_one_trace(&traced);
+    assert_eq!(
+        traced.request.span_context.trace_id(),
+        TraceId::from_hex(CALLER_TRACE).unwrap()
+    );
+    assert_eq!(
+        traced.request.parent_span_id,
+        SpanId::from_hex(CALLER_SPAN).unwrap()
+    );
+    assert!(traced.request.parent_span_is_remote);
+
+    // Without one, the request starts a trace of its own.
+    let event_id = post_traced(&agent, "conv-untraced", None).await;
+    wait_for_messages(&agent, "conv-untraced", "alice", 1).await;
+    let untraced = spans_of(&exporter, "conv-untraced", &event_id).await;
+    assert_one_trace(&untraced);
+    assert_ne!(
+        untraced.request.span_context.trace_id(),
+        traced.request.span_context.trace_id()
+    );
+    assert_eq!(untraced.request.parent_span_id, SpanId::INVALID);
+
     stop(agent).await;
     provider.shutdown().unwrap();
 }

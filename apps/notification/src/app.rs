@@ -97,7 +97,6 @@ impl Notification {
             targets,
             credentials: start.credentials().clone(),
         });
-        start.document(http::operations());
         start.serve(routes, NotificationParts { dispatcher }).await
     }
 }

@@ -9,19 +9,20 @@
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, SecondsFormat};
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use smartflow_bus::EventBus;
-use smartflow_service::openapi::Operation;
+use smartflow_service::openapi::OpenApiRouter;
 use smartflow_service::{
-    write_gauge, Gauges, HttpError, MetricsRegistry, ServiceCaller, ServiceCredentials,
+    write_gauge, ErrorBody, Gauges, HttpError, MetricsRegistry, ServiceCaller, ServiceCredentials,
 };
 use smartflow_storage::notification::{self, NotificationRecord};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use crate::events::{Channel, NotificationRequested, Validate, MAX_TEXT_CHARS};
 use crate::handler::StoredNotification;
@@ -37,46 +38,34 @@ pub struct ApiState {
     pub credentials: ServiceCredentials,
 }
 
-/// The operations [`router`] answers, for `/openapi.json`.
-pub fn operations() -> Vec<Operation> {
-    vec![
-        Operation::get("/v1/notifications", "A notification request's record").for_services(),
-        Operation::post(
-            "/v1/notifications",
-            "Request a notification (once per dedupe key)",
-        )
-        .for_services(),
-    ]
-}
-
-/// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON
-/// fallbacks).
-pub fn router(state: ApiState) -> Router {
+/// The API's own routes over `state`, each documented by its handler's `#[utoipa::path]` (the
+/// skeleton adds `/healthz`, `/metrics`, `/openapi.json` and the JSON fallbacks).
+pub fn router(state: ApiState) -> OpenApiRouter {
     // A valid body is at most the text (6 bytes per character when escaped) plus the rest.
     let body_limit = MAX_TEXT_CHARS * 6 + 64 * 1024;
     let services_only = axum::middleware::from_fn_with_state(
         state.credentials.clone(),
         ServiceCredentials::require,
     );
-    Router::new()
-        .route(
-            "/v1/notifications",
-            get(find_notification).post(request_notification),
-        )
+    OpenApiRouter::default()
+        .routes(routes!(find_notification, request_notification))
         .route_layer(services_only)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
 /// The body of `POST /v1/notifications`. `Debug` hides the webhook's token.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, ToSchema)]
 pub struct PostNotification {
+    /// `feishu`.
     pub channel: String,
+    /// A webhook the service's target policy allows; absent: the service's default webhook.
     #[serde(default)]
     pub target: Option<String>,
     #[serde(default)]
     pub title: String,
     pub text: String,
+    /// The request is recorded once per `(channel, dedupe_key)`.
     pub dedupe_key: String,
     #[serde(default)]
     pub user_id: Option<String>,
@@ -99,20 +88,23 @@ impl std::fmt::Debug for PostNotification {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A request accepted into the outbox.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
+    /// The event's id (a UUID).
     pub event_id: String,
 }
 
 /// `GET /v1/notifications?channel=...&dedupe_key=...`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FindQuery {
     pub channel: String,
     pub dedupe_key: String,
 }
 
 /// A record as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NotificationView {
     pub id: i64,
     pub channel: String,
@@ -136,11 +128,28 @@ pub struct NotificationView {
     pub sent_at: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// The record of a request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Found {
     pub notification: NotificationView,
 }
 
+/// Publishes the request; its consumer records it once per `(channel, dedupe_key)`, then the
+/// dispatcher sends it.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications",
+    summary = "Request a notification (once per dedupe key)",
+    request_body = PostNotification,
+    security(("serviceToken" = [])),
+    responses(
+        (status = 202, description = "Accepted into the outbox", body = Accepted),
+        (status = 400, description = "A value the request got wrong (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No valid service credential (`service_credential_required`)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+    ),
+)]
 #[tracing::instrument(skip_all, fields(dedupe_key))]
 async fn request_notification(
     State(state): State<ApiState>,
@@ -194,6 +203,20 @@ async fn request_notification(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    summary = "A notification request's record",
+    params(FindQuery),
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The record", body = Found),
+        (status = 400, description = "A value the request got wrong (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No valid service credential (`service_credential_required`)", body = ErrorBody),
+        (status = 404, description = "No record of this request (`not_found`)", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+    ),
+)]
 async fn find_notification(
     State(state): State<ApiState>,
     query: Result<Query<FindQuery>, QueryRejection>,

@@ -119,7 +119,6 @@ impl Userauth {
             throttle,
             credentials: start.credentials().clone(),
         });
-        start.document(http::operations());
         start.serve(routes, UserauthParts { service }).await
     }
 }

@@ -26,13 +26,14 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
-use smartflow_service::openapi::Operation;
+use smartflow_service::openapi::OpenApiRouter;
 use smartflow_service::{HttpError, ServiceCredentials};
 use smartflow_storage::users::User;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::error::{AuthError, ErrorChain};
 use crate::service::{AuthService, Principal, TokenPair};
@@ -64,39 +65,25 @@ impl FromRef<ApiState> for Throttle {
     }
 }
 
-/// The operations [`router`] answers, for `/openapi.json`.
-pub fn operations() -> Vec<Operation> {
-    vec![
-        Operation::post("/v1/auth/register", "Create an account"),
-        Operation::post("/v1/auth/login", "Log in: an access and a refresh token"),
-        Operation::post("/v1/auth/refresh", "Rotate a refresh token"),
-        Operation::post("/v1/auth/logout", "End this session"),
-        Operation::post("/v1/auth/logout-all", "End every session of the account"),
-        Operation::post("/v1/auth/password", "Change the password"),
-        Operation::get("/v1/auth/me", "The caller's account"),
-        Operation::get("/v1/auth/authorize", "Check an access token for a service").for_services(),
-    ]
-}
-
-/// The API's own routes over `state` (the skeleton adds `/healthz`, `/metrics` and the JSON
-/// fallbacks).
-pub fn router(state: ApiState) -> Router {
+/// The API's own routes over `state`, each documented by its handler's `#[utoipa::path]` (the
+/// skeleton adds `/healthz`, `/metrics`, `/openapi.json` and the JSON fallbacks).
+pub fn router(state: ApiState) -> OpenApiRouter {
     let services_only = axum::middleware::from_fn_with_state(
         state.credentials.clone(),
         ServiceCredentials::require,
     );
-    Router::new()
-        .route("/v1/auth/register", post(register))
-        .route("/v1/auth/login", post(login))
-        .route("/v1/auth/refresh", post(refresh))
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/auth/logout-all", post(logout_everywhere))
-        .route("/v1/auth/password", post(change_password))
-        .route("/v1/auth/me", get(me))
-        .route(
-            "/v1/auth/authorize",
-            get(authorize).route_layer(services_only),
-        )
+    let for_services = OpenApiRouter::default()
+        .routes(routes!(authorize))
+        .route_layer(services_only);
+    OpenApiRouter::default()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_everywhere))
+        .routes(routes!(change_password))
+        .routes(routes!(me))
+        .merge(for_services)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(axum::middleware::map_response(not_stored))
         .with_state(state)
@@ -157,30 +144,30 @@ impl From<JsonRejection> for AuthError {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Credentials {
     pub email: String,
     pub password: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RegisterResponse {
     pub user_id: String,
     pub email: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PasswordChange {
     pub current_password: String,
     pub new_password: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub refresh_token: String,
@@ -201,7 +188,7 @@ impl From<TokenPair> for TokenResponse {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MeResponse {
     pub user_id: String,
     pub email: String,
@@ -211,8 +198,18 @@ pub struct MeResponse {
     pub created_at: String,
 }
 
-fn authorized(user: User) -> AuthorizeResponse {
-    AuthorizeResponse {
+/// What `GET /v1/auth/authorize` answers: the wire form of the contracts' [`AuthorizeResponse`],
+/// which the other services read it as (a test holds the two together).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AuthorizeBody {
+    pub user_id: String,
+    pub email: String,
+    pub token_usage: i64,
+    pub token_quota: i64,
+}
+
+fn authorized(user: User) -> AuthorizeBody {
+    AuthorizeBody {
         user_id: user.id,
         email: user.email,
         token_usage: user.token_usage,
@@ -234,6 +231,21 @@ fn presented_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     bearer_token(value).ok_or(AuthError::MissingToken)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/register",
+    summary = "Create an account",
+    request_body = Credentials,
+    responses(
+        (status = 201, description = "The account", body = RegisterResponse),
+        (status = 400, description = "A value the request got wrong: `invalid_request`, `invalid_email`, `weak_password`", body = ErrorBody),
+        (status = 409, description = "The email is taken (`email_taken`)", body = ErrorBody),
+        (status = 413, description = "The body is too large (`payload_too_large`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account (`rate_limited`, with `Retry-After`)", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+        (status = 503, description = "Password hashing is saturated (`busy`, with `Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn register(
     State(service): State<AuthService>,
     State(throttle): State<Throttle>,
@@ -254,6 +266,21 @@ async fn register(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/login",
+    summary = "Log in: an access and a refresh token",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "A new session's tokens", body = TokenResponse),
+        (status = 400, description = "A value the request got wrong: `invalid_request`, `invalid_email`, `weak_password`", body = ErrorBody),
+        (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
+        (status = 413, description = "The body is too large (`payload_too_large`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account (`rate_limited`, with `Retry-After`)", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+        (status = 503, description = "Password hashing is saturated (`busy`, with `Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn login(
     State(service): State<AuthService>,
     State(throttle): State<Throttle>,
@@ -267,6 +294,20 @@ async fn login(
     Ok(Json(pair.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/refresh",
+    summary = "Rotate a refresh token",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "The session's new tokens", body = TokenResponse),
+        (status = 400, description = "A value the request got wrong: `invalid_request`, `invalid_email`, `weak_password`", body = ErrorBody),
+        (status = 401, description = "A refresh token that is unknown, expired, revoked or reused (which revokes its session), or a session past its lifetime", body = ErrorBody),
+        (status = 413, description = "The body is too large (`payload_too_large`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address or for this account (`rate_limited`, with `Retry-After`)", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+    ),
+)]
 async fn refresh(
     State(service): State<AuthService>,
     State(throttle): State<Throttle>,
@@ -282,6 +323,17 @@ async fn refresh(
     Ok(Json(pair.into()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout",
+    summary = "End this session",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 204, description = "The session is revoked"),
+        (status = 401, description = "No access token, or one that does not verify, expired or is revoked", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+    ),
+)]
 async fn logout(
     State(service): State<AuthService>,
     headers: HeaderMap,
@@ -291,6 +343,17 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/logout-all",
+    summary = "End every session of the account",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 204, description = "Every session of the account is revoked"),
+        (status = 401, description = "No access token, or one that does not verify, expired or is revoked", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+    ),
+)]
 async fn logout_everywhere(
     State(service): State<AuthService>,
     headers: HeaderMap,
@@ -300,6 +363,22 @@ async fn logout_everywhere(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/auth/password",
+    summary = "Change the password",
+    security(("bearerAuth" = [])),
+    request_body = PasswordChange,
+    responses(
+        (status = 204, description = "Changed; the other sessions are revoked"),
+        (status = 400, description = "A value the request got wrong: `invalid_request`, `weak_password`", body = ErrorBody),
+        (status = 401, description = "No access token, or one that does not verify, expired or is revoked", body = ErrorBody),
+        (status = 403, description = "The current password is wrong (`wrong_password`)", body = ErrorBody),
+        (status = 413, description = "The body is too large (`payload_too_large`)", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+        (status = 503, description = "Password hashing is saturated (`busy`, with `Retry-After`)", body = ErrorBody),
+    ),
+)]
 async fn change_password(
     State(service): State<AuthService>,
     headers: HeaderMap,
@@ -313,6 +392,18 @@ async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/auth/me",
+    summary = "The caller's account",
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The account", body = MeResponse),
+        (status = 401, description = "No access token, or one that does not verify, expired or is revoked", body = ErrorBody),
+        (status = 404, description = "The account is gone (`not_found`)", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+    ),
+)]
 async fn me(
     State(service): State<AuthService>,
     headers: HeaderMap,
@@ -331,10 +422,48 @@ async fn me(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/auth/authorize",
+    summary = "Check an access token for a service",
+    security(("serviceToken" = [], "bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The user may go on", body = AuthorizeBody),
+        (status = 401, description = "No valid service credential (`service_credential_required`), or an access token that does not verify, expired or is revoked", body = ErrorBody),
+        (status = 429, description = "The user's token quota is spent (`quota_exceeded`)", body = ErrorBody),
+        (status = 500, description = "The service failed (`internal`)", body = ErrorBody),
+    ),
+)]
 async fn authorize(
     State(service): State<AuthService>,
     headers: HeaderMap,
-) -> Result<Json<AuthorizeResponse>, AuthError> {
+) -> Result<Json<AuthorizeBody>, AuthError> {
     let user = service.authorize(presented_token(&headers)?).await?;
     Ok(Json(authorized(user)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_authorize_answer_reads_as_the_contracts_type() {
+        let body = AuthorizeBody {
+            user_id: "u1".to_owned(),
+            email: "a@example.com".to_owned(),
+            token_usage: 3,
+            token_quota: 10,
+        };
+        let read: AuthorizeResponse =
+            serde_json::from_value(serde_json::to_value(&body).unwrap()).unwrap();
+        assert_eq!(
+            read,
+            AuthorizeResponse {
+                user_id: body.user_id,
+                email: body.email,
+                token_usage: body.token_usage,
+                token_quota: body.token_quota,
+            }
+        );
+    }
 }

@@ -10,7 +10,7 @@ pub mod health;
 pub mod metrics;
 pub mod publish;
 pub mod relay;
-mod trace;
+pub mod trace;
 
 pub use consumer::{ConsumerConfig, ConsumerRunner, Dedupe, SubscribedEvents, WakeOnCommit};
 pub use error::BusError;

@@ -2,7 +2,9 @@
 //! `TraceContextPropagator`: written at publish from the publishing span, continued by the
 //! relay's `send` span and the consumer's `handle` span, so one trace runs from the request that
 //! published an event to the handler that applied it. Without an OpenTelemetry layer in the
-//! subscriber (no exporter configured) publish starts a fresh trace id instead.
+//! subscriber (no exporter configured) publish starts a fresh trace id instead. The services'
+//! HTTP server continues an incoming request's `traceparent` header the same way
+//! ([`continue_trace`]), so the trace starts at the caller.
 
 use std::collections::HashMap;
 
@@ -31,8 +33,9 @@ fn remote(traceparent: Option<&str>) -> Option<Context> {
     context.span().span_context().is_valid().then_some(context)
 }
 
-/// Makes `span` (just created, not entered yet) a child of the trace `traceparent` names.
-pub(crate) fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+/// Makes `span` (just created, not entered yet) a child of the trace `traceparent` names; a
+/// missing or invalid one leaves it the root of a trace of its own.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     if let Some(context) = remote(traceparent) {
         // Fails only without an OpenTelemetry layer, when there is no trace to continue.
         let _ = span.set_parent(context);

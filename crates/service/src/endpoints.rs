@@ -2,7 +2,8 @@
 //! `GET /metrics` (the bus's counters, the backlog of each outbox the service owns, and the
 //! service's own [`Gauges`]; only for a service credential), and the JSON answers to unknown
 //! paths and methods, and the admin API (`/admin/...`, [`crate::admin`]; only for a service
-//! credential). With an admin address, `/metrics` and `/admin/...` move to a router of their own.
+//! credential), and `GET /openapi.json` (the service's document with these routes'). With an
+//! admin address, `/metrics` and `/admin/...` move to a router of their own.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::Extension;
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use prometheus_client::metrics::family::Family;
@@ -21,11 +22,14 @@ use sea_orm::DatabaseConnection;
 use smartflow_bus::Metrics;
 use smartflow_domain::OutboxStatus;
 use smartflow_storage::outbox::OutboxTable;
+use utoipa_axum::routes;
 
 use crate::admin::{admin_routes, AdminTables};
 use crate::credentials::ServiceCredentials;
+use crate::error_body::ErrorBody;
 use crate::health::{health_check, HealthBody};
 use crate::http_error::{method_not_allowed, not_found, HttpError};
+use crate::openapi::{OpenApi, OpenApiRouter};
 
 pub use smartflow_bus::metrics::PROMETHEUS_CONTENT_TYPE;
 
@@ -40,7 +44,7 @@ pub trait Gauges: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), HttpError>>;
 }
 
-/// What `/healthz` and `/metrics` read.
+/// What `/healthz`, `/metrics` and `/openapi.json` read.
 #[derive(Clone)]
 pub struct Observed {
     pub db: DatabaseConnection,
@@ -48,13 +52,20 @@ pub struct Observed {
     /// The outboxes whose backlog `/metrics` reports.
     pub outboxes: Vec<OutboxTable>,
     pub gauges: Option<Arc<dyn Gauges>>,
-    /// What `/openapi.json` answers (`crate::openapi::document`).
-    pub openapi: Arc<serde_json::Value>,
+    /// The service's own document ([`crate::openapi::document`]); `/openapi.json` answers it
+    /// with the skeleton's operations merged in.
+    pub openapi: OpenApi,
 }
 
-/// A service's own `routes` with `/healthz`, `/metrics` (behind `credentials`) and the JSON
-/// fallbacks added; with `separate_admin`, `/metrics` is left out of them and served, with
-/// `/healthz`, by the second router returned, for the admin address.
+/// The document `/openapi.json` answers, as JSON once.
+#[derive(Clone)]
+struct ServedDocument(Arc<serde_json::Value>);
+
+/// A service's own `routes` with `/healthz`, `/openapi.json`, `/metrics` and the admin API
+/// (behind `credentials`) and the JSON fallbacks added; with `separate_admin`, `/metrics` and
+/// the admin API are left out of them and served, with `/healthz` and `/openapi.json`, by the
+/// second router returned, for the admin address. `/openapi.json` documents them all, wherever
+/// they are served.
 pub fn with_service_endpoints(
     routes: Router,
     observed: Observed,
@@ -62,18 +73,29 @@ pub fn with_service_endpoints(
     credentials: ServiceCredentials,
     separate_admin: bool,
 ) -> (Router, Option<Router>) {
-    let health = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/openapi.json", get(openapi))
-        .with_state(observed.clone());
-    let metrics = Router::new()
-        .route("/metrics", get(metrics))
+    let mut document = observed.openapi.clone();
+    let (health, health_api) = OpenApiRouter::default()
+        .routes(routes!(healthz))
+        .routes(routes!(openapi))
+        .with_state(observed.clone())
+        .split_for_parts();
+    let (metrics, metrics_api) = OpenApiRouter::default()
+        .routes(routes!(metrics))
         .route_layer(axum::middleware::from_fn_with_state(
             credentials.clone(),
             ServiceCredentials::require,
         ))
         .with_state(observed)
-        .merge(admin_routes(admin, credentials));
+        .merge(admin_routes(admin, credentials))
+        .split_for_parts();
+    document.merge(health_api);
+    document.merge(metrics_api);
+    let served = serde_json::to_value(&document).unwrap_or_else(|e| {
+        // Serializing a document of strings and maps cannot fail; say so loudly if it did.
+        tracing::error!(error = %e, "the OpenAPI document does not serialize");
+        serde_json::Value::Null
+    });
+    let health = health.layer(Extension(ServedDocument(Arc::new(served))));
     let finish = |router: Router| {
         router
             .fallback(not_found)
@@ -87,14 +109,46 @@ pub fn with_service_endpoints(
     }
 }
 
-async fn openapi(State(observed): State<Observed>) -> Json<serde_json::Value> {
-    Json(observed.openapi.as_ref().clone())
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    summary = "This document",
+    responses((status = 200, description = "The service's OpenAPI 3.1 document", body = Object)),
+)]
+async fn openapi(Extension(document): Extension<ServedDocument>) -> Json<serde_json::Value> {
+    Json(document.0.as_ref().clone())
 }
 
+/// The database answers, the relay is not paused, every consumer polls, owns partitions and can
+/// apply its batches.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    summary = "Health of the database and the bus's loops",
+    responses(
+        (status = 200, description = "Everything is healthy", body = HealthBody),
+        (status = 503, description = "Something is not; the body says what", body = HealthBody),
+    ),
+)]
 async fn healthz(State(observed): State<Observed>) -> (StatusCode, Json<HealthBody>) {
     health_check(&observed.db, &observed.metrics).await
 }
 
+/// The bus's counters, the backlog of each outbox the service owns, and the service's own
+/// gauges, in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    summary = "Prometheus metrics",
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "The metrics", body = String,
+         content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 500, description = "A gauge could not be read", body = ErrorBody),
+    ),
+)]
 async fn metrics(State(observed): State<Observed>) -> Result<Response, HttpError> {
     let mut scrape = observed.metrics.scrape_registry();
     for outbox in &observed.outboxes {

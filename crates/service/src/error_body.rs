@@ -15,13 +15,15 @@ use serde::{Deserialize, Serialize};
 pub const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The wire form of every error: `{"error": {"code": ..., "message": ...}}`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What failed: a stable code clients branch on, and a message for people.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
+    /// `invalid_request`, `not_found`, `service_credential_required`, `internal`, ...
     pub code: String,
     pub message: String,
 }

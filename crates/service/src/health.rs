@@ -10,11 +10,15 @@ use smartflow_bus::{ComponentReport, Metrics};
 use crate::error_body::database_answers;
 
 /// The body of `GET /healthz`: `status` is `ok` or `unavailable`, with the reason per part.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthBody {
+    /// `ok` or `unavailable`.
     pub status: &'static str,
+    /// `ok` or `unreachable`.
     pub database: &'static str,
-    /// The relays and consumers of this process, each with its problem if it has one.
+    /// The relays and consumers of this process, each with its problem if it has one
+    /// (`name`, `healthy`, `problem`, and a consumer's `assigned_partitions`).
+    #[schema(value_type = Vec<Object>)]
     pub components: Vec<ComponentReport>,
 }
 

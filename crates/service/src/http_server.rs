@@ -6,12 +6,19 @@
 //! request deadline (408); the cap is a semaphore taken before a connection is served: a
 //! connection over it is closed at once, unserved, rather than queued. Each request carries its
 //! peer's address as axum's `ConnectInfo<SocketAddr>` (rate limits key on it).
+//!
+//! Every request runs in a span of its own ([`request_span`], through tower-http's
+//! `TraceLayer`): the method, the route, the path and the answer's status, continuing the W3C
+//! trace its `traceparent` header names (smartflow-bus's propagator, as for an event), else
+//! starting one. The handlers' spans are its children, so a trace runs from the caller through
+//! the request to every handler of the events it published.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ConnectInfo;
-use axum::http::{Request, StatusCode};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath};
+use axum::http::{Request, Response, StatusCode};
 use axum::Router;
 use clap::Args;
 use hyper::body::Incoming;
@@ -24,6 +31,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 pub const DEFAULT_HTTP_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_HTTP_REQUEST_TIMEOUT_MS: u64 = 30_000;
@@ -83,10 +92,21 @@ pub async fn serve_http(
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) {
-    let app = router.layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        limits.request_timeout(),
-    ));
+    let app = router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout(),
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<Body>| request_span(request))
+                .on_request(())
+                .on_response(|response: &Response<Body>, _: Duration, span: &Span| {
+                    record_status(span, response.status());
+                })
+                // A failed request is logged where it failed (`HttpError::internal`).
+                .on_failure(()),
+        );
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -131,4 +151,43 @@ pub async fn serve_http(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// The span of one request, named `METHOD route` for OpenTelemetry (the route as the router
+/// spells it, `/v1/conversations/{id}/messages`; the method alone for a path no route matched),
+/// made a child of the trace the request's `traceparent` header names, if it names a valid one.
+pub fn request_span<B>(request: &Request<B>) -> Span {
+    let method = request.method();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
+    let name = match route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
+    };
+    let span = tracing::info_span!(
+        "request",
+        otel.name = name.as_str(),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method.as_str(),
+        http.route = route,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get(smartflow_domain::TRACEPARENT_HEADER)
+        .and_then(|value| value.to_str().ok());
+    smartflow_bus::trace::continue_trace(&span, traceparent);
+    span
+}
+
+/// Records the answer's status on its request's span; a server error marks the span failed.
+fn record_status(span: &Span, status: StatusCode) {
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
 }

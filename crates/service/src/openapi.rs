@@ -1,157 +1,196 @@
-//! The OpenAPI document every service serves at `GET /openapi.json`: its own operations (each
-//! service lists them beside its router, `http::operations()`) and the skeleton's (`/healthz`,
-//! `/metrics`, `/openapi.json`, the admin API). Paths, methods, a summary and whether a service
-//! credential is needed; bodies are described in `docs/operations.md` and the services' docs.
+//! The OpenAPI document every service serves at `GET /openapi.json`, generated from the code
+//! with utoipa: every handler carries `#[utoipa::path]` (method, path, parameters, request
+//! body, answers with their status codes and the [`ErrorBody`](crate::ErrorBody) of failures,
+//! the credential it needs) and every body type `#[derive(ToSchema)]`. A service's routes are an
+//! [`OpenApiRouter`] built with utoipa-axum's `routes!`, which registers a handler's route and
+//! its documentation together; [`ServiceStart::serve`](crate::ServiceStart::serve) titles the
+//! service's document ([`document`]) and the skeleton merges its own operations into it
+//! (`/healthz`, `/metrics`, `/openapi.json`, the admin API, the dashboard).
+//!
+//! For the tests that hold a served document against the running service: [`documented`] (its
+//! operations), [`mismatches`] (documented but not routed, routed but not documented) and
+//! [`schema_problems`] (bodies whose schemas are missing or do not resolve).
 
 use axum::http::Method;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Components, InfoBuilder};
 
-/// One documented operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Operation {
-    pub method: Method,
-    /// The path as the router spells it (`/v1/conversations/{id}/messages`), which is also
-    /// OpenAPI's template syntax.
-    pub path: &'static str,
-    pub summary: &'static str,
-    /// Whether only a service credential (`x-smartflow-service-token`) is answered.
-    pub service_only: bool,
-}
+pub use utoipa::openapi::OpenApi;
+pub use utoipa_axum::router::OpenApiRouter;
 
-impl Operation {
-    pub fn get(path: &'static str, summary: &'static str) -> Self {
-        Self::new(Method::GET, path, summary)
-    }
+/// The security scheme of a route for a service credential only (the header
+/// [`SERVICE_TOKEN_HEADER`](crate::SERVICE_TOKEN_HEADER)); a handler names it in
+/// `#[utoipa::path(security(("serviceToken" = [])))]`.
+pub const SERVICE_TOKEN_SCHEME: &str = "serviceToken";
+/// The security scheme of a user's access token (`Authorization: Bearer`), `bearerAuth`.
+pub const BEARER_SCHEME: &str = "bearerAuth";
 
-    pub fn post(path: &'static str, summary: &'static str) -> Self {
-        Self::new(Method::POST, path, summary)
-    }
-
-    fn new(method: Method, path: &'static str, summary: &'static str) -> Self {
-        Self {
-            method,
-            path,
-            summary,
-            service_only: false,
-        }
-    }
-
-    /// The same operation, answered for a service credential only.
-    pub fn for_services(mut self) -> Self {
-        self.service_only = true;
-        self
-    }
-}
-
-/// The skeleton's own operations: on the main listener, and `/metrics` with the admin API on the
-/// admin listener when one is configured.
-pub fn skeleton_operations() -> Vec<Operation> {
-    let admin = |op: Operation| op.for_services();
-    vec![
-        Operation::get("/healthz", "Health of the database and the bus's loops"),
-        Operation::get("/openapi.json", "This document"),
-        admin(Operation::get("/metrics", "Prometheus metrics")),
-        admin(Operation::get(
-            "/admin/outbox/stats",
-            "Outbox rows per status, retries, dead reasons",
-        )),
-        admin(Operation::get(
-            "/admin/outbox/rows",
-            "Outbox rows matching filters",
-        )),
-        admin(Operation::get(
-            "/admin/outbox/rows/{id}",
-            "One outbox row in full (row id or event id)",
-        )),
-        admin(Operation::post(
-            "/admin/outbox/redrive",
-            "Send dead outbox rows again",
-        )),
-        admin(Operation::post(
-            "/admin/outbox/purge",
-            "Delete old settled outbox rows",
-        )),
-        admin(Operation::post(
-            "/admin/outbox/unblock",
-            "Let a key held back by a waiting retry go on",
-        )),
-        admin(Operation::get(
-            "/admin/inbox/stats",
-            "Inbox rows per consumer and status",
-        )),
-        admin(Operation::get(
-            "/admin/inbox/rows",
-            "Inbox rows matching filters",
-        )),
-        admin(Operation::get(
-            "/admin/inbox/rows/{event_id}",
-            "Every consumer's inbox row of one event",
-        )),
-        admin(Operation::post(
-            "/admin/inbox/purge",
-            "Delete old inbox rows",
-        )),
-        Operation::get(
-            crate::admin::DASHBOARD_PATH,
-            "The operator's dashboard (an HTML page; what it shows needs a service credential)",
+/// The document of `service` from `own`, the operations of its router
+/// ([`OpenApiRouter::split_for_parts`]): titled, versioned, and with the security schemes the
+/// operations name.
+pub fn document(service: &str, own: OpenApi) -> OpenApi {
+    let mut doc = own;
+    doc.info = InfoBuilder::new()
+        .title(format!("smartflow {service}"))
+        .version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let components = doc.components.get_or_insert_with(Components::new);
+    components.add_security_scheme(
+        SERVICE_TOKEN_SCHEME,
+        SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new(
+            smartflow_domain::SERVICE_TOKEN_HEADER,
+        ))),
+    );
+    components.add_security_scheme(
+        BEARER_SCHEME,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT")
+                .build(),
         ),
-    ]
-}
-
-/// The OpenAPI 3.1 document of `service` with `operations`.
-pub fn document(service: &str, operations: &[Operation]) -> Value {
-    let mut paths = Map::new();
-    for op in operations {
-        let item = paths.entry(op.path.to_owned()).or_insert_with(|| json!({}));
-        let mut operation = json!({
-            "summary": op.summary,
-            "operationId": format!("{} {}", op.method, op.path),
-            "responses": {
-                "default": {
-                    "description": "JSON; errors as {\"error\": {\"code\", \"message\"}}"
-                }
-            },
-        });
-        let parameters: Vec<Value> = path_parameters(op.path)
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        if !parameters.is_empty() {
-            operation["parameters"] = Value::Array(parameters);
-        }
-        if op.service_only {
-            operation["security"] = json!([{"serviceToken": []}]);
-        }
-        item[op.method.as_str().to_lowercase()] = operation;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": format!("smartflow {service}"), "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {"securitySchemes": {"serviceToken": {
-            "type": "apiKey", "in": "header", "name": smartflow_domain::SERVICE_TOKEN_HEADER
-        }}},
-    })
-}
-
-fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
-    path.split('/')
-        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+    );
+    doc
 }
 
 /// The `(method, path)` pairs a document lists, for tests that hold it against a router.
 pub fn documented(document: &Value) -> Vec<(Method, String)> {
     let mut out = Vec::new();
+    for (path, method, _) in operations(document) {
+        out.push((method, path.to_owned()));
+    }
+    out.sort_by(|a, b| (&a.1, a.0.as_str()).cmp(&(&b.1, b.0.as_str())));
+    out
+}
+
+/// Every operation of `document`: its path, its method and the operation object.
+fn operations(document: &Value) -> Vec<(&str, Method, &Value)> {
+    let mut out = Vec::new();
     if let Some(paths) = document["paths"].as_object() {
         for (path, item) in paths {
-            for method in item.as_object().into_iter().flat_map(|m| m.keys()) {
+            for (method, operation) in item.as_object().into_iter().flatten() {
                 if let Ok(method) = method.to_uppercase().parse::<Method>() {
-                    out.push((method, path.clone()));
+                    out.push((path.as_str(), method, operation));
                 }
             }
         }
     }
-    out.sort_by(|a, b| (&a.1, a.0.as_str()).cmp(&(&b.1, b.0.as_str())));
     out
+}
+
+/// What is wrong with the bodies `document` describes, empty when nothing is: every operation
+/// has at least one answer; every request body and every answer with content has a schema per
+/// media type; every failure (4xx, 5xx) with a JSON body is an `ErrorBody` (or the shape of the
+/// operation's success, for a status report such as `/healthz`); and every `$ref`
+/// anywhere in the document names a schema of its components.
+pub fn schema_problems(document: &Value) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (path, method, operation) in operations(document) {
+        let name = format!("{method} {path}");
+        let responses = operation["responses"].as_object();
+        if responses.is_none_or(|r| r.is_empty()) {
+            wrong.push(format!("{name} documents no answer"));
+        }
+        if let Some(content) = operation["requestBody"].get("content") {
+            missing_schemas(&format!("{name}'s request body"), content, &mut wrong);
+        }
+        let json_of = |response: &Value| response["content"]["application/json"]["schema"].clone();
+        let successes: Vec<Value> = responses
+            .into_iter()
+            .flatten()
+            .filter(|(status, _)| status.starts_with('2'))
+            .map(|(_, response)| json_of(response))
+            .collect();
+        for (status, response) in responses.into_iter().flatten() {
+            let Some(content) = response.get("content") else {
+                continue;
+            };
+            let what = format!("{name}'s {status} answer");
+            missing_schemas(&what, content, &mut wrong);
+            let failure = status.starts_with('4') || status.starts_with('5');
+            let json = json_of(response);
+            // A status report (`/healthz`) answers its failure in its success's shape.
+            let error_body =
+                json["$ref"] == "#/components/schemas/ErrorBody" || successes.contains(&json);
+            if failure && !json.is_null() && !error_body {
+                wrong.push(format!("{what} is not an ErrorBody: {json}"));
+            }
+        }
+    }
+    unresolved_refs(document, document, &mut wrong);
+    wrong
+}
+
+/// Each media type of `content` must name a schema.
+fn missing_schemas(what: &str, content: &Value, wrong: &mut Vec<String>) {
+    let media = content.as_object();
+    if media.is_none_or(|m| m.is_empty()) {
+        wrong.push(format!("{what} names no media type"));
+    }
+    for (media_type, entry) in media.into_iter().flatten() {
+        if entry.get("schema").is_none() {
+            wrong.push(format!("{what} ({media_type}) has no schema"));
+        }
+    }
+}
+
+/// Every `$ref` under `value` that names no schema of `document`'s components.
+fn unresolved_refs(document: &Value, value: &Value, wrong: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("$ref") {
+                if resolve_ref(document, reference).is_none() {
+                    wrong.push(format!("`{reference}` does not resolve"));
+                }
+            }
+            for inner in map.values() {
+                unresolved_refs(document, inner, wrong);
+            }
+        }
+        Value::Array(items) => {
+            for inner in items {
+                unresolved_refs(document, inner, wrong);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn resolve_ref<'a>(document: &'a Value, reference: &str) -> Option<&'a Value> {
+    let name = reference.strip_prefix("#/components/schemas/")?;
+    document["components"]["schemas"].get(name)
+}
+
+/// `schema` itself, or the component it refers to (`{"$ref": ...}`).
+pub fn resolved<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
+    schema["$ref"]
+        .as_str()
+        .and_then(|reference| resolve_ref(document, reference))
+        .unwrap_or(schema)
+}
+
+/// The JSON request body schema of `method path`, resolved; `Null` when it has none.
+pub fn request_schema<'a>(document: &'a Value, method: &Method, path: &str) -> &'a Value {
+    let operation = &document["paths"][path][method.as_str().to_lowercase()];
+    resolved(
+        document,
+        &operation["requestBody"]["content"]["application/json"]["schema"],
+    )
+}
+
+/// The JSON schema of `method path`'s `status` answer, resolved; `Null` when it has none.
+pub fn response_schema<'a>(
+    document: &'a Value,
+    method: &Method,
+    path: &str,
+    status: u16,
+) -> &'a Value {
+    let operation = &document["paths"][path][method.as_str().to_lowercase()];
+    resolved(
+        document,
+        &operation["responses"][status.to_string()]["content"]["application/json"]["schema"],
+    )
 }
 
 /// Whether an answer is the JSON fallbacks' (no route for the path, or none for the method).
@@ -218,33 +257,67 @@ pub async fn mismatches(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
-    fn a_document_lists_paths_methods_parameters_and_credentials() {
-        let doc = document(
-            "x",
-            &[
-                Operation::get("/a/{id}", "A"),
-                Operation::post("/a/{id}", "B").for_services(),
-            ],
-        );
+    fn a_document_is_titled_and_names_both_credentials() {
+        let doc = serde_json::to_value(document("x", OpenApi::default())).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["title"], "smartflow x");
+        let schemes = &doc["components"]["securitySchemes"];
         assert_eq!(
-            doc["paths"]["/a/{id}"]["get"]["parameters"][0]["name"],
-            "id"
+            schemes[SERVICE_TOKEN_SCHEME],
+            json!({"type": "apiKey", "in": "header", "name": "x-smartflow-service-token"})
         );
-        assert!(doc["paths"]["/a/{id}"]["get"].get("security").is_none());
-        assert_eq!(
-            doc["paths"]["/a/{id}"]["post"]["security"][0]["serviceToken"],
-            json!([])
-        );
+        assert_eq!(schemes[BEARER_SCHEME]["scheme"], "bearer");
+    }
+
+    #[test]
+    fn missing_and_unresolved_schemas_are_named() {
+        let doc = json!({
+            "paths": {"/a/{id}": {
+                "get": {"responses": {
+                    "200": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/A"}}}},
+                    "404": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}},
+                }},
+                "post": {
+                    "requestBody": {"content": {"application/json": {}}},
+                    "responses": {
+                        "400": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/A"}}}},
+                    },
+                },
+                "put": {"responses": {}},
+            }},
+            "components": {"schemas": {
+                "A": {"properties": {"b": {"$ref": "#/components/schemas/Missing"}}},
+                "ErrorBody": {},
+            }},
+        });
         assert_eq!(
             documented(&doc),
             vec![
                 (Method::GET, "/a/{id}".to_owned()),
-                (Method::POST, "/a/{id}".to_owned())
+                (Method::POST, "/a/{id}".to_owned()),
+                (Method::PUT, "/a/{id}".to_owned()),
             ]
         );
+        let mut wrong = schema_problems(&doc);
+        wrong.sort();
+        assert_eq!(
+            wrong,
+            vec![
+                "POST /a/{id}'s 400 answer is not an ErrorBody: {\"$ref\":\"#/components/schemas/A\"}",
+                "POST /a/{id}'s request body (application/json) has no schema",
+                "PUT /a/{id} documents no answer",
+                "`#/components/schemas/Missing` does not resolve",
+            ]
+        );
+        assert_eq!(
+            response_schema(&doc, &Method::GET, "/a/{id}", 200)["properties"]["b"]["$ref"],
+            "#/components/schemas/Missing"
+        );
+        assert!(request_schema(&doc, &Method::POST, "/a/{id}").is_null());
     }
 }

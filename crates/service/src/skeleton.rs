@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Router;
 use futures::future::BoxFuture;
 use sea_orm::{DatabaseConnection, DbErr};
 use smartflow_bus::{
@@ -40,7 +39,7 @@ use crate::credentials::{ServiceCredentials, SERVICE_TOKENS_SETTING};
 use crate::database::connect_with_retries;
 use crate::endpoints::{with_service_endpoints, Gauges, Observed};
 use crate::http_server::{serve_http, HttpLimits};
-use crate::openapi::{self, Operation};
+use crate::openapi::{self, OpenApiRouter};
 use crate::run::RunningService;
 use crate::settings::ServiceSettings;
 use crate::tasks::{release_clients, stop_tasks, supervise, Task};
@@ -217,8 +216,6 @@ pub struct ServiceStart {
     gauges: Option<Arc<dyn Gauges>>,
     /// The inbox its consumers record other services' events in, for the admin API.
     inbox: Option<InboxTable>,
-    /// The service's own operations, for `/openapi.json`.
-    operations: Vec<Operation>,
     shutdown: CancellationToken,
     // Last, so that on a plain drop the clients above go before the broker they talk to.
     broker: Option<EmbeddedBroker>,
@@ -294,7 +291,6 @@ impl ServiceStart {
             extra_tasks: Vec::new(),
             gauges: None,
             inbox: None,
-            operations: Vec::new(),
             shutdown: CancellationToken::new(),
             broker,
         };
@@ -482,20 +478,22 @@ impl ServiceStart {
         self.extra_tasks.push((task, Box::pin(work)));
     }
 
-    /// Documents the service's own routes in `/openapi.json` (beside the skeleton's).
-    pub fn document(&mut self, operations: Vec<Operation>) {
-        self.operations = operations;
-    }
-
     /// Adds the service's own gauges to `/metrics`.
     pub fn gauges(&mut self, gauges: impl Gauges) {
         self.gauges = Some(Arc::new(gauges));
     }
 
     /// Binds the HTTP listener (and the admin listener, when configured), serves `routes` with
-    /// `/healthz`, `/metrics` and the JSON fallbacks within the HTTP limits, and spawns the relay, the consumers, the service's tasks and the HTTP server
+    /// `/healthz`, `/metrics`, `/openapi.json` (documenting `routes`' operations, as their
+    /// `#[utoipa::path]`s say, with the skeleton's) and the JSON fallbacks within the HTTP
+    /// limits, and spawns the relay, the consumers, the service's tasks and the HTTP server
     /// under one cancellation token. `parts` is what the service keeps for its callers.
-    pub async fn serve<P>(mut self, routes: Router, parts: P) -> anyhow::Result<Running<P>> {
+    pub async fn serve<P>(
+        mut self,
+        routes: impl Into<OpenApiRouter>,
+        parts: P,
+    ) -> anyhow::Result<Running<P>> {
+        let (routes, own_api) = routes.into().split_for_parts();
         let relay = self.relay().await?;
         let listener = TcpListener::bind(self.http_addr)
             .await
@@ -523,11 +521,7 @@ impl ServiceStart {
                 metrics: self.metrics.clone(),
                 outboxes: self.bus.iter().map(|bus| bus.outbox().clone()).collect(),
                 gauges: self.gauges,
-                openapi: Arc::new(openapi::document(self.name, &{
-                    let mut all = self.operations;
-                    all.extend(openapi::skeleton_operations());
-                    all
-                })),
+                openapi: openapi::document(self.name, own_api),
             },
             AdminTables {
                 db: self.db.clone(),

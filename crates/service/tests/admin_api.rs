@@ -40,6 +40,7 @@ fn router(t: &TestDb) -> Router {
         },
         credentials,
     )
+    .into()
 }
 
 /// One request through the router: its status and its JSON body.
@@ -481,14 +482,15 @@ async fn bad_filters_are_400_with_what_is_wrong(t: TestDb) {
 
 async fn a_service_without_an_inbox_says_so(t: TestDb) {
     let credentials = ServiceCredentials::from_pairs([("operator", TOKEN)]).unwrap();
-    let router = admin_routes(
+    let router: Router = admin_routes(
         AdminTables {
             db: t.db.clone(),
             outbox: Some(outbox()),
             inbox: None,
         },
         credentials,
-    );
+    )
+    .into();
     let (status, answer) = call(&router, Method::GET, "/admin/inbox/stats", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
     assert_eq!(answer["error"]["code"], "no_inbox");

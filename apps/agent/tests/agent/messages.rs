@@ -109,6 +109,35 @@ async fn messages_come_back_in_order_and_outbox_rows_end_consumed() {
     })
     .await;
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // Every documented body has its schema, and the references resolve.
+    use smartflow_service::openapi::{request_schema, response_schema, schema_problems};
+    let problems = schema_problems(&doc);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let messages = "/v1/conversations/{id}/messages";
+    let post = request_schema(&doc, &Method::POST, messages);
+    for field in ["role", "content"] {
+        assert!(
+            post["required"].as_array().unwrap().contains(&field.into()),
+            "{post}"
+        );
+    }
+    assert!(post["properties"].get("user_id").is_some(), "{post}");
+    let accepted = response_schema(&doc, &Method::POST, messages, 202);
+    assert!(
+        accepted["properties"].get("event_id").is_some(),
+        "{accepted}"
+    );
+    let page = response_schema(&doc, &Method::GET, messages, 200);
+    assert_eq!(
+        page["properties"]["messages"]["items"]["$ref"], "#/components/schemas/MessageView",
+        "{page}"
+    );
+    let error = response_schema(&doc, &Method::POST, messages, 403);
+    assert!(error["properties"].get("error").is_some(), "{error}");
+    let parameters = doc["paths"][messages]["get"]["parameters"].to_string();
+    for name in ["\"id\"", "\"limit\"", "\"before\"", "\"user_id\""] {
+        assert!(parameters.contains(name), "{name}: {parameters}");
+    }
 
     let anonymous = client()
         .get(format!("{}/metrics", agent.base_url()))

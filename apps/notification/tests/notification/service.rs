@@ -224,6 +224,26 @@ async fn requests_over_http_are_sent_once_per_key(t: TestDb) {
     })
     .await;
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // Every documented body has its schema, and the references resolve.
+    use smartflow_service::openapi::{request_schema, response_schema, schema_problems};
+    let problems = schema_problems(&doc);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let post = request_schema(&doc, &Method::POST, "/v1/notifications");
+    for field in ["channel", "text", "dedupe_key"] {
+        assert!(
+            post["required"].as_array().unwrap().contains(&field.into()),
+            "{post}"
+        );
+    }
+    let found = response_schema(&doc, &Method::GET, "/v1/notifications", 200);
+    assert_eq!(
+        found["properties"]["notification"]["$ref"], "#/components/schemas/NotificationView",
+        "{found}"
+    );
+    assert_eq!(
+        doc["paths"]["/v1/notifications"]["post"]["security"],
+        serde_json::json!([{"serviceToken": []}])
+    );
 
     // So is the admin API.
     assert_eq!(

@@ -79,6 +79,27 @@ async fn health_and_metrics_are_the_skeletons(t: TestDb) {
     })
     .await;
     assert!(wrong.is_empty(), "{wrong:#?}");
+    // Every documented body has its schema, and the references resolve.
+    use smartflow_service::openapi::{request_schema, response_schema, schema_problems};
+    let problems = schema_problems(&doc);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let login = request_schema(&doc, &Method::POST, "/v1/auth/login");
+    for field in ["email", "password"] {
+        assert!(login["properties"].get(field).is_some(), "{login}");
+    }
+    let tokens = response_schema(&doc, &Method::POST, "/v1/auth/login", 200);
+    for field in ["access_token", "refresh_token", "expires_in"] {
+        assert!(tokens["properties"].get(field).is_some(), "{tokens}");
+    }
+    let authorized = response_schema(&doc, &Method::GET, "/v1/auth/authorize", 200);
+    assert!(
+        authorized["properties"].get("token_quota").is_some(),
+        "{authorized}"
+    );
+    assert_eq!(
+        doc["paths"]["/v1/auth/me"]["get"]["security"],
+        serde_json::json!([{"bearerAuth": []}])
+    );
 
     // Metrics are for services and operators only.
     let anonymous = client().get(url(&app, "/metrics")).send().await.unwrap();

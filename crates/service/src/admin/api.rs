@@ -6,8 +6,7 @@
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -16,6 +15,8 @@ use smartflow_storage::inbox_admin::InboxFilter;
 use smartflow_storage::now_millis;
 use smartflow_storage::outbox::{OutboxTable, MAX_BATCH};
 use smartflow_storage::StorageError;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use super::json::{inbox_report_json, inbox_row_json, outbox_report_json, outbox_row_json};
 use super::selection::{
@@ -24,7 +25,9 @@ use super::selection::{
 };
 use super::{dashboard_routes, redrive_plan, DEFAULT_CONFIRM_ABOVE};
 use crate::credentials::ServiceCredentials;
+use crate::error_body::ErrorBody;
 use crate::http_error::HttpError;
+use crate::openapi::OpenApiRouter;
 
 /// Rows a list answers when the request names no `limit`, and the most it may name.
 const DEFAULT_LIMIT: u64 = 50;
@@ -40,18 +43,18 @@ pub struct AdminTables {
 /// The admin routes (`/admin/outbox/...`, `/admin/inbox/...`) over `tables`, behind
 /// `credentials`, and the dashboard page over them (`/admin/dashboard`, which holds no data and
 /// is served without a credential).
-pub fn admin_routes(tables: AdminTables, credentials: ServiceCredentials) -> Router {
-    Router::new()
-        .route("/admin/outbox/stats", get(outbox_stats))
-        .route("/admin/outbox/rows", get(outbox_rows))
-        .route("/admin/outbox/rows/{id}", get(outbox_row))
-        .route("/admin/outbox/redrive", post(outbox_redrive))
-        .route("/admin/outbox/purge", post(outbox_purge))
-        .route("/admin/outbox/unblock", post(outbox_unblock))
-        .route("/admin/inbox/stats", get(inbox_stats))
-        .route("/admin/inbox/rows", get(inbox_rows))
-        .route("/admin/inbox/rows/{event_id}", get(inbox_row))
-        .route("/admin/inbox/purge", post(inbox_purge))
+pub fn admin_routes(tables: AdminTables, credentials: ServiceCredentials) -> OpenApiRouter {
+    OpenApiRouter::default()
+        .routes(routes!(outbox_stats))
+        .routes(routes!(outbox_rows))
+        .routes(routes!(outbox_row))
+        .routes(routes!(outbox_redrive))
+        .routes(routes!(outbox_purge))
+        .routes(routes!(outbox_unblock))
+        .routes(routes!(inbox_stats))
+        .routes(routes!(inbox_rows))
+        .routes(routes!(inbox_row))
+        .routes(routes!(inbox_purge))
         .route_layer(axum::middleware::from_fn_with_state(
             credentials,
             ServiceCredentials::require,
@@ -135,6 +138,18 @@ fn batch_size(batch: Option<u64>) -> Result<u64, HttpError> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/outbox/stats",
+    summary = "Outbox rows per status, retries, dead reasons",
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "`{\"tables\": [stats]}`, the shape of `smartflow outbox stats --json`", body = Object),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "This service has no outbox (`no_outbox`)", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn outbox_stats(State(t): State<AdminTables>) -> Result<Json<Value>, HttpError> {
     let table = t.outbox()?;
     let report = table
@@ -146,7 +161,9 @@ async fn outbox_stats(State(t): State<AdminTables>) -> Result<Json<Value>, HttpE
     })))
 }
 
-#[derive(Deserialize)]
+/// The filters of `GET /admin/outbox/rows`, all optional.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct OutboxRowsQuery {
     status: Option<String>,
@@ -157,6 +174,20 @@ struct OutboxRowsQuery {
     limit: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/outbox/rows",
+    summary = "Outbox rows matching filters",
+    security(("serviceToken" = [])),
+    params(OutboxRowsQuery),
+    responses(
+        (status = 200, description = "`{\"tables\": [{\"table\", \"matched\", \"rows\"}]}`, as `smartflow outbox list --json`", body = Object),
+        (status = 400, description = "A value the request got wrong, named", body = ErrorBody),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "This service has no outbox (`no_outbox`)", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn outbox_rows(
     State(t): State<AdminTables>,
     query: Result<Query<OutboxRowsQuery>, QueryRejection>,
@@ -190,6 +221,19 @@ async fn outbox_rows(
     }]})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/outbox/rows/{id}",
+    summary = "One outbox row in full (row id or event id)",
+    security(("serviceToken" = [])),
+    params(("id" = String, Path, description = "A row id or an event id")),
+    responses(
+        (status = 200, description = "`{\"tables\": [{\"table\", \"row\"}]}`, the row with its payload", body = Object),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "No such row, or no outbox", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn outbox_row(
     State(t): State<AdminTables>,
     Path(id): Path<String>,
@@ -214,7 +258,8 @@ async fn outbox_row(
     }]})))
 }
 
-#[derive(Deserialize, Default)]
+/// Which dead rows to send again: `ids`, filters, or `"all": true`.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RedriveRequest {
     #[serde(default)]
@@ -231,6 +276,21 @@ struct RedriveRequest {
     confirm: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/outbox/redrive",
+    summary = "Send dead outbox rows again",
+    security(("serviceToken" = [])),
+    request_body = RedriveRequest,
+    responses(
+        (status = 200, description = "`{\"dry_run\", \"tables\": [{\"table\", \"matched\", \"ids\", \"redriven\"}]}`", body = Object),
+        (status = 400, description = "A value the request got wrong, named", body = ErrorBody),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "This service has no outbox (`no_outbox`)", body = ErrorBody),
+        (status = 409, description = "Unconfirmed over the bound (`confirmation_required`), or a table without redrive history (`no_redrive_history`)", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn outbox_redrive(
     State(t): State<AdminTables>,
     body: Result<Json<RedriveRequest>, JsonRejection>,
@@ -270,7 +330,7 @@ async fn outbox_redrive(
     }]})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OutboxPurgeRequest {
     older_than: String,
@@ -283,6 +343,21 @@ struct OutboxPurgeRequest {
     confirm: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/outbox/purge",
+    summary = "Delete old settled outbox rows",
+    security(("serviceToken" = [])),
+    request_body = OutboxPurgeRequest,
+    responses(
+        (status = 200, description = "`{\"dry_run\", \"tables\": [{\"table\", \"matched\", \"purged\"}]}`", body = Object),
+        (status = 400, description = "A value the request got wrong, named", body = ErrorBody),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "This service has no outbox (`no_outbox`)", body = ErrorBody),
+        (status = 409, description = "More rows than the confirmation bound without `\"confirm\": true` (`confirmation_required`)", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn outbox_purge(
     State(t): State<AdminTables>,
     body: Result<Json<OutboxPurgeRequest>, JsonRejection>,
@@ -313,7 +388,7 @@ async fn outbox_purge(
     }]})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UnblockRequest {
     key: String,
@@ -323,6 +398,21 @@ struct UnblockRequest {
     confirm: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/outbox/unblock",
+    summary = "Let a key held back by a waiting retry go on",
+    security(("serviceToken" = [])),
+    request_body = UnblockRequest,
+    responses(
+        (status = 200, description = "`{\"dry_run\", \"tables\": [{\"table\", \"key\", \"matched\", \"ids\", \"unblocked\"}]}`", body = Object),
+        (status = 400, description = "A value the request got wrong, named", body = ErrorBody),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "This service has no outbox (`no_outbox`)", body = ErrorBody),
+        (status = 409, description = "More rows than the confirmation bound without `\"confirm\": true` (`confirmation_required`)", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn outbox_unblock(
     State(t): State<AdminTables>,
     body: Result<Json<UnblockRequest>, JsonRejection>,
@@ -352,6 +442,18 @@ async fn outbox_unblock(
     }]})))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/inbox/stats",
+    summary = "Inbox rows per consumer and status",
+    security(("serviceToken" = [])),
+    responses(
+        (status = 200, description = "`{\"tables\": [stats]}`, the shape of `smartflow inbox stats --json`", body = Object),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "This service has no inbox (`no_inbox`)", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn inbox_stats(State(t): State<AdminTables>) -> Result<Json<Value>, HttpError> {
     let table = t.inbox()?;
     let report = table
@@ -363,7 +465,9 @@ async fn inbox_stats(State(t): State<AdminTables>) -> Result<Json<Value>, HttpEr
     ))
 }
 
-#[derive(Deserialize)]
+/// The filters of `GET /admin/inbox/rows`, all optional.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct InboxRowsQuery {
     status: Option<String>,
@@ -374,6 +478,20 @@ struct InboxRowsQuery {
     limit: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/inbox/rows",
+    summary = "Inbox rows matching filters",
+    security(("serviceToken" = [])),
+    params(InboxRowsQuery),
+    responses(
+        (status = 200, description = "`{\"tables\": [{\"table\", \"matched\", \"rows\"}]}`, as `smartflow inbox list --json`", body = Object),
+        (status = 400, description = "A value the request got wrong, named", body = ErrorBody),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "This service has no inbox (`no_inbox`)", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn inbox_rows(
     State(t): State<AdminTables>,
     query: Result<Query<InboxRowsQuery>, QueryRejection>,
@@ -395,6 +513,19 @@ async fn inbox_rows(
     inbox_answer(&t, table, &selection.filter(status), limit(q.limit)?, false).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/inbox/rows/{event_id}",
+    summary = "Every consumer's inbox row of one event",
+    security(("serviceToken" = [])),
+    params(("event_id" = String, Path, description = "The event id")),
+    responses(
+        (status = 200, description = "`{\"tables\": [{\"table\", \"matched\", \"rows\"}]}`", body = Object),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "No row of the event, or no inbox", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn inbox_row(
     State(t): State<AdminTables>,
     Path(event_id): Path<String>,
@@ -438,7 +569,7 @@ async fn inbox_answer(
     }]})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct InboxPurgeRequest {
     older_than: String,
@@ -451,6 +582,21 @@ struct InboxPurgeRequest {
     confirm: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/inbox/purge",
+    summary = "Delete old inbox rows",
+    security(("serviceToken" = [])),
+    request_body = InboxPurgeRequest,
+    responses(
+        (status = 200, description = "`{\"dry_run\", \"tables\": [{\"table\", \"matched\", \"purged\"}]}`", body = Object),
+        (status = 400, description = "A value the request got wrong, named", body = ErrorBody),
+        (status = 401, description = "No valid service credential", body = ErrorBody),
+        (status = 404, description = "This service has no inbox (`no_inbox`)", body = ErrorBody),
+        (status = 409, description = "More rows than the confirmation bound without `\"confirm\": true` (`confirmation_required`)", body = ErrorBody),
+        (status = 500, description = "The database failed", body = ErrorBody),
+    ),
+)]
 async fn inbox_purge(
     State(t): State<AdminTables>,
     body: Result<Json<InboxPurgeRequest>, JsonRejection>,

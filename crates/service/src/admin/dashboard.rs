@@ -10,10 +10,11 @@
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::routes;
 
-/// The route of the page.
+use crate::openapi::OpenApiRouter;
+
+/// The route of the page (the one `page`'s `#[utoipa::path]` routes and documents).
 pub const DASHBOARD_PATH: &str = "/admin/dashboard";
 
 /// The page itself: vanilla JavaScript and CSS inline, no build step.
@@ -26,10 +27,18 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-in
      frame-ancestors 'none'; base-uri 'none'";
 
 /// `GET /admin/dashboard`.
-pub fn dashboard_routes() -> Router {
-    Router::new().route(DASHBOARD_PATH, get(page))
+pub fn dashboard_routes() -> OpenApiRouter {
+    OpenApiRouter::default().routes(routes!(page))
 }
 
+/// The page holds no data; what it shows, it reads from the admin API with the service
+/// credential the operator types in.
+#[utoipa::path(
+    get,
+    path = "/admin/dashboard",
+    summary = "The operator's dashboard (an HTML page; what it shows needs a service credential)",
+    responses((status = 200, description = "The page", body = String, content_type = "text/html")),
+)]
 async fn page() -> impl IntoResponse {
     (
         [
@@ -41,4 +50,15 @@ async fn page() -> impl IntoResponse {
         ],
         PAGE,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_is_routed_where_its_path_says() {
+        let api = dashboard_routes().into_openapi();
+        assert!(api.paths.paths.contains_key(DASHBOARD_PATH));
+    }
 }
