@@ -106,7 +106,12 @@ impl World {
     /// A world whose route is `Delivery::Direct`, with a bus that sends through a producer.
     pub async fn direct(t: TestDb) -> World {
         let mut w = Self::with_route(t, |route| route.with_delivery(Delivery::Direct)).await;
-        let producer = w.producer();
+        // The bus's producer gets a production-sized message timeout rather than the 1 s the
+        // other worlds' relays use: a direct send is acknowledged or fails within it, and a
+        // fresh producer's first connection on a loaded machine can take longer than 1 s.
+        let mut kafka = w.kafka.clone();
+        kafka.message_timeout = Duration::from_secs(10);
+        let producer = Arc::new(KafkaProducer::new(&kafka).unwrap());
         w.bus = w.bus.clone().with_transport(producer);
         w
     }
