@@ -196,14 +196,11 @@ mod tests {
 
     #[test]
     fn every_setting_is_in_the_operations_guide() {
-        use clap::Args;
         smartflow_testkit::settings_doc::check_operations_guide(
             env!("CARGO_MANIFEST_DIR"),
             "smartflow",
             &AllConfig::command(),
-            Some(&smartflow_service::ServiceSettings::augment_args(
-                clap::Command::new("service"),
-            )),
+            Some(&smartflow_service::ServiceSettings::command()),
         );
     }
 

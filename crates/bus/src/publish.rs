@@ -1,4 +1,4 @@
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rand::RngCore;
@@ -52,7 +52,6 @@ pub struct EventBus {
     inner: Arc<Inner>,
 }
 
-#[derive(Clone)]
 struct Inner {
     service: String,
     routes: RouteRegistry,
@@ -60,8 +59,9 @@ struct Inner {
     config: PublishConfig,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
-    /// What direct events are sent through; `None`: a direct send is an error.
-    transport: Option<Arc<dyn OutboundTransport>>,
+    /// What direct events are sent through, shared by every clone of the bus; `None`: a direct
+    /// send is an error.
+    transport: RwLock<Option<Arc<dyn OutboundTransport>>>,
 }
 
 impl EventBus {
@@ -92,17 +92,30 @@ impl EventBus {
                 config,
                 wake: Arc::new(Notify::new()),
                 metrics: Arc::new(Metrics::for_service(service)),
-                transport: None,
+                transport: RwLock::new(None),
             }),
         })
     }
 
     /// The same bus, sending the events of `Delivery::Direct` routes through `transport` (the
-    /// service's producer, which its relay uses too). Call it before cloning the bus: clones
-    /// made before keep no transport.
-    pub fn with_transport(mut self, transport: Arc<dyn OutboundTransport>) -> Self {
-        Arc::make_mut(&mut self.inner).transport = Some(transport);
+    /// service's producer, which its relay uses too). Every clone of the bus shares the
+    /// transport, those made before this call too; a later call replaces it for all of them.
+    pub fn with_transport(self, transport: Arc<dyn OutboundTransport>) -> Self {
+        *self
+            .inner
+            .transport
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(transport);
         self
+    }
+
+    /// The transport of [`with_transport`](Self::with_transport), if the bus has one.
+    fn transport(&self) -> Option<Arc<dyn OutboundTransport>> {
+        self.inner
+            .transport
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The outbox table this bus writes into.
@@ -273,7 +286,7 @@ impl EventBus {
                 delivery: prepared.delivery,
             });
         }
-        let Some(transport) = &self.inner.transport else {
+        let Some(transport) = self.transport() else {
             self.inner
                 .metrics
                 .direct_error(DirectErrorKind::NoTransport);

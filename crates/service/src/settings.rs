@@ -129,6 +129,12 @@ impl Default for ServiceSettings {
 }
 
 impl ServiceSettings {
+    /// The command line of these settings alone, as every service binary takes them: what the
+    /// operations guide's settings tables are generated from and checked against.
+    pub fn command() -> clap::Command {
+        Self::augment_args(clap::Command::new("smartflow-<service>"))
+    }
+
     /// The defaults on another database: with the embedded broker, what a test wants.
     pub fn on_database(database_url: impl Into<String>) -> Self {
         Self {
@@ -246,11 +252,10 @@ mod tests {
 
     #[test]
     fn every_setting_is_in_the_operations_guide() {
-        use clap::Args;
         smartflow_testkit::settings_doc::check_operations_guide(
             env!("CARGO_MANIFEST_DIR"),
             "service",
-            &ServiceSettings::augment_args(clap::Command::new("smartflow-<service>")),
+            &ServiceSettings::command(),
             None,
         );
     }

@@ -129,7 +129,7 @@ impl Billing {
 
 #[cfg(test)]
 mod tests {
-    use clap::{Args, CommandFactory};
+    use clap::CommandFactory;
 
     use super::*;
 
@@ -139,9 +139,7 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "billing",
             &BillingConfig::command(),
-            Some(&ServiceSettings::augment_args(clap::Command::new(
-                "service",
-            ))),
+            Some(&ServiceSettings::command()),
         );
     }
 }

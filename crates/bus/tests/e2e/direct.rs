@@ -242,6 +242,16 @@ async fn each_delivery_has_its_one_method_and_the_other_is_a_clear_error(t: Test
     let metrics = Scrape::parse(&bare.metrics().prometheus_text());
     assert_eq!(direct_errors(&metrics, "no_transport"), 1.0);
 
+    // A clone taken before the bus got its transport shares it: whatever the broker answers,
+    // the send is not refused for want of a transport.
+    let early = bare.clone();
+    let _bare = bare.with_transport(w.producer());
+    let sent = early.send_direct("k", &said("early clone")).await;
+    assert!(
+        !matches!(&sent, Err(BusError::NoTransport { .. })),
+        "{sent:?}"
+    );
+
     // An event of an outbox route given to `send_direct`: refused, nothing sent.
     let outbox_route = ServiceRoute {
         delivery: Delivery::Outbox,
