@@ -10,6 +10,7 @@
 
 #[cfg(feature = "agent")]
 pub mod agent;
+mod commit_cursor;
 mod inbox_table;
 mod legacy;
 #[cfg(feature = "notification")]
@@ -21,6 +22,7 @@ mod shared;
 #[cfg(feature = "userauth")]
 pub mod userauth;
 
+pub use commit_cursor::{add_commit_cursor, drop_commit_cursor};
 pub use inbox_table::{create_inbox_table, drop_inbox_table};
 pub use legacy::LEGACY_MIGRATION_TABLE;
 pub use outbox_table::{create_key_shards, create_outbox_table, drop_outbox_table, KEY_SHARDS};

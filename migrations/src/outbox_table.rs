@@ -36,7 +36,8 @@ enum Outbox {
 pub async fn create_outbox_table(manager: &SchemaManager<'_>, name: &str) -> Result<(), DbErr> {
     create_table_and_claim_index(manager, name).await?;
     create_fresh_lane_index(manager, name).await?;
-    create_key_shards(manager, name).await
+    create_key_shards(manager, name).await?;
+    crate::add_commit_cursor(manager, name).await
 }
 
 /// The first step: the table, its unique event id and the claim index (m20261123_000001,

@@ -89,6 +89,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(CreateBillingTables),
             Box::new(crate::m20261201_000002_outbox_redrive_history::Migration),
+            Box::new(crate::m20261203_000001_outbox_commit_cursor::Migration),
         ]
     }
 

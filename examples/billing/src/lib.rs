@@ -14,6 +14,7 @@
 
 pub mod invoices;
 mod m20261201_000002_outbox_redrive_history;
+mod m20261203_000001_outbox_commit_cursor;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

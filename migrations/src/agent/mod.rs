@@ -12,6 +12,7 @@ use crate::shared::m20261123_000002_create_inbox as inbox;
 use crate::shared::m20261123_000030_outbox_fresh_lane_index as fresh_lane;
 use crate::shared::m20261201_000001_outbox_key_shards as key_shards;
 use crate::shared::m20261201_000002_outbox_redrive_history as redrive_history;
+use crate::shared::m20261203_000001_outbox_commit_cursor as commit_cursor;
 
 /// The agent's migrations, tracked in `seaql_migrations_agent`.
 pub struct Migrator;
@@ -31,6 +32,9 @@ impl MigratorTrait for Migrator {
                 tables: &["agent_outbox"],
             }),
             Box::new(redrive_history::Migration {
+                tables: &["agent_outbox"],
+            }),
+            Box::new(commit_cursor::Migration {
                 tables: &["agent_outbox"],
             }),
         ]

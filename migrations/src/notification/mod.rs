@@ -9,6 +9,7 @@ use crate::shared::m20261123_000002_create_inbox as inbox;
 use crate::shared::m20261123_000030_outbox_fresh_lane_index as fresh_lane;
 use crate::shared::m20261201_000001_outbox_key_shards as key_shards;
 use crate::shared::m20261201_000002_outbox_redrive_history as redrive_history;
+use crate::shared::m20261203_000001_outbox_commit_cursor as commit_cursor;
 
 /// The notification service's migrations, tracked in `seaql_migrations_notification`.
 pub struct Migrator;
@@ -27,6 +28,9 @@ impl MigratorTrait for Migrator {
                 tables: &["notification_outbox"],
             }),
             Box::new(redrive_history::Migration {
+                tables: &["notification_outbox"],
+            }),
+            Box::new(commit_cursor::Migration {
                 tables: &["notification_outbox"],
             }),
         ]

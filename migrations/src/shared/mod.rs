@@ -9,3 +9,5 @@ pub(crate) mod m20261123_000030_outbox_fresh_lane_index;
 pub(crate) mod m20261201_000001_outbox_key_shards;
 #[cfg(any(feature = "agent", feature = "notification"))]
 pub(crate) mod m20261201_000002_outbox_redrive_history;
+#[cfg(any(feature = "agent", feature = "notification"))]
+pub(crate) mod m20261203_000001_outbox_commit_cursor;

@@ -408,10 +408,13 @@ impl Relay {
     /// Moves overdue `published` rows back to `pending` to be sent again, spending no retry;
     /// returns how many moved.
     pub async fn republish_overdue(&self) -> Result<u64, BusError> {
+        let Some(after) = self.inner.config.republish_after else {
+            return Ok(0);
+        };
         let moved = self
             .inner
             .table
-            .requeue_unconsumed(&self.inner.db, now_millis())
+            .requeue_unconsumed(&self.inner.db, now_millis(), after)
             .await?;
         if moved > 0 {
             tracing::warn!(moved, "published rows not consumed in time go out again");

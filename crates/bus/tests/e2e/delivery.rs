@@ -53,7 +53,9 @@ async fn committed_events_arrive_once_and_rolled_back_never(t: TestDb) {
     for id in &ids {
         let row = w.table().find(&w.t.db, id).await.unwrap().unwrap();
         assert_eq!(row.status, OutboxStatus::Consumed);
-        assert!(row.published_at.is_some() && row.consumed_at.is_some());
+        // (`published_at` is written only where a row is marked published one by one: a row
+        // its shard's cursor sent has none.)
+        assert!(row.consumed_at.is_some());
     }
     assert!(w
         .table()

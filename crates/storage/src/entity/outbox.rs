@@ -16,6 +16,9 @@ pub struct Model {
     pub message_key: String,
     /// The key's shard ([`key_shard`](crate::outbox::key_shard)), written with the row.
     pub shard: i16,
+    /// On PostgreSQL the id of the transaction that wrote the row (its place in the commit
+    /// cursor's order); 0 elsewhere and for rows written before the cursor existed.
+    pub txid: i64,
     pub topic: String,
     #[sea_orm(column_type = "Text")]
     pub payload: String,

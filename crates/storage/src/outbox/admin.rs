@@ -42,9 +42,12 @@ pub struct OutboxFilter {
 }
 
 impl OutboxFilter {
-    fn condition(&self) -> Condition {
+    fn condition(&self, table: &OutboxTable) -> Condition {
         Clauses::new()
-            .with(self.status.map(status_is))
+            .with(
+                self.status
+                    .map(|status| table.effective_status().eq(stored(status))),
+            )
             .equals(Outbox::EventType, self.event_type.as_deref())
             .equals(Outbox::MessageKey, self.message_key.as_deref())
             .before(Outbox::CreatedAt, self.created_before)
@@ -185,7 +188,7 @@ impl OutboxTable {
         limit: u64,
     ) -> Result<Vec<OutboxRecord>, StorageError> {
         let (mut stmt, history) = self.select_records(conn).await?;
-        stmt.cond_where(filter.condition())
+        stmt.cond_where(filter.condition(self))
             .order_by(Outbox::Id, Order::Asc)
             .limit(limit);
         records(conn, &stmt, history).await
@@ -197,7 +200,7 @@ impl OutboxTable {
         conn: &C,
         filter: &OutboxFilter,
     ) -> Result<u64, StorageError> {
-        self.count_where(conn, filter.condition()).await
+        self.count_where(conn, filter.condition(self)).await
     }
 
     /// One row in full, by id.
@@ -238,7 +241,7 @@ impl OutboxTable {
         let stmt = Query::select()
             .column(Outbox::Id)
             .from(self.alias())
-            .cond_where(filter.condition())
+            .cond_where(filter.condition(self))
             .and_where(status_is(OutboxStatus::Dead))
             .order_by(Outbox::Id, Order::Asc)
             .to_owned();

@@ -1,25 +1,39 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use sea_orm::sea_query::{Expr, Order, Query, SelectStatement};
+use sea_orm::sea_query::{
+    Expr, MysqlQueryBuilder, Order, PostgresQueryBuilder, Query, SelectStatement,
+    SqliteQueryBuilder,
+};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, FromQueryResult,
-    IsolationLevel, TransactionTrait,
+    IsolationLevel, Statement, TransactionTrait,
 };
 use smartflow_domain::OutboxStatus;
 
+use super::shards::Cursor;
 use super::{status_is, OutboxTable};
 use crate::entity::outbox::Column as Outbox;
 use crate::time::millis;
 use crate::StorageError;
 
 /// How a relay keeps other relays off the shards and rows it is publishing.
+///
+/// On PostgreSQL and SQLite the never-attempted rows of a shard are found by its commit cursor
+/// (`(txid, id)` after the shard's `sent_txid, sent_id`), and a row the round sends in order is
+/// recorded by moving the cursor past it: one write per shard, not one per row. On MySQL/MariaDB
+/// (no fence that proves every earlier transaction has ended) each row is marked as before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimMode {
     /// `SELECT ... FOR UPDATE SKIP LOCKED` on the shard rows inside a transaction held until the
-    /// batch is settled (PostgreSQL, MySQL 8, MariaDB 10.6+); the outbox rows themselves are read
-    /// without locks. A dead relay's locks die with its connection.
+    /// batch is settled (MySQL 8, MariaDB 10.6+); the outbox rows themselves are read without
+    /// locks. A dead relay's locks die with its connection.
     RowLocks,
+    /// `pg_try_advisory_xact_lock` on the shards inside a transaction held until the batch is
+    /// settled (PostgreSQL): like row locks, but the holding transaction takes no transaction id
+    /// until it settles, so it never holds other rounds' commit fence back. A dead relay's locks
+    /// die with its connection.
+    AdvisoryLocks,
     /// `UPDATE ... SET locked_by, locked_until ... RETURNING` on the shard rows (SQLite, whose
     /// single writer must not be held while Kafka answers); the outbox rows of leased shards are
     /// read without a lease of their own (a second write of every row would double the claim's
@@ -32,7 +46,8 @@ impl ClaimMode {
     pub fn for_backend(backend: DbBackend) -> Self {
         match backend {
             DbBackend::Sqlite => ClaimMode::Lease,
-            DbBackend::Postgres | DbBackend::MySql => ClaimMode::RowLocks,
+            DbBackend::Postgres => ClaimMode::AdvisoryLocks,
+            DbBackend::MySql => ClaimMode::RowLocks,
         }
     }
 }
@@ -85,6 +100,10 @@ impl ClaimRequest {
 #[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
 pub struct ClaimedRow {
     pub id: i64,
+    pub shard: i16,
+    pub txid: i64,
+    /// `None` for a row never attempted (the fresh lane), the due time of a retry otherwise.
+    pub next_retry_at: Option<i64>,
     pub event_id: String,
     pub event_type: String,
     pub event_version: i32,
@@ -96,8 +115,8 @@ pub struct ClaimedRow {
     pub max_retry: i32,
 }
 
-/// Claimed rows, in id order (so each key's rows are in the order they were written), and what
-/// keeps them claimed until `settle`.
+/// Claimed rows, in `(txid, id)` order (so each key's rows are in the order they were written),
+/// and what keeps them claimed until `settle`.
 pub struct Claim {
     pub rows: Vec<ClaimedRow>,
     /// The shards this claim holds.
@@ -105,6 +124,29 @@ pub struct Claim {
     /// Rows left out because an earlier row of their key waits for a retry.
     pub held_back: u64,
     pub(super) hold: Hold,
+    /// Where the shards' cursors stood (PostgreSQL, SQLite).
+    pub(super) cursor: Option<CursorRound>,
+}
+
+/// What a round read by the shards' cursors, for the settle to move them.
+pub(super) struct CursorRound {
+    /// Each held shard's cursor as the claim found it.
+    pub(super) start: BTreeMap<i16, Cursor>,
+    /// Rows of transactions with an id below this are all visible: the cursor may pass them.
+    /// Rows at or above it may have an earlier neighbour not yet committed; they are sent and
+    /// marked one by one, and the cursor stops before them.
+    pub(super) fence: i64,
+    /// Never-attempted rows left out behind a waiting row of their key, with that row's due
+    /// time: the settle moves them to the retry lane, due with it, so the cursor can pass.
+    pub(super) held: Vec<HeldRow>,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct HeldRow {
+    pub(super) id: i64,
+    pub(super) shard: i16,
+    pub(super) txid: i64,
+    pub(super) due: i64,
 }
 
 pub(super) enum Hold {
@@ -125,6 +167,7 @@ impl Claim {
             shards: Vec::new(),
             held_back,
             hold: Hold::Nothing,
+            cursor: None,
         }
     }
 }
@@ -137,8 +180,11 @@ impl std::fmt::Debug for Claim {
     }
 }
 
-const CLAIM_COLUMNS: [Outbox; 10] = [
+const CLAIM_COLUMNS: [Outbox; 13] = [
     Outbox::Id,
+    Outbox::Shard,
+    Outbox::Txid,
+    Outbox::NextRetryAt,
     Outbox::EventId,
     Outbox::EventType,
     Outbox::EventVersion,
@@ -159,49 +205,108 @@ impl OutboxTable {
         mode: ClaimMode,
         req: &ClaimRequest,
     ) -> Result<Claim, StorageError> {
-        match mode {
-            ClaimMode::RowLocks => self.claim_with_locks(db, req).await,
-            ClaimMode::Lease => self.claim_with_lease(db, req).await,
+        let claim = match mode {
+            ClaimMode::RowLocks | ClaimMode::AdvisoryLocks => {
+                self.claim_with_locks(db, mode, req).await?
+            }
+            ClaimMode::Lease => self.claim_with_lease(db, req).await?,
+        };
+        if claim.rows.is_empty() && !matches!(claim.hold, Hold::Nothing) {
+            // Nothing to send, only held-back rows for the cursors to pass: settled at once.
+            let held_back = claim.held_back;
+            let unused = smartflow_domain::RetryPolicy::default();
+            self.settle(db, claim, super::Settlement::default(), &unused, None)
+                .await?;
+            return Ok(Claim::empty(held_back));
         }
+        Ok(claim)
     }
 
-    fn lane_queries(&self, req: &ClaimRequest, shards: &[i16]) -> Vec<SelectStatement> {
-        let in_shards = || Expr::col(Outbox::Shard).is_in(shards.to_vec());
-        let mut fresh = Query::select();
-        fresh
+    /// The fresh lane without a cursor (MySQL/MariaDB): never-attempted rows of the held shards
+    /// in id order.
+    fn fresh_lane(&self, req: &ClaimRequest, shards: &[i16]) -> SelectStatement {
+        Query::select()
+            .columns(CLAIM_COLUMNS)
             .from(self.alias())
-            .and_where(in_shards())
+            .and_where(Expr::col(Outbox::Shard).is_in(shards.to_vec()))
             .and_where(status_is(OutboxStatus::Pending))
             .and_where(Expr::col(Outbox::NextRetryAt).is_null())
             .order_by(Outbox::Id, Order::Asc)
-            .limit(req.fresh_limit);
+            .limit(req.fresh_limit)
+            .to_owned()
+    }
+
+    /// The fresh lane by the shards' cursors: for each held shard, its never-attempted rows after
+    /// its cursor in `(txid, id)` order (a range of the `ix_<outbox>_cursor` index), merged in
+    /// that order up to `fresh_limit` (one `UNION ALL`; the database reads each branch only as
+    /// far as the merge needs).
+    fn fresh_lane_by_cursor(
+        &self,
+        backend: DbBackend,
+        req: &ClaimRequest,
+        cursors: &BTreeMap<i16, Cursor>,
+    ) -> Statement {
+        let branches: Vec<String> = cursors
+            .iter()
+            .map(|(shard, &(txid, id))| {
+                let after = match backend {
+                    // Every row's txid is 0 on SQLite, whose single writer commits in id order.
+                    DbBackend::Sqlite => Expr::col(Outbox::Id).gt(id),
+                    _ => {
+                        Expr::tuple([Expr::col(Outbox::Txid).into(), Expr::col(Outbox::Id).into()])
+                            .gt(Expr::tuple([Expr::val(txid).into(), Expr::val(id).into()]))
+                    }
+                };
+                let branch = Query::select()
+                    .columns(CLAIM_COLUMNS)
+                    .from(self.alias())
+                    .and_where(Expr::col(Outbox::Shard).eq(*shard))
+                    .and_where(status_is(OutboxStatus::Pending))
+                    .and_where(Expr::col(Outbox::NextRetryAt).is_null())
+                    .and_where(after)
+                    .order_by(Outbox::Txid, Order::Asc)
+                    .order_by(Outbox::Id, Order::Asc)
+                    .limit(req.fresh_limit)
+                    .to_owned();
+                let sql = match backend {
+                    DbBackend::Postgres => branch.to_string(PostgresQueryBuilder),
+                    DbBackend::Sqlite => branch.to_string(SqliteQueryBuilder),
+                    DbBackend::MySql => branch.to_string(MysqlQueryBuilder),
+                };
+                format!("SELECT * FROM ({sql}) AS s{shard}")
+            })
+            .collect();
+        Statement::from_string(
+            backend,
+            format!(
+                "{} ORDER BY txid, id LIMIT {}",
+                branches.join(" UNION ALL "),
+                req.fresh_limit
+            ),
+        )
+    }
+
+    fn retry_lane(&self, req: &ClaimRequest, shards: &[i16]) -> Option<SelectStatement> {
+        if req.retry_limit == 0 {
+            return None;
+        }
         let mut retry = Query::select();
         retry
+            .columns(CLAIM_COLUMNS)
             .from(self.alias())
-            .and_where(in_shards())
+            .and_where(Expr::col(Outbox::Shard).is_in(shards.to_vec()))
             .and_where(status_is(OutboxStatus::Pending))
             .and_where(Expr::col(Outbox::NextRetryAt).lte(req.now))
             .order_by(Outbox::NextRetryAt, Order::Asc)
             .order_by(Outbox::Id, Order::Asc)
             .limit(req.retry_limit);
-        let mut lanes = Vec::new();
-        for (mut q, limit) in [(fresh, req.fresh_limit), (retry, req.retry_limit)] {
-            if limit == 0 {
-                continue;
-            }
-            // No row locks or leases: the shard locks (or leases) keep every other round off
-            // these rows, and the settle moves only rows still as claimed. (Row locks would be
-            // wrong on MySQL, where a scan locks every row it examines, even another shard's,
-            // and another round's `SKIP LOCKED` would then pass over rows of its own keys.)
-            q.columns(CLAIM_COLUMNS);
-            lanes.push(q);
-        }
-        lanes
+        Some(retry)
     }
 
     async fn claim_with_locks(
         &self,
         db: &DatabaseConnection,
+        mode: ClaimMode,
         req: &ClaimRequest,
     ) -> Result<Claim, StorageError> {
         // Read committed: on MySQL the default repeatable read would take gap locks that block
@@ -217,9 +322,22 @@ impl OutboxTable {
             ))
             .await?;
         }
-        let shards = self.lock_shards(&txn, req.first_shard, req.shards).await?;
-        let (rows, held_back) = self.claimable_rows(&txn, req, &shards).await?;
-        if rows.is_empty() {
+        let (shards, cursors) = if mode == ClaimMode::AdvisoryLocks {
+            let shards = self
+                .lock_shards_advisory(&txn, req.first_shard, req.shards)
+                .await?;
+            if shards.is_empty() {
+                txn.commit().await?;
+                return Ok(Claim::nothing());
+            }
+            let (cursors, fence) = self.read_cursors(&txn, &shards).await?;
+            (shards, Some((cursors, fence)))
+        } else {
+            let shards = self.lock_shards(&txn, req.first_shard, req.shards).await?;
+            (shards, None)
+        };
+        let (rows, held_back, cursor) = self.claimable_rows(&txn, req, &shards, cursors).await?;
+        if rows.is_empty() && cursor.as_ref().is_none_or(|c| c.held.is_empty()) {
             txn.commit().await?;
             return Ok(Claim::empty(held_back));
         }
@@ -228,6 +346,7 @@ impl OutboxTable {
             shards,
             held_back,
             hold: Hold::Locks(txn),
+            cursor,
         })
     }
 
@@ -237,14 +356,25 @@ impl OutboxTable {
         req: &ClaimRequest,
     ) -> Result<Claim, StorageError> {
         let until = req.now.saturating_add(millis(req.hold_for));
-        let shards = self
+        let leased = self
             .lease_shards(db, &req.owner, req.first_shard, req.shards, req.now, until)
             .await?;
-        if shards.is_empty() {
+        if leased.is_empty() {
             return Ok(Claim::nothing());
         }
-        let (rows, held_back) = self.claimable_rows(db, req, &shards).await?;
-        if rows.is_empty() {
+        let shards: Vec<i16> = leased.keys().copied().collect();
+        let cursors = match db.get_database_backend() {
+            // SQLite's single writer commits rows in id order: every row below the newest
+            // visible one is visible, so nothing fences the cursor.
+            DbBackend::Sqlite => Some((leased, i64::MAX)),
+            DbBackend::Postgres => {
+                let fence = self.commit_fence(db).await?;
+                Some((leased, fence))
+            }
+            DbBackend::MySql => None,
+        };
+        let (rows, held_back, cursor) = self.claimable_rows(db, req, &shards, cursors).await?;
+        if rows.is_empty() && cursor.as_ref().is_none_or(|c| c.held.is_empty()) {
             self.release_shards(db, &req.owner, &shards).await?;
             return Ok(Claim::empty(held_back));
         }
@@ -255,55 +385,99 @@ impl OutboxTable {
             hold: Hold::Lease {
                 owner: req.owner.clone(),
             },
+            cursor,
         })
     }
 
-    /// The rows of `shards` (held by this round) it may send, in id order, and how many were
-    /// held back behind a waiting row of their key: the same for locked and leased shards.
+    /// The rows of `shards` (held by this round) it may send, in `(txid, id)` order, and how
+    /// many were held back behind a waiting row of their key: the same for every way of holding
+    /// shards. With `cursors` (and the commit fence) the fresh lane is read by the cursors.
     async fn claimable_rows<C: ConnectionTrait>(
         &self,
         conn: &C,
         req: &ClaimRequest,
         shards: &[i16],
-    ) -> Result<(Vec<ClaimedRow>, u64), StorageError> {
+        cursors: Option<(BTreeMap<i16, Cursor>, i64)>,
+    ) -> Result<(Vec<ClaimedRow>, u64, Option<CursorRound>), StorageError> {
         if shards.is_empty() {
-            return Ok((Vec::new(), 0));
+            return Ok((Vec::new(), 0, None));
         }
         let backend = conn.get_database_backend();
         let mut rows = Vec::new();
-        for lane in self.lane_queries(req, shards) {
+        if req.fresh_limit > 0 {
+            let fresh = match &cursors {
+                Some((cursors, _)) => self.fresh_lane_by_cursor(backend, req, cursors),
+                None => backend.build(&self.fresh_lane(req, shards)),
+            };
+            rows.extend(ClaimedRow::find_by_statement(fresh).all(conn).await?);
+        }
+        if let Some(retry) = self.retry_lane(req, shards) {
             rows.extend(
-                ClaimedRow::find_by_statement(backend.build(&lane))
+                ClaimedRow::find_by_statement(backend.build(&retry))
                     .all(conn)
                     .await?,
             );
         }
-        rows.sort_by_key(|r| r.id);
-        let held_back = self
+        rows.sort_by_key(|r| (r.txid, r.id));
+        let held = self
             .hold_back_waiting_keys(conn, req, shards, &mut rows)
             .await?;
-        Ok((rows, held_back))
+        let held_back = held.len() as u64;
+        let cursor = cursors.map(|(start, fence)| CursorRound {
+            start,
+            fence,
+            held: held
+                .into_iter()
+                .filter(|h| h.fresh)
+                .map(|h| HeldRow {
+                    id: h.id,
+                    shard: h.shard,
+                    txid: h.txid,
+                    due: h.due,
+                })
+                .collect(),
+        });
+        Ok((rows, held_back, cursor))
     }
 
-    /// Leaves out of `rows` (in id order) every row whose key has an earlier row, in these
-    /// shards and not in this claim, waiting for a retry (on topics outside `skip_topics`):
-    /// that key sends nothing newer until the waiting row is published or `dead`. Returns the
-    /// number of rows left out.
+    /// The commit fence now (PostgreSQL): every transaction with an id below it has ended.
+    async fn commit_fence<C: ConnectionTrait>(&self, conn: &C) -> Result<i64, StorageError> {
+        #[derive(FromQueryResult)]
+        struct Fence {
+            fence: i64,
+        }
+        let fence = Fence::find_by_statement(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS fence",
+        ))
+        .one(conn)
+        .await?;
+        Ok(fence.map_or(0, |f| f.fence))
+    }
+
+    /// Leaves out of `rows` (in `(txid, id)` order) every row whose key has an earlier row, in
+    /// these shards and not in this claim, waiting for a retry (on topics outside
+    /// `skip_topics`): that key sends nothing newer until the waiting row is published or
+    /// `dead`. Returns the rows left out, each with the waiting row's due time.
     async fn hold_back_waiting_keys<C: ConnectionTrait>(
         &self,
         conn: &C,
         req: &ClaimRequest,
         shards: &[i16],
         rows: &mut Vec<ClaimedRow>,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Vec<HeldBack>, StorageError> {
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut waiting = Query::select();
         waiting
-            .column(Outbox::MessageKey)
-            .column(Outbox::Id)
+            .columns([
+                Outbox::MessageKey,
+                Outbox::Id,
+                Outbox::Txid,
+                Outbox::NextRetryAt,
+            ])
             .from(self.alias())
             .and_where(Expr::col(Outbox::Shard).is_in(shards.to_vec()))
             .and_where(status_is(OutboxStatus::Pending))
@@ -317,22 +491,43 @@ impl OutboxTable {
             .all(conn)
             .await?;
         if waiting.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         // The earliest waiting row of each key: rows of the key after it wait too.
-        let mut first_waiting: HashMap<String, i64> = HashMap::new();
+        let mut first_waiting: HashMap<String, ((i64, i64), i64)> = HashMap::new();
         for w in waiting {
-            let first = first_waiting.entry(w.message_key).or_insert(w.id);
-            *first = (*first).min(w.id);
+            let place = (w.txid, w.id);
+            let due = w.next_retry_at.unwrap_or(req.now);
+            let first = first_waiting.entry(w.message_key).or_insert((place, due));
+            if place < first.0 {
+                *first = (place, due);
+            }
         }
-        let before = rows.len();
-        rows.retain(|r| {
-            first_waiting
-                .get(&r.message_key)
-                .is_none_or(|&first| r.id < first)
+        let mut held = Vec::new();
+        rows.retain(|r| match first_waiting.get(&r.message_key) {
+            Some(&(first, due)) if (r.txid, r.id) > first => {
+                held.push(HeldBack {
+                    id: r.id,
+                    shard: r.shard,
+                    txid: r.txid,
+                    fresh: r.next_retry_at.is_none(),
+                    due,
+                });
+                false
+            }
+            _ => true,
         });
-        Ok((before - rows.len()) as u64)
+        Ok(held)
     }
+}
+
+/// A row left out of a claim behind a waiting row of its key.
+struct HeldBack {
+    id: i64,
+    shard: i16,
+    txid: i64,
+    fresh: bool,
+    due: i64,
 }
 
 /// A row waiting for its retry: what holds back the later rows of its key.
@@ -340,4 +535,6 @@ impl OutboxTable {
 struct WaitingRow {
     message_key: String,
     id: i64,
+    txid: i64,
+    next_retry_at: Option<i64>,
 }

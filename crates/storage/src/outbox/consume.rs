@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::time::Duration;
 
 use sea_orm::sea_query::{Expr, LockType, Query, SimpleExpr, UpdateStatement, Value};
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult};
@@ -222,26 +223,33 @@ impl OutboxTable {
     /// message was lost past the broker's retention) go back to `pending` to be sent again. This
     /// spends none of the row's retries and can never make it `dead`: how long a consumer takes
     /// says nothing about the event. The next deadline grows with the row's age (see `settle`).
-    /// Returns how many rows moved.
+    ///
+    /// Rows a shard's cursor sent have no deadline of their own: each shard keeps a checkpoint
+    /// of its cursor, taken at most every `republish_after`, and the rows at or below a
+    /// checkpoint at least `republish_after` old that are still unconsumed are sent again (so
+    /// between one and two `republish_after` after they were sent), through the retry lane,
+    /// which gives them a deadline of their own. Returns how many rows moved.
     pub async fn requeue_unconsumed<C: ConnectionTrait>(
         &self,
         conn: &C,
         now: i64,
+        republish_after: Duration,
     ) -> Result<u64, StorageError> {
+        let note = "published but not consumed by its deadline; sent again";
         let overdue =
             status_is(OutboxStatus::Published).and(Expr::col(Outbox::NextRetryAt).lte(now));
-        self.requeue_published(
-            conn,
-            now,
-            overdue,
-            "published but not consumed by its deadline; sent again",
-        )
-        .await
+        let mut moved = self.requeue_published(conn, now, overdue, note).await?;
+        let checked_by = now.saturating_sub(millis(republish_after));
+        moved += self
+            .requeue_published(conn, now, self.sent_by_checkpoint(checked_by), note)
+            .await?;
+        self.take_checkpoints(conn, now, checked_by).await?;
+        Ok(moved)
     }
 
-    /// Every `published` row goes back to `pending`, whatever its deadline and without spending
-    /// a retry: for a broker that lost everything it held, like the in-memory embedded one after
-    /// a restart. Returns how many rows moved.
+    /// Every `published` row (marked so, or sent by its shard's cursor) goes back to `pending`,
+    /// whatever its deadline and without spending a retry: for a broker that lost everything it
+    /// held, like the in-memory embedded one after a restart. Returns how many rows moved.
     pub async fn requeue_all_published<C: ConnectionTrait>(
         &self,
         conn: &C,
@@ -249,7 +257,7 @@ impl OutboxTable {
         self.requeue_published(
             conn,
             now_millis(),
-            status_is(OutboxStatus::Published),
+            status_is(OutboxStatus::Published).or(self.sent_by_cursor()),
             "published to a broker that has since lost it; sent again",
         )
         .await

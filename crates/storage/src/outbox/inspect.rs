@@ -1,8 +1,8 @@
-use sea_orm::sea_query::{Alias, Expr, Func, Order, Query, SelectStatement};
+use sea_orm::sea_query::{Alias, Expr, Func, Order, Query, SelectStatement, SimpleExpr};
 use sea_orm::{ConnectionTrait, FromQueryResult, Iterable};
 use smartflow_domain::OutboxStatus;
 
-use super::{status_is, OutboxTable};
+use super::{stored, OutboxTable};
 use crate::entity::outbox::{Column as Outbox, Model, Status};
 use crate::StorageError;
 
@@ -92,7 +92,7 @@ impl OutboxTable {
     ) -> Result<Vec<OutboxRow>, StorageError> {
         let stmt = self
             .select_rows()
-            .and_where(status_is(status))
+            .and_where(self.effective_status().eq(stored(status)))
             .order_by(Outbox::Id, Order::Asc)
             .limit(limit)
             .to_owned();
@@ -102,11 +102,21 @@ impl OutboxTable {
         Ok(rows.into_iter().map(OutboxRow::from).collect())
     }
 
+    /// Every column, with the status as the bus means it ([`effective_status`](Self::effective_status)).
     pub(super) fn select_rows(&self) -> SelectStatement {
         Query::select()
-            .columns(Outbox::iter())
+            .columns(Outbox::iter().filter(|c| !matches!(c, Outbox::Status)))
+            .expr_as(self.effective_status(), Alias::new("status"))
             .from(self.alias())
             .to_owned()
+    }
+
+    /// A row's status as the bus means it: the stored one, except that a row its shard's cursor
+    /// has sent is `published` (the cursor spares the relay writing that into each row).
+    pub(super) fn effective_status(&self) -> SimpleExpr {
+        Expr::case(self.sent_by_cursor(), stored(OutboxStatus::Published))
+            .finally(Expr::col((self.alias(), Outbox::Status)))
+            .into()
     }
 
     /// Counts per status and the oldest pending row's creation time.
@@ -130,19 +140,27 @@ impl OutboxTable {
         event_type: Option<&str>,
     ) -> Result<OutboxStats, StorageError> {
         let backend = conn.get_database_backend();
-        let mut stmt = Query::select()
+        // Grouped outside a subquery: PostgreSQL would not take the same `CASE` with its own
+        // bound values as the grouped expression.
+        let mut rows = Query::select()
+            .expr_as(self.effective_status(), Alias::new("status"))
+            .columns([Outbox::Id, Outbox::CreatedAt])
+            .from(self.alias())
+            .to_owned();
+        if let Some(event_type) = event_type {
+            rows.and_where(Expr::col(Outbox::EventType).eq(event_type));
+        }
+        let rows_alias = Alias::new("r");
+        let stmt = Query::select()
             .column(Outbox::Status)
             .expr_as(Func::count(Expr::col(Outbox::Id)), Alias::new("n"))
             .expr_as(
                 Func::min(Expr::col(Outbox::CreatedAt)),
                 Alias::new("oldest"),
             )
-            .from(self.alias())
+            .from_subquery(rows, rows_alias)
             .group_by_col(Outbox::Status)
             .to_owned();
-        if let Some(event_type) = event_type {
-            stmt.and_where(Expr::col(Outbox::EventType).eq(event_type));
-        }
         let mut stats = OutboxStats::default();
         for count in StatusCount::find_by_statement(backend.build(&stmt))
             .all(conn)

@@ -1,11 +1,12 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use sea_orm::sea_query::{Expr, Query, SimpleExpr, Value};
 use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use smartflow_domain::{OutboxStatus, RetryPolicy};
 
-use super::claim::Hold;
+use super::claim::{ClaimedRow, CursorRound, HeldRow, Hold};
+use super::shards::Cursor;
 use super::{status_of_picked_is, stored, Claim, OutboxTable};
 use crate::entity::outbox::Column as Outbox;
 use crate::error_text::truncate;
@@ -47,10 +48,13 @@ pub struct SettleReport {
 }
 
 impl OutboxTable {
-    /// Records a claim's outcome and releases it: one statement marks every published row, and
-    /// one statement per (attempt count, error) group moves failures back to `pending` with
-    /// backoff or to `dead`; rows the broker was unavailable for are released unchanged. Only
-    /// rows still `pending` (and, under a lease, still ours) move.
+    /// Records a claim's outcome and releases it. Rows the shards' cursors read and the round
+    /// sent in order are recorded by moving each shard's cursor past them (one statement for
+    /// every shard), up to the first row the broker was unavailable for or the first row of a
+    /// transaction the commit fence does not yet prove alone; one statement marks every other
+    /// published row, and one statement per (attempt count, error) group moves failures back to
+    /// `pending` with backoff or to `dead`; rows the broker was unavailable for are released
+    /// unchanged. Only rows still `pending` (and, under a lease, still ours) move.
     ///
     /// A published row's consumption deadline grows with its age: `now + max(republish_after,
     /// age)`, so a row that is re-sent because no consumer marked it is re-sent at ages that
@@ -64,7 +68,11 @@ impl OutboxTable {
         republish_after: Option<Duration>,
     ) -> Result<SettleReport, StorageError> {
         let Claim {
-            rows, hold, shards, ..
+            rows,
+            hold,
+            shards,
+            cursor,
+            ..
         } = claim;
         let (txn, owner) = match hold {
             Hold::Nothing => return Ok(SettleReport::default()),
@@ -102,6 +110,36 @@ impl OutboxTable {
             groups
         };
         let mut report = SettleReport::default();
+        let mut settlement = settlement;
+        let plan = cursor
+            .as_ref()
+            .map(|round| CursorPlan::new(&rows, round, &settlement));
+        if let Some(plan) = &plan {
+            settlement.published.retain(|id| !plan.passed.contains(id));
+            // Rows held back behind a waiting row of their key join the retry lane, due with
+            // that row, so the cursor can pass them.
+            let mut by_due: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+            for held in &plan.moved {
+                by_due.entry(held.due).or_default().push(held.id);
+            }
+            for (due, ids) in by_due {
+                let mut cond = Expr::col(Outbox::Id)
+                    .is_in(ids)
+                    .and(status_of_picked_is(OutboxStatus::Pending))
+                    .and(Expr::col(Outbox::NextRetryAt).is_null());
+                if let Some(owner) = &owner {
+                    cond = cond
+                        .and(Expr::col(Outbox::Shard).in_subquery(self.shards_leased_to(owner)));
+                }
+                let stmt = Query::update()
+                    .table(self.alias())
+                    .value(Outbox::NextRetryAt, due)
+                    .value(Outbox::UpdatedAt, now)
+                    .and_where(cond)
+                    .to_owned();
+                txn.execute(backend.build(&stmt)).await?;
+            }
+        }
 
         let deadline: SimpleExpr = match republish_after {
             None => Value::BigInt(None).into(),
@@ -171,8 +209,22 @@ impl OutboxTable {
                 report.retrying += moved;
             }
         }
-        if let Some(owner) = &owner {
-            self.release_shards(&txn, owner, &shards).await?;
+        match &plan {
+            Some(plan) => {
+                let moved = self
+                    .advance_cursors(&txn, &shards, &plan.advanced, owner.as_deref())
+                    .await?;
+                // Under a lease taken over meanwhile nothing moved, and the rows are the new
+                // holder's to send.
+                if owner.is_none() || moved == shards.len() as u64 {
+                    report.published += plan.passed.len() as u64;
+                }
+            }
+            None => {
+                if let Some(owner) = &owner {
+                    self.release_shards(&txn, owner, &shards).await?;
+                }
+            }
         }
         txn.commit().await?;
         Ok(report)
@@ -214,6 +266,82 @@ impl OutboxTable {
             Hold::Locks(txn) => Ok(txn.rollback().await?),
             Hold::Lease { owner } => self.release_shards(db, &owner, &claim.shards).await,
         }
+    }
+}
+
+/// What the settle of a round read by the cursors does with them.
+struct CursorPlan {
+    /// Published rows the cursors pass: recorded by the cursors alone, no row written.
+    passed: HashSet<i64>,
+    /// Held-back rows the cursors pass, to be moved to the retry lane first.
+    moved: Vec<HeldRow>,
+    /// The shards whose cursor moves, and where to.
+    advanced: BTreeMap<i16, Cursor>,
+}
+
+impl CursorPlan {
+    /// Walks each shard's never-attempted rows (claimed or held back) in `(txid, id)` order
+    /// from its cursor and passes every row that is settled by this round: sent, rejected (its
+    /// own statement moves it) or held back (moved to the retry lane). It stops at the first row
+    /// the broker was unavailable for (it and the rest stay for the next round; the rows after it
+    /// that were sent are marked one by one) and at the first row at or above the commit fence
+    /// (a transaction below it may still commit a row the cursor must not pass).
+    fn new(rows: &[ClaimedRow], round: &CursorRound, settlement: &Settlement) -> Self {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Outcome {
+            Published,
+            Settled,
+            Unavailable,
+        }
+        let mut outcome: HashMap<i64, Outcome> = HashMap::new();
+        for id in &settlement.published {
+            outcome.insert(*id, Outcome::Published);
+        }
+        for id in &settlement.handed_off {
+            outcome.insert(*id, Outcome::Settled);
+        }
+        for failure in &settlement.failed {
+            outcome.insert(failure.id, Outcome::Settled);
+        }
+        for id in &settlement.unavailable {
+            outcome.insert(*id, Outcome::Unavailable);
+        }
+        // (txid, id, shard, Some(held row) | None for a claimed row)
+        let mut fresh: Vec<(i64, i64, i16, Option<&HeldRow>)> = rows
+            .iter()
+            .filter(|r| r.next_retry_at.is_none())
+            .map(|r| (r.txid, r.id, r.shard, None))
+            .chain(round.held.iter().map(|h| (h.txid, h.id, h.shard, Some(h))))
+            .collect();
+        fresh.sort_by_key(|&(txid, id, _, _)| (txid, id));
+        let mut plan = CursorPlan {
+            passed: HashSet::new(),
+            moved: Vec::new(),
+            advanced: BTreeMap::new(),
+        };
+        let mut stopped: HashSet<i16> = HashSet::new();
+        for (txid, id, shard, held) in fresh {
+            if stopped.contains(&shard) || !round.start.contains_key(&shard) {
+                continue;
+            }
+            if txid >= round.fence {
+                stopped.insert(shard);
+                continue;
+            }
+            match (held, outcome.get(&id).copied()) {
+                (Some(held), _) => plan.moved.push(held.clone()),
+                (None, Some(Outcome::Published)) => {
+                    plan.passed.insert(id);
+                }
+                (None, Some(Outcome::Settled)) => {}
+                (None, Some(Outcome::Unavailable) | None) => {
+                    stopped.insert(shard);
+                    continue;
+                }
+            }
+            plan.advanced.insert(shard, (txid, id));
+        }
+        plan
     }
 }
 
