@@ -338,6 +338,10 @@ impl ServiceStart {
             bus.metrics().clone(),
         )
         .context("building the relay")?;
+        relay
+            .check_schema()
+            .await
+            .context("checking the outbox table")?;
         if self.new_broker {
             // The broker is new and empty: what an earlier run published but did not get
             // consumed exists only in the outbox now.

@@ -21,6 +21,12 @@ pub enum StorageError {
          with `smartflow_migrations::add_redrive_history` in a migration of its service"
     )]
     NoRedriveHistory { table: String },
+    #[error(
+        "`{table}` has no commit cursor (column `txid`, and `sent_txid`, `sent_id`, `check_txid`, \
+         `check_id`, `check_at` on `{table}_shards`); add it with \
+         `smartflow_migrations::add_commit_cursor` in a migration of its service"
+    )]
+    NoCommitCursor { table: String },
     #[error(transparent)]
     Domain(#[from] smartflow_domain::DomainError),
 }

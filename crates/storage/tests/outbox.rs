@@ -519,7 +519,55 @@ async fn migrations_are_idempotent_and_concurrent(t: TestDb) {
                 .await
                 .unwrap();
         assert!(found.is_some(), "ix_agent_outbox_fresh is missing");
+        let cursor = sql.replace("ix_agent_outbox_fresh", "ix_agent_outbox_cursor");
+        let found =
+            t.db.query_one(sea_orm::Statement::from_string(backend, cursor))
+                .await
+                .unwrap();
+        assert!(found.is_some(), "ix_agent_outbox_cursor is missing");
     }
+    t.cleanup().await;
+}
+
+/// An outbox made before the commit cursor existed is refused by name until its service's
+/// migration adds the cursor (twice is harmless), and the rows written before are sent.
+async fn an_outbox_without_the_commit_cursor_is_refused_until_migrated(t: TestDb) {
+    let manager = sea_orm_migration::SchemaManager::new(&t.db);
+    smartflow_migrations::create_outbox_table(&manager, "old_outbox")
+        .await
+        .unwrap();
+    smartflow_migrations::drop_commit_cursor(&manager, "old_outbox")
+        .await
+        .unwrap();
+    let old = OutboxTable::new("old_outbox").unwrap();
+    let env = Envelope::for_event("k", &Ping { n: 1 }).unwrap();
+    old.insert(&t.db, &env, "topic-a", 3).await.unwrap();
+    let err = old.check_commit_cursor(&t.db).await.unwrap_err();
+    assert!(
+        matches!(err, smartflow_storage::StorageError::NoCommitCursor { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("add_commit_cursor"), "{err}");
+    for _ in 0..2 {
+        smartflow_migrations::add_commit_cursor(&manager, "old_outbox")
+            .await
+            .unwrap();
+    }
+    old.check_commit_cursor(&t.db).await.unwrap();
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let claim = old.claim(&t.db, mode, &request("r", 10)).await.unwrap();
+    assert_eq!(claim.rows.len(), 1, "the row written before is sent");
+    assert_eq!(claim.rows[0].txid, 0);
+    let ids = claim.rows.iter().map(|r| r.id).collect();
+    old.settle(&t.db, claim, settled(ids), &policy(), None)
+        .await
+        .unwrap();
+    let row = old
+        .find(&t.db, &env.event_id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.status, OutboxStatus::Published);
     t.cleanup().await;
 }
 
@@ -637,8 +685,52 @@ async fn rows_committed_out_of_order_are_all_sent_once(t: TestDb) {
     t.cleanup().await;
 }
 
+/// A row the broker was unavailable for stops its shard's cursor: it and the rows after it that
+/// were not sent come back in the next claim; rows after it that were sent are marked one by
+/// one, so they are not sent again.
+async fn an_unavailable_row_stops_its_shards_cursor(t: TestDb) {
+    let ids = insert_keys(&t, &["k", "k", "k", "k", "k"]).await;
+    let mode = ClaimMode::for_backend(t.db.get_database_backend());
+    let claim = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
+    let rows: Vec<i64> = claim.rows.iter().map(|r| r.id).collect();
+    assert_eq!(rows.len(), 5);
+    let settlement = Settlement {
+        published: vec![rows[0], rows[2]],
+        unavailable: vec![rows[1], rows[3]],
+        handed_off: vec![rows[4]],
+        ..Settlement::default()
+    };
+    let report = table()
+        .settle(
+            &t.db,
+            claim,
+            settlement,
+            &policy(),
+            Some(Duration::from_secs(900)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.published, report.released), (3, 2));
+    let again = table().claim(&t.db, mode, &request("r", 10)).await.unwrap();
+    let back: Vec<&str> = again.rows.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(
+        back,
+        [ids[1].as_str(), ids[3].as_str()],
+        "only the unsent rows"
+    );
+    table().release(&t.db, again).await.unwrap();
+    for n in [0, 2, 4] {
+        let row = table().find(&t.db, &ids[n]).await.unwrap().unwrap();
+        assert_eq!(row.status, OutboxStatus::Published, "row {n}");
+    }
+    let stats = table().stats(&t.db).await.unwrap();
+    assert_eq!((stats.pending, stats.published), (2, 3));
+    t.cleanup().await;
+}
+
 on_every_backend!(
     rows_committed_out_of_order_are_all_sent_once,
+    an_unavailable_row_stops_its_shards_cursor,
     stats_of_one_event_type_leave_the_others_out,
     rolled_back_insert_leaves_nothing,
     concurrent_claims_never_share_a_shard,
@@ -650,6 +742,7 @@ on_every_backend!(
     unconsumed_rows_are_published_again_without_dying,
     a_lost_broker_gets_every_published_row_again,
     migrations_are_idempotent_and_concurrent,
+    an_outbox_without_the_commit_cursor_is_refused_until_migrated,
 );
 
 /// SQLite's rounds lease shards, not rows: a round whose lease ran out and was taken over by

@@ -165,7 +165,7 @@ async fn tables(
                 )));
             }
         }
-        return Ok(target.tables.clone());
+        return outboxes_checked(db, target.tables.clone(), kind).await;
     }
     let mut found = Vec::new();
     for table in built_in {
@@ -179,7 +179,24 @@ async fn tables(
             built_in.join(", ")
         )));
     }
-    Ok(found)
+    outboxes_checked(db, found, kind).await
+}
+
+/// `tables`, each checked to have the commit cursor when they are outboxes: without it their
+/// statuses cannot be read.
+async fn outboxes_checked(
+    db: &Db,
+    tables: Vec<String>,
+    kind: &str,
+) -> Result<Vec<String>, Failure> {
+    if kind == "outbox" {
+        for table in &tables {
+            smartflow_storage::outbox::OutboxTable::new(table.as_str())?
+                .check_commit_cursor(db)
+                .await?;
+        }
+    }
+    Ok(tables)
 }
 
 /// What every changing command (`redrive`, `purge`) takes.

@@ -317,6 +317,13 @@ impl Relay {
         })
     }
 
+    /// Checks that the outbox has what the relay needs: the commit cursor's columns
+    /// (`smartflow_migrations::add_commit_cursor`). A service starts only if it does.
+    pub async fn check_schema(&self) -> Result<(), BusError> {
+        let i = &*self.inner;
+        Ok(i.table.check_commit_cursor(&i.db).await?)
+    }
+
     /// Sends `dead` rows again, by id (an operator's redrive); returns how many moved.
     pub async fn redrive(&self, ids: &[i64]) -> Result<u64, BusError> {
         let moved = self.inner.table.redrive(&self.inner.db, ids).await?;

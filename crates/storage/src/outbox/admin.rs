@@ -144,6 +144,27 @@ impl OutboxTable {
             && column_exists(conn, self.name(), LAST_REDRIVEN_AT).await?)
     }
 
+    /// Fails with [`StorageError::NoCommitCursor`] unless this table and its shard table have
+    /// the commit cursor's columns (`add_commit_cursor`), which the relay and every reader of
+    /// the table's statuses use.
+    pub async fn check_commit_cursor<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+    ) -> Result<(), StorageError> {
+        let shards = self.shards_table_name();
+        let mut present = column_exists(conn, self.name(), "txid").await?;
+        for column in ["sent_txid", "sent_id", "check_txid", "check_id", "check_at"] {
+            present = present && column_exists(conn, shards, column).await?;
+        }
+        if present {
+            Ok(())
+        } else {
+            Err(StorageError::NoCommitCursor {
+                table: self.name().to_owned(),
+            })
+        }
+    }
+
     /// The counts per status, the retry histogram and the most frequent reasons rows died of.
     pub async fn report<C: ConnectionTrait>(&self, conn: &C) -> Result<OutboxReport, StorageError> {
         let backend = conn.get_database_backend();

@@ -65,6 +65,10 @@ impl OutboxTable {
         self.name.as_str()
     }
 
+    fn shards_table_name(&self) -> &str {
+        self.shards.as_str()
+    }
+
     fn alias(&self) -> Alias {
         self.name.alias()
     }
