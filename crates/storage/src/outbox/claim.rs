@@ -419,55 +419,27 @@ impl OutboxTable {
             );
         }
         rows.sort_by_key(|r| (r.txid, r.id));
-        let held = self
+        let (held_back, held) = self
             .hold_back_waiting_keys(conn, req, shards, &mut rows)
             .await?;
-        let held_back = held.len() as u64;
-        let cursor = cursors.map(|(start, fence)| CursorRound {
-            start,
-            fence,
-            held: held
-                .into_iter()
-                .filter(|h| h.fresh)
-                .map(|h| HeldRow {
-                    id: h.id,
-                    shard: h.shard,
-                    txid: h.txid,
-                    due: h.due,
-                })
-                .collect(),
-        });
+        let cursor = cursors.map(|(start, fence)| CursorRound { start, fence, held });
         Ok((rows, held_back, cursor))
-    }
-
-    /// The commit fence now (PostgreSQL): every transaction with an id below it has ended.
-    async fn commit_fence<C: ConnectionTrait>(&self, conn: &C) -> Result<i64, StorageError> {
-        #[derive(FromQueryResult)]
-        struct Fence {
-            fence: i64,
-        }
-        let fence = Fence::find_by_statement(Statement::from_string(
-            conn.get_database_backend(),
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS fence",
-        ))
-        .one(conn)
-        .await?;
-        Ok(fence.map_or(0, |f| f.fence))
     }
 
     /// Leaves out of `rows` (in `(txid, id)` order) every row whose key has an earlier row, in
     /// these shards and not in this claim, waiting for a retry (on topics outside
     /// `skip_topics`): that key sends nothing newer until the waiting row is published or
-    /// `dead`. Returns the rows left out, each with the waiting row's due time.
+    /// `dead`. Returns how many rows were left out, and those of them never attempted, each with
+    /// the waiting row's due time.
     async fn hold_back_waiting_keys<C: ConnectionTrait>(
         &self,
         conn: &C,
         req: &ClaimRequest,
         shards: &[i16],
         rows: &mut Vec<ClaimedRow>,
-    ) -> Result<Vec<HeldBack>, StorageError> {
+    ) -> Result<(u64, Vec<HeldRow>), StorageError> {
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok((0, Vec::new()));
         }
         let claimed: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let mut waiting = Query::select();
@@ -491,7 +463,7 @@ impl OutboxTable {
             .all(conn)
             .await?;
         if waiting.is_empty() {
-            return Ok(Vec::new());
+            return Ok((0, Vec::new()));
         }
         // The earliest waiting row of each key: rows of the key after it wait too.
         let mut first_waiting: HashMap<String, ((i64, i64), i64)> = HashMap::new();
@@ -503,31 +475,24 @@ impl OutboxTable {
                 *first = (place, due);
             }
         }
-        let mut held = Vec::new();
+        let before = rows.len();
+        let mut fresh_held = Vec::new();
         rows.retain(|r| match first_waiting.get(&r.message_key) {
             Some(&(first, due)) if (r.txid, r.id) > first => {
-                held.push(HeldBack {
-                    id: r.id,
-                    shard: r.shard,
-                    txid: r.txid,
-                    fresh: r.next_retry_at.is_none(),
-                    due,
-                });
+                if r.next_retry_at.is_none() {
+                    fresh_held.push(HeldRow {
+                        id: r.id,
+                        shard: r.shard,
+                        txid: r.txid,
+                        due,
+                    });
+                }
                 false
             }
             _ => true,
         });
-        Ok(held)
+        Ok(((before - rows.len()) as u64, fresh_held))
     }
-}
-
-/// A row left out of a claim behind a waiting row of its key.
-struct HeldBack {
-    id: i64,
-    shard: i16,
-    txid: i64,
-    fresh: bool,
-    due: i64,
 }
 
 /// A row waiting for its retry: what holds back the later rows of its key.

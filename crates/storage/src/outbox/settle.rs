@@ -84,17 +84,22 @@ impl OutboxTable {
         // Only rows still as claimed move: still `pending`, with the attempts they were claimed
         // with (a consumer that recorded a failure meanwhile counted one more, and its decision
         // stands), and under a lease still ours.
-        let mine = |ids: Vec<i64>, retry_count: i32| -> SimpleExpr {
-            let mut cond = Expr::col(Outbox::Id)
+        let still_ours = |ids: Vec<i64>, cond: SimpleExpr| -> SimpleExpr {
+            let cond = Expr::col(Outbox::Id)
                 .is_in(ids)
                 .and(status_of_picked_is(OutboxStatus::Pending))
-                .and(Expr::col(Outbox::RetryCount).eq(retry_count));
-            if let Some(owner) = &owner {
+                .and(cond);
+            match &owner {
                 // Under a lease: rows of shards still leased to this round (a round whose lease
                 // ran out and was taken over settles nothing).
-                cond = cond.and(Expr::col(Outbox::Shard).in_subquery(self.shards_leased_to(owner)));
+                Some(owner) => {
+                    cond.and(Expr::col(Outbox::Shard).in_subquery(self.shards_leased_to(owner)))
+                }
+                None => cond,
             }
-            cond
+        };
+        let mine = |ids: Vec<i64>, retry_count: i32| -> SimpleExpr {
+            still_ours(ids, Expr::col(Outbox::RetryCount).eq(retry_count))
         };
         let by_id: BTreeMap<i64, (i32, i32)> = rows
             .iter()
@@ -123,19 +128,11 @@ impl OutboxTable {
                 by_due.entry(held.due).or_default().push(held.id);
             }
             for (due, ids) in by_due {
-                let mut cond = Expr::col(Outbox::Id)
-                    .is_in(ids)
-                    .and(status_of_picked_is(OutboxStatus::Pending))
-                    .and(Expr::col(Outbox::NextRetryAt).is_null());
-                if let Some(owner) = &owner {
-                    cond = cond
-                        .and(Expr::col(Outbox::Shard).in_subquery(self.shards_leased_to(owner)));
-                }
                 let stmt = Query::update()
                     .table(self.alias())
                     .value(Outbox::NextRetryAt, due)
                     .value(Outbox::UpdatedAt, now)
-                    .and_where(cond)
+                    .and_where(still_ours(ids, Expr::col(Outbox::NextRetryAt).is_null()))
                     .to_owned();
                 txn.execute(backend.build(&stmt)).await?;
             }
@@ -209,21 +206,15 @@ impl OutboxTable {
                 report.retrying += moved;
             }
         }
-        match &plan {
-            Some(plan) => {
-                let moved = self
-                    .advance_cursors(&txn, &shards, &plan.advanced, owner.as_deref())
-                    .await?;
-                // Under a lease taken over meanwhile nothing moved, and the rows are the new
-                // holder's to send.
-                if owner.is_none() || moved == shards.len() as u64 {
-                    report.published += plan.passed.len() as u64;
-                }
-            }
-            None => {
-                if let Some(owner) = &owner {
-                    self.release_shards(&txn, owner, &shards).await?;
-                }
+        let advanced = plan.as_ref().map(|p| &p.advanced);
+        let moved = self
+            .advance_cursors(&txn, &shards, advanced, owner.as_deref())
+            .await?;
+        // Under a lease taken over meanwhile nothing moved, and the rows are the new holder's
+        // to send.
+        if let Some(plan) = &plan {
+            if owner.is_none() || moved == shards.len() as u64 {
+                report.published += plan.passed.len() as u64;
             }
         }
         txn.commit().await?;

@@ -40,6 +40,10 @@ struct ShardRow {
     shard: i16,
 }
 
+/// The commit fence (PostgreSQL): the oldest transaction id still running; every transaction
+/// with an id below it has ended.
+const COMMIT_FENCE: &str = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+
 /// A shard's commit cursor: the last `(txid, id)` sent in order.
 pub(super) type Cursor = (i64, i64);
 
@@ -220,10 +224,7 @@ impl OutboxTable {
         let backend = conn.get_database_backend();
         let stmt = Query::select()
             .columns([ShardCol::Shard, ShardCol::SentTxid, ShardCol::SentId])
-            .expr_as(
-                Expr::cust("pg_snapshot_xmin(pg_current_snapshot())::text::bigint"),
-                Alias::new("fence"),
-            )
+            .expr_as(Expr::cust(COMMIT_FENCE), Alias::new("fence"))
             .from(self.shards_alias())
             .and_where(Expr::col(ShardCol::Shard).is_in(shards.to_vec()))
             .to_owned();
@@ -238,19 +239,40 @@ impl OutboxTable {
         Ok((cursors, fence))
     }
 
+    /// The commit fence now (PostgreSQL), for a round that holds its shards by lease.
+    pub(super) async fn commit_fence<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+    ) -> Result<i64, StorageError> {
+        #[derive(FromQueryResult)]
+        struct Fence {
+            fence: i64,
+        }
+        let fence = Fence::find_by_statement(Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT {COMMIT_FENCE} AS fence"),
+        ))
+        .one(conn)
+        .await?;
+        Ok(fence.map_or(0, |f| f.fence))
+    }
+
     /// Moves the cursors of `advanced` shards forward and, when `release` names an owner, gives
     /// that owner's lease on `held` back in the same statement; under a lease only shards still
-    /// leased to the owner change. Returns how many shard rows changed.
+    /// leased to the owner change. Returns how many shard rows changed (0 when there is nothing
+    /// to move or release).
     pub(super) async fn advance_cursors<C: ConnectionTrait>(
         &self,
         conn: &C,
         held: &[i16],
-        advanced: &BTreeMap<i16, Cursor>,
+        advanced: Option<&BTreeMap<i16, Cursor>>,
         release: Option<&str>,
     ) -> Result<u64, StorageError> {
-        let shards: Vec<i16> = match release {
-            Some(_) => held.to_vec(),
-            None => advanced.keys().copied().collect(),
+        let advanced = advanced.filter(|a| !a.is_empty());
+        let shards: Vec<i16> = match (release, advanced) {
+            (Some(_), _) => held.to_vec(),
+            (None, Some(advanced)) => advanced.keys().copied().collect(),
+            (None, None) => Vec::new(),
         };
         if shards.is_empty() {
             return Ok(0);
@@ -258,7 +280,7 @@ impl OutboxTable {
         let mut stmt = Query::update();
         stmt.table(self.shards_alias())
             .and_where(Expr::col(ShardCol::Shard).is_in(shards));
-        if !advanced.is_empty() {
+        if let Some(advanced) = advanced {
             let column = |col: ShardCol, pick: fn(&Cursor) -> i64| -> SimpleExpr {
                 let mut case = CaseStatement::new();
                 for (shard, cursor) in advanced {
@@ -353,19 +375,9 @@ impl OutboxTable {
         owner: &str,
         shards: &[i16],
     ) -> Result<(), StorageError> {
-        if shards.is_empty() {
-            return Ok(());
-        }
-        let stmt = Query::update()
-            .table(self.shards_alias())
-            .value(ShardCol::LockedBy, Value::String(None))
-            .value(ShardCol::LockedUntil, Value::BigInt(None))
-            .and_where(Expr::col(ShardCol::Shard).is_in(shards.to_vec()))
-            .and_where(Expr::col(ShardCol::LockedBy).eq(owner))
-            .to_owned();
-        conn.execute(conn.get_database_backend().build(&stmt))
-            .await?;
-        Ok(())
+        self.advance_cursors(conn, shards, None, Some(owner))
+            .await
+            .map(drop)
     }
 }
 
