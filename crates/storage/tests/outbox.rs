@@ -501,14 +501,15 @@ async fn migrations_are_idempotent_and_concurrent(t: TestDb) {
     ra.unwrap();
     rb.unwrap();
     smartflow_migrations::run(&t.db).await.unwrap();
-    // The fresh lane's partial index exists where the backend has partial indexes.
+    // Where the backend has partial indexes, the cursor's index serves the fresh lane and the
+    // `(id)` index it replaced is gone.
     let probe = match t.db.get_database_backend() {
         sea_orm::DbBackend::Postgres => Some(
-            "SELECT indexname AS name FROM pg_indexes WHERE indexname = 'ix_agent_outbox_fresh' \
+            "SELECT indexname AS name FROM pg_indexes WHERE indexname = 'ix_agent_outbox_cursor' \
              AND schemaname = current_schema()",
         ),
         sea_orm::DbBackend::Sqlite => Some(
-            "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'ix_agent_outbox_fresh'",
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'ix_agent_outbox_cursor'",
         ),
         sea_orm::DbBackend::MySql => None,
     };
@@ -518,13 +519,13 @@ async fn migrations_are_idempotent_and_concurrent(t: TestDb) {
             t.db.query_one(sea_orm::Statement::from_string(backend, sql))
                 .await
                 .unwrap();
-        assert!(found.is_some(), "ix_agent_outbox_fresh is missing");
-        let cursor = sql.replace("ix_agent_outbox_fresh", "ix_agent_outbox_cursor");
+        assert!(found.is_some(), "ix_agent_outbox_cursor is missing");
+        let fresh = sql.replace("ix_agent_outbox_cursor", "ix_agent_outbox_fresh");
         let found =
-            t.db.query_one(sea_orm::Statement::from_string(backend, cursor))
+            t.db.query_one(sea_orm::Statement::from_string(backend, fresh))
                 .await
                 .unwrap();
-        assert!(found.is_some(), "ix_agent_outbox_cursor is missing");
+        assert!(found.is_none(), "ix_agent_outbox_fresh is still there");
     }
     t.cleanup().await;
 }

@@ -13,6 +13,7 @@ use crate::shared::m20261123_000030_outbox_fresh_lane_index as fresh_lane;
 use crate::shared::m20261201_000001_outbox_key_shards as key_shards;
 use crate::shared::m20261201_000002_outbox_redrive_history as redrive_history;
 use crate::shared::m20261203_000001_outbox_commit_cursor as commit_cursor;
+use crate::shared::m20261203_000002_outbox_cursor_index_alone as cursor_index_alone;
 
 /// The agent's migrations, tracked in `seaql_migrations_agent`.
 pub struct Migrator;
@@ -35,6 +36,9 @@ impl MigratorTrait for Migrator {
                 tables: &["agent_outbox"],
             }),
             Box::new(commit_cursor::Migration {
+                tables: &["agent_outbox"],
+            }),
+            Box::new(cursor_index_alone::Migration {
                 tables: &["agent_outbox"],
             }),
         ]

@@ -11,3 +11,5 @@ pub(crate) mod m20261201_000001_outbox_key_shards;
 pub(crate) mod m20261201_000002_outbox_redrive_history;
 #[cfg(any(feature = "agent", feature = "notification"))]
 pub(crate) mod m20261203_000001_outbox_commit_cursor;
+#[cfg(any(feature = "agent", feature = "notification"))]
+pub(crate) mod m20261203_000002_outbox_cursor_index_alone;
