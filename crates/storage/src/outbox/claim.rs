@@ -2,8 +2,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use sea_orm::sea_query::{
-    Expr, MysqlQueryBuilder, Order, PostgresQueryBuilder, Query, SelectStatement,
-    SqliteQueryBuilder,
+    Expr, Order, PostgresQueryBuilder, Query, SelectStatement, SqliteQueryBuilder, Value,
 };
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, FromQueryResult,
@@ -246,30 +245,38 @@ impl OutboxTable {
         req: &ClaimRequest,
         cursors: &BTreeMap<i16, Cursor>,
     ) -> Statement {
+        // The shards and their cursors are bound parameters and everything else is in the text,
+        // so a round of as many shards as the last one reuses its prepared statement (and, on
+        // PostgreSQL, its plan: one that names the partial index's `status` as a literal may
+        // use it): planning the merge of every shard's branch cost a round more than running it.
+        let mut values: Vec<Value> = Vec::with_capacity(cursors.len() * 3);
         let branches: Vec<String> = cursors
             .iter()
-            .map(|(shard, &(txid, id))| {
-                let after = match backend {
+            .map(|(&shard, &(txid, id))| {
+                let n = values.len();
+                values.extend([shard.into(), txid.into(), id.into()]);
+                let (shard_is, after) = match backend {
                     // Every row's txid is 0 on SQLite, whose single writer commits in id order.
                     // Spelled as an equality and a range, which SQLite reads as one range of the
                     // index (a row-value `>` ranges over `txid` alone there, and `id > ?` alone
                     // over nothing: both filtered every passed row of the shard per claim).
-                    DbBackend::Sqlite => Expr::col(Outbox::Txid)
-                        .eq(txid)
-                        .and(Expr::col(Outbox::Id).gt(id)),
-                    _ => {
-                        Expr::tuple([Expr::col(Outbox::Txid).into(), Expr::col(Outbox::Id).into()])
-                            .gt(Expr::tuple([Expr::val(txid).into(), Expr::val(id).into()]))
-                    }
+                    DbBackend::Sqlite => (
+                        "\"shard\" = ?".to_owned(),
+                        "\"txid\" = ? AND \"id\" > ?".to_owned(),
+                    ),
+                    _ => (
+                        format!("\"shard\" = ${}", n + 1),
+                        format!("(\"txid\", \"id\") > (${}, ${})", n + 2, n + 3),
+                    ),
                 };
                 let mut branch = Query::select();
                 branch
                     .columns(CLAIM_COLUMNS)
                     .from(self.alias())
-                    .and_where(Expr::col(Outbox::Shard).eq(*shard))
+                    .and_where(Expr::cust(shard_is))
                     .and_where(status_is(OutboxStatus::Pending))
                     .and_where(Expr::col(Outbox::NextRetryAt).is_null())
-                    .and_where(after);
+                    .and_where(Expr::cust(after));
                 match backend {
                     // SQLite merges the bare branches, each read lazily in the index's order; a
                     // branch of its own with `ORDER BY ... LIMIT` became a subquery that SQLite
@@ -277,29 +284,27 @@ impl OutboxTable {
                     DbBackend::Sqlite => branch.to_string(SqliteQueryBuilder),
                     // PostgreSQL bounds each branch, so a plan made from statistics older than
                     // the backlog (which may sort every branch instead of merging index scans)
-                    // still reads at most `fresh_limit` rows of each shard.
+                    // still reads at most `fresh_limit` rows of each shard. (MySQL/MariaDB read
+                    // no cursor.)
                     DbBackend::Postgres | DbBackend::MySql => {
                         branch
                             .order_by(Outbox::Txid, Order::Asc)
                             .order_by(Outbox::Id, Order::Asc)
                             .limit(req.fresh_limit);
-                        let sql = if backend == DbBackend::Postgres {
-                            branch.to_string(PostgresQueryBuilder)
-                        } else {
-                            branch.to_string(MysqlQueryBuilder)
-                        };
-                        format!("SELECT * FROM ({sql}) AS s{shard}")
+                        let sql = branch.to_string(PostgresQueryBuilder);
+                        format!("SELECT * FROM ({sql}) AS s{}", n / 3)
                     }
                 }
             })
             .collect();
-        Statement::from_string(
+        Statement::from_sql_and_values(
             backend,
             format!(
                 "{} ORDER BY txid, id LIMIT {}",
                 branches.join(" UNION ALL "),
                 req.fresh_limit
             ),
+            values,
         )
     }
 
