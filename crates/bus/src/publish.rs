@@ -1,5 +1,5 @@
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
@@ -14,6 +14,13 @@ use uuid::Uuid;
 
 use crate::metrics::DirectErrorKind;
 use crate::{BusError, Metrics};
+
+/// How often at most a bus sends relays in other processes a wake-up (`pg_notify` in the
+/// publishing transaction, PostgreSQL): the publishes in between rely on the relay polling
+/// again soon after a round that found rows. If the transaction that carried the wake-up rolls
+/// back, the rows committed in that window wait for the relay's next poll (at most
+/// `poll_interval`).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(5);
 
 /// How much longer than the transport's own delivery timeout a direct send waits, so that the
 /// transport's verdict (with the broker's reason) comes before the bus stops waiting.
@@ -58,6 +65,8 @@ struct Inner {
     table: OutboxTable,
     config: PublishConfig,
     wake: Arc<Notify>,
+    /// When this bus last sent relays in other processes a wake-up (see [`ANNOUNCE_EVERY`]).
+    announced: Mutex<Option<Instant>>,
     metrics: Arc<Metrics>,
     /// What direct events are sent through, shared by every clone of the bus; `None`: a direct
     /// send is an error.
@@ -91,6 +100,7 @@ impl EventBus {
                 table,
                 config,
                 wake: Arc::new(Notify::new()),
+                announced: Mutex::new(None),
                 metrics: Arc::new(Metrics::for_service(service)),
                 transport: RwLock::new(None),
             }),
@@ -217,7 +227,7 @@ impl EventBus {
             .await?;
         // Relays in other processes hear of it when (and only if) `txn` commits. A store-only
         // row is for the record: no relay claims it, so none needs waking.
-        if rows.iter().any(|r| !r.store_only) {
+        if rows.iter().any(|r| !r.store_only) && self.due_to_announce() {
             self.inner.table.announce(txn).await?;
         }
         Ok(prepared.iter().map(|p| p.envelope.event_id).collect())
@@ -337,6 +347,26 @@ impl EventBus {
         txn.commit().await?;
         self.wake_relays();
         Ok(())
+    }
+
+    /// Whether this publish sends relays in other processes a wake-up: at most once every
+    /// [`ANNOUNCE_EVERY`] per bus. PostgreSQL serializes the commits of transactions that sent a
+    /// `NOTIFY` (each holds one database-wide lock until its commit record is flushed), so one
+    /// in every publishing transaction made commits queue behind each other under load. A
+    /// relay woken by one wake-up finds the rows committed just after it too: after a round
+    /// that found rows it polls again within `min_poll_interval`.
+    fn due_to_announce(&self) -> bool {
+        let now = Instant::now();
+        let mut announced = self
+            .inner
+            .announced
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if announced.is_some_and(|at| now.duration_since(at) < ANNOUNCE_EVERY) {
+            return false;
+        }
+        *announced = Some(now);
+        true
     }
 
     /// Tells the relays of this process that new rows may be waiting.
