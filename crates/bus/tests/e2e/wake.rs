@@ -5,11 +5,37 @@
 use std::time::Duration;
 
 use smartflow_bus::domain::{EventContract, OutboxStatus, RouteRegistry};
-use smartflow_bus::{EventBus, PublishConfig, RelayConfig};
+use smartflow_bus::{DatabaseConnection, EventBus, PublishConfig, Relay, RelayConfig};
 use smartflow_testkit::{wait_until, Backend, TestDb};
 use tokio_util::sync::CancellationToken;
 
 use crate::fixture::*;
+
+/// Starts `relay` and waits until it sent a row of this process (whose bus wakes it directly):
+/// then it has had its first round and waits for its next poll or a wake-up.
+async fn start_warm(w: &World, relay: Relay) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let warm_up = w.publish(&["warm-up"]).await;
+    wait_until("the relay sends this process's row", || async {
+        let row = w.table().find(&w.t.db, &warm_up[0]).await.unwrap().unwrap();
+        row.status == OutboxStatus::Published
+    })
+    .await;
+    (shutdown, running)
+}
+
+/// Another process: its own pool and its own bus, whose wake signal the relay never sees.
+async fn another_process(w: &World) -> (DatabaseConnection, EventBus) {
+    let other_db = w.t.connect_again().await;
+    let routes = RouteRegistry::builder()
+        .service(w.route.clone())
+        .event(Said::EVENT_TYPE, "agent")
+        .build()
+        .unwrap();
+    let other = EventBus::new("agent", routes, PublishConfig::default()).unwrap();
+    (other_db, other)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_in_another_process_wakes_a_relay_that_does_not_poll() {
@@ -24,26 +50,8 @@ async fn a_commit_in_another_process_wakes_a_relay_that_does_not_poll() {
             ..relay_config()
         },
     );
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(relay.run(shutdown.clone()));
-
-    // A row of this process (its bus wakes the relay directly): once it is sent, the relay has
-    // had its first round and waits.
-    let warm_up = w.publish(&["warm-up"]).await;
-    wait_until("the relay sends this process's row", || async {
-        let row = w.table().find(&w.t.db, &warm_up[0]).await.unwrap().unwrap();
-        row.status == OutboxStatus::Published
-    })
-    .await;
-
-    // Another process: its own pool and its own bus, whose wake signal the relay never sees.
-    let other_db = w.t.connect_again().await;
-    let routes = RouteRegistry::builder()
-        .service(w.route.clone())
-        .event(Said::EVENT_TYPE, "agent")
-        .build()
-        .unwrap();
-    let other = EventBus::new("agent", routes, PublishConfig::default()).unwrap();
+    let (shutdown, running) = start_warm(&w, relay).await;
+    let (other_db, other) = another_process(&w).await;
     let mut sent = Vec::new();
     let mut published = 0;
     // Published again until one is sent: a commit made before the relay's listener was up is
@@ -93,22 +101,8 @@ async fn a_burst_from_another_process_is_all_sent_after_its_one_wake_up() {
             ..relay_config()
         },
     );
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn(relay.run(shutdown.clone()));
-    let warm_up = w.publish(&["warm-up"]).await;
-    wait_until("the relay sends this process's row", || async {
-        let row = w.table().find(&w.t.db, &warm_up[0]).await.unwrap().unwrap();
-        row.status == OutboxStatus::Published
-    })
-    .await;
-
-    let other_db = w.t.connect_again().await;
-    let routes = RouteRegistry::builder()
-        .service(w.route.clone())
-        .event(Said::EVENT_TYPE, "agent")
-        .build()
-        .unwrap();
-    let other = EventBus::new("agent", routes, PublishConfig::default()).unwrap();
+    let (shutdown, running) = start_warm(&w, relay).await;
+    let (other_db, other) = another_process(&w).await;
     let mut sent = Vec::new();
     // Bursts until the relay's listener has heard one (a commit made before it listened is not
     // heard), each of 50 commits back to back: most of them send no wake-up of their own.

@@ -285,8 +285,8 @@ impl OutboxTable {
                     // PostgreSQL bounds each branch, so a plan made from statistics older than
                     // the backlog (which may sort every branch instead of merging index scans)
                     // still reads at most `fresh_limit` rows of each shard. (MySQL/MariaDB read
-                    // no cursor.)
-                    DbBackend::Postgres | DbBackend::MySql => {
+                    // no cursor and never get here.)
+                    _ => {
                         branch
                             .order_by(Outbox::Txid, Order::Asc)
                             .order_by(Outbox::Id, Order::Asc)
