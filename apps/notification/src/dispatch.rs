@@ -262,14 +262,27 @@ impl Dispatcher {
             max_attempts = claimed.max_attempts,
         );
         let outcome = self.call_provider(&claimed).instrument(span.clone()).await;
-        let _entered = span.enter();
-        if !notification::finish(&i.db, &claimed, &outcome, now_millis()).await? {
+        // Instrumented, not entered: a span held entered across an await would be the current
+        // span of whatever else the thread polls meanwhile.
+        self.record(&claimed, &outcome, report)
+            .instrument(span)
+            .await
+    }
+
+    /// Records a claimed record's outcome and logs it.
+    async fn record(
+        &self,
+        claimed: &NotificationRecord,
+        outcome: &DeliveryOutcome,
+        mut report: RoundReport,
+    ) -> Result<RoundReport, StorageError> {
+        if !notification::finish(&self.inner.db, claimed, outcome, now_millis()).await? {
             // Another sender took the record over after our lease ran out; its result counts.
             tracing::warn!(outcome = %outcome.status(), "the lease ran out before the result was recorded");
             report.lease_lost = 1;
             return Ok(report);
         }
-        match &outcome {
+        match outcome {
             DeliveryOutcome::Sent { .. } => {
                 report.sent = 1;
                 tracing::info!("notification sent");

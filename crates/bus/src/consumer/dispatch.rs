@@ -227,7 +227,20 @@ impl ConsumerRunner {
             traceparent = envelope.traceparent().unwrap_or(""),
         );
         crate::trace::continue_trace(&span, envelope.traceparent());
-        let _guard = span.enter();
+        // Instrumented, never entered with a guard: a span held entered across an await would
+        // be the current span (and trace) of whatever else the thread polls meanwhile.
+        self.apply_in_span(txn, envelope, event_id, report)
+            .instrument(span)
+            .await
+    }
+
+    async fn apply_in_span(
+        &self,
+        txn: &DatabaseTransaction,
+        envelope: &Envelope,
+        event_id: String,
+        report: &mut BatchReport,
+    ) -> Result<Applied, BusError> {
         let Some(handler) = self.handlers.get(&envelope.event_type) else {
             let reason = format!(
                 "no handler is registered for event type `{}`",

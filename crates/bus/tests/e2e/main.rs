@@ -12,4 +12,5 @@ mod outages;
 mod ownership;
 mod relays;
 mod retention;
+mod spans;
 mod wake;
