@@ -38,6 +38,9 @@ enum Task {
     Deps,
     /// Measures the outbox's cost, relay throughput and end-to-end latency on every backend.
     Bench(bench::BenchArgs),
+    /// The benchmark's relay in a process of its own (started by `bench --phases latency-apart`).
+    #[command(hide = true)]
+    BenchRelay(bench::relay_process::RelayProcessArgs),
     /// Runs the broker and two agents as processes under faults (kills, outages, produce
     /// errors, cut database connections, SIGSTOP, SIGTERM) and counts loss and double effects.
     Chaos(chaos::ChaosArgs),
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Task::Ci => ci::ci(),
         Task::Deps => deps::check_workspace().map(|()| ExitCode::SUCCESS),
         Task::Bench(args) => bench::main(args),
+        Task::BenchRelay(args) => bench::relay_process::main(args),
         Task::Chaos(args) => chaos::main(args),
         Task::SeparateDatabases(args) => separate_databases::main(args),
     };

@@ -133,6 +133,22 @@ impl Fixture {
         )?)
     }
 
+    /// A relay of the fixture's outbox through a producer of its own: `batch_size` x `workers`,
+    /// the rest of `RelayConfig::default()`.
+    pub fn default_relay(
+        &self,
+        batch_size: u64,
+        workers: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Relay> {
+        let config = RelayConfig {
+            batch_size,
+            workers,
+            ..RelayConfig::default()
+        };
+        self.relay(None, config, metrics)
+    }
+
     /// A consumer of the fixture's topic in the route's consumer group.
     pub fn consumer(&self) -> Result<Arc<KafkaConsumer>> {
         Ok(Arc::new(KafkaConsumer::new(

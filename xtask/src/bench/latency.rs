@@ -7,9 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use sea_orm::DatabaseConnection;
 use serde::Serialize;
-use smartflow_bus::{
-    ConsumerConfig, ConsumerRunner, EventBus, HandlerRegistry, Metrics, RelayConfig,
-};
+use smartflow_bus::{ConsumerConfig, ConsumerRunner, EventBus, HandlerRegistry, Metrics};
 use smartflow_domain::{Envelope, InboundTransport, OutboxStatus};
 use smartflow_storage::outbox::OutboxTable;
 use tokio::sync::Semaphore;
@@ -18,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::fixture::{wait_until, ChatMessageAppended, Fixture, StoreChatMessage};
+use super::relay_process::RelayProcess;
 
 /// How the publisher's ticker treats ticks it was too slow for.
 pub const TICK_BEHAVIOUR: &str = "Burst";
@@ -27,6 +26,9 @@ const MAX_IN_FLIGHT: usize = 64;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
+    /// Whether the relay ran in a process of its own (woken across processes), not beside the
+    /// publisher.
+    pub relay_apart: bool,
     pub target_events_per_s: u64,
     pub seconds: u64,
     /// `tokio::time::MissedTickBehavior` of the publisher's 1 ms ticker.
@@ -81,26 +83,31 @@ struct BatchTiming {
     offset_commit: Duration,
 }
 
+/// Where the relay runs.
+enum RunningRelay {
+    /// Beside the publisher, woken by its commits.
+    Task(tokio::task::JoinHandle<()>),
+    /// In a process of its own.
+    Apart(RelayProcess),
+}
+
 pub async fn measure(
     fx: &Fixture,
     rate: u64,
     seconds: u64,
     batch_size: u64,
     workers: usize,
+    relay_apart: bool,
 ) -> Result<Latency> {
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
 
-    let relay = fx.relay(
-        None,
-        RelayConfig {
-            batch_size,
-            workers,
-            ..RelayConfig::default()
-        },
-        metrics.clone(),
-    )?;
-    let relay_task = tokio::spawn(relay.run(stop.clone()));
+    let relay = if relay_apart {
+        RunningRelay::Apart(RelayProcess::start(fx, batch_size, workers).await?)
+    } else {
+        let relay = fx.default_relay(batch_size, workers, metrics.clone())?;
+        RunningRelay::Task(tokio::spawn(relay.run(stop.clone())))
+    };
 
     let consumer = fx.consumer()?;
     let handlers = HandlerRegistry::builder()
@@ -168,7 +175,10 @@ pub async fn measure(
 
     let outcome = publish_and_wait(fx, &consumed, rate, seconds).await;
     stop.cancel();
-    relay_task.await?;
+    match relay {
+        RunningRelay::Task(task) => task.await?,
+        RunningRelay::Apart(process) => process.stop().await?,
+    }
     let timings = consumer_task.await?.context("the consumer loop failed")?;
     if let Ok(consumer) = Arc::try_unwrap(consumer) {
         consumer.close().await;
@@ -213,6 +223,7 @@ pub async fn measure(
         steady.iter().map(f).sum::<f64>() / steady.len().max(1) as f64
     };
     Ok(Latency {
+        relay_apart,
         target_events_per_s: rate,
         seconds,
         missed_tick_behaviour: TICK_BEHAVIOUR,

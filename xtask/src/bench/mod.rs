@@ -10,6 +10,7 @@ mod consumer;
 mod fixture;
 mod latency;
 mod outbox_cost;
+pub mod relay_process;
 mod report;
 mod retention;
 mod scale;
@@ -97,6 +98,9 @@ enum Phase {
     Throughput,
     /// Figure c: end-to-end latency at a steady rate.
     Latency,
+    /// Figure c with the relay in a process of its own (`cargo xtask bench-relay`), as a relay
+    /// beside other publishing processes runs: woken by `NOTIFY` on PostgreSQL, polling elsewhere.
+    LatencyApart,
     /// Figure d: a consumer applying a backlog, with batch and per-event handlers.
     Consumer,
     /// Figure e: the relay's rate with retention deleting beside it, and without.
@@ -182,7 +186,8 @@ async fn run_all(args: &BenchArgs) -> Vec<Figures> {
             let result = match phase {
                 Phase::Cost => cost_phase(args, backend, &mut figures).await,
                 Phase::Throughput => throughput_phase(args, backend, &mut figures).await,
-                Phase::Latency => latency_phase(args, backend, &mut figures).await,
+                Phase::Latency => latency_phase(args, backend, false, &mut figures).await,
+                Phase::LatencyApart => latency_phase(args, backend, true, &mut figures).await,
                 Phase::Consumer => consumer_phase(args, backend, &mut figures).await,
                 Phase::Retention => retention_phase(args, backend, &mut figures).await,
                 Phase::Scale => scale_phase(args, backend, &mut figures).await,
@@ -385,11 +390,17 @@ async fn sustained_phase(
     .await
 }
 
-async fn latency_phase(args: &BenchArgs, backend: BackendArg, figures: &mut Figures) -> Result<()> {
+async fn latency_phase(
+    args: &BenchArgs,
+    backend: BackendArg,
+    relay_apart: bool,
+    figures: &mut Figures,
+) -> Result<()> {
     with_fixture(args, backend, async |fx| {
-        let l = latency::measure(fx, args.rate, args.seconds, args.relay_batch, args.relay_workers).await?;
+        let l = latency::measure(fx, args.rate, args.seconds, args.relay_batch, args.relay_workers, relay_apart).await?;
         println!(
-            "  end-to-end at {}/s for {} s: {} published ({:.0}/s), {} measured; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "  end-to-end{} at {}/s for {} s: {} published ({:.0}/s), {} measured; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            if relay_apart { " (relay in another process)" } else { "" },
             l.target_events_per_s, l.seconds, l.published, l.achieved_events_per_s, l.measured, l.p50_ms, l.p99_ms, l.max_ms
         );
         println!(
@@ -404,7 +415,11 @@ async fn latency_phase(args: &BenchArgs, backend: BackendArg, figures: &mut Figu
                 l.publish_errors
             );
         }
-        figures.latency = Some(l);
+        if relay_apart {
+            figures.latency_apart = Some(l);
+        } else {
+            figures.latency = Some(l);
+        }
         Ok(())
     })
     .await

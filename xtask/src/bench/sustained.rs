@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde::Serialize;
-use smartflow_bus::{ConsumerConfig, ConsumerRunner, HandlerRegistry, Metrics, RelayConfig};
+use smartflow_bus::{ConsumerConfig, ConsumerRunner, HandlerRegistry, Metrics};
 use smartflow_storage::outbox::OutboxTable;
 use smartflow_storage::TransactionTrait;
 use tokio::time::Instant;
@@ -59,15 +59,7 @@ pub async fn measure(
     let table = OutboxTable::new(&fx.route.outbox_table)?;
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::default());
-    let relay = fx.relay(
-        None,
-        RelayConfig {
-            batch_size,
-            workers,
-            ..RelayConfig::default()
-        },
-        metrics.clone(),
-    )?;
+    let relay = fx.default_relay(batch_size, workers, metrics.clone())?;
     let relay_task = tokio::spawn(relay.run(stop.clone()));
     let consumer = fx.consumer()?;
     let runner = ConsumerRunner::for_route(
