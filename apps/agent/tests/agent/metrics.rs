@@ -37,7 +37,19 @@ fn labels(names: &[&str]) -> BTreeSet<String> {
 /// What a scrape after a round trip (4 chat messages, each consumed by the agent's own consumer)
 /// shows against one `before` it.
 pub async fn assert_metrics_moved(agent: &RunningAgent, before: &Scrape) {
-    let after = scrape(agent).await;
+    // The end-to-end latency is observed after the consumer's offset commit, which follows the
+    // database commit the caller waited for: scrape until the four observations are in.
+    let latency = "smartflow_end_to_end_latency_seconds";
+    let deadline = Instant::now() + PATIENCE;
+    let after = loop {
+        let after = scrape(agent).await;
+        let observed = after.observations(latency, &[SERVICE, CONSUMER])
+            - before.observations(latency, &[SERVICE, CONSUMER]);
+        if observed >= 4.0 || Instant::now() >= deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     for (name, kind, label_set) in [
         (
             "smartflow_bus_published_total",
@@ -116,7 +128,6 @@ pub async fn assert_metrics_moved(agent: &RunningAgent, before: &Scrape) {
             "{histogram} observed the rounds"
         );
     }
-    let latency = "smartflow_end_to_end_latency_seconds";
     assert!(
         after.observations(latency, &[SERVICE, CONSUMER])
             >= before.observations(latency, &[SERVICE, CONSUMER]) + 4.0,
