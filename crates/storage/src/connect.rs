@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use sea_orm::sqlx::mysql::{MySql, MySqlConnectOptions};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::sqlx::{ConnectOptions as _, Executor as _};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlxMySqlConnector};
 
@@ -196,7 +197,15 @@ pub async fn connect(config: &ConnectConfig) -> Result<DatabaseConnection, Stora
                 ),
             ])
         })
-        .map_sqlx_sqlite_opts(move |lite| lite.busy_timeout(limits.lock_wait));
+        // WAL: readers and the one writer do not wait for each other (in SQLite's default
+        // rollback journal every commit waits until no transaction is reading), and a commit
+        // is one append to the log. `FULL` syncs the log at every commit, so a committed row
+        // survives a power cut as well as a crash.
+        .map_sqlx_sqlite_opts(move |lite| {
+            lite.busy_timeout(limits.lock_wait)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+        });
     if let Some(schema) = &config.pg_schema {
         opts.set_schema_search_path(schema.clone());
     }

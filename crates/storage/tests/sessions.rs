@@ -77,9 +77,37 @@ async fn an_idle_transaction_loses_its_locks(t: TestDb) {
     t.cleanup().await;
 }
 
+/// A transaction that only reads (an admin listing, a relay's claim scan, a consumer's dedupe
+/// check) never holds up another session's commit. SQLite in its default rollback-journal mode
+/// made every writer wait for every open reader (and give up after its lock wait): the pool
+/// opens SQLite files in WAL mode.
+async fn an_open_reader_never_holds_up_a_writer(t: TestDb) {
+    probe_table(&t.db).await;
+    let config = bounded(&t, Duration::from_secs(1), Duration::from_secs(60));
+    let reader = connect(&config).await.unwrap();
+    let writer = connect(&config).await.unwrap();
+    let reading = reader.begin().await.unwrap();
+    reading
+        .execute_unprepared("SELECT v FROM lock_probe")
+        .await
+        .unwrap();
+    let wrote = tokio::time::timeout(Duration::from_secs(30), writer.execute_unprepared(TOUCH))
+        .await
+        .expect("bounded by the session's lock wait");
+    assert!(
+        wrote.is_ok(),
+        "the writer committed beside the open reader: {wrote:?}"
+    );
+    reading.commit().await.unwrap();
+    reader.close().await.unwrap();
+    writer.close().await.unwrap();
+    t.cleanup().await;
+}
+
 on_every_backend!(
     a_lock_wait_ends_in_an_error_not_a_hang,
     an_idle_transaction_loses_its_locks,
+    an_open_reader_never_holds_up_a_writer,
 );
 
 #[cfg(unix)]
@@ -100,6 +128,12 @@ async fn a_sqlite_file_it_creates_is_private_to_its_owner() {
         .unwrap();
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{mode:o}");
+    // The write-ahead log and its index, which SQLite creates beside it, are private too.
+    for suffix in ["-wal", "-shm"] {
+        let side = format!("{}{suffix}", file.display());
+        let mode = std::fs::metadata(&side).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{side}: {mode:o}");
+    }
     db.close().await.unwrap();
     // A directory that does not exist is a clear error, not a panic.
     let missing = dir.join("no/such/dir.db");
