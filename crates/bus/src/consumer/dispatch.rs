@@ -234,6 +234,7 @@ impl ConsumerRunner {
             .await
     }
 
+    /// `apply_one`'s work, run inside its `handle` span.
     async fn apply_in_span(
         &self,
         txn: &DatabaseTransaction,
