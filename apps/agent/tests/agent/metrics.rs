@@ -40,16 +40,14 @@ pub async fn assert_metrics_moved(agent: &RunningAgent, before: &Scrape) {
     // The end-to-end latency is observed after the consumer's offset commit, which follows the
     // database commit the caller waited for: scrape until the four observations are in.
     let latency = "smartflow_end_to_end_latency_seconds";
-    let deadline = Instant::now() + PATIENCE;
-    let after = loop {
-        let after = scrape(agent).await;
-        let observed = after.observations(latency, &[SERVICE, CONSUMER])
-            - before.observations(latency, &[SERVICE, CONSUMER]);
-        if observed >= 4.0 || Instant::now() >= deadline {
-            break after;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let after =
+        smartflow_testkit::eventually("the four end-to-end latencies are observed", || async {
+            let after = scrape(agent).await;
+            let observed = after.observations(latency, &[SERVICE, CONSUMER])
+                - before.observations(latency, &[SERVICE, CONSUMER]);
+            (observed >= 4.0).then_some(after)
+        })
+        .await;
     for (name, kind, label_set) in [
         (
             "smartflow_bus_published_total",
