@@ -13,13 +13,13 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 /// How long a process may take to become ready (a service waits for the database and broker).
-const START_PATIENCE: Duration = Duration::from_secs(90);
+pub(crate) const START_PATIENCE: Duration = Duration::from_secs(90);
 /// Extra time a SIGTERMed service gets beyond its configured grace before it is SIGKILLed.
 const STOP_SLACK: Duration = Duration::from_secs(5);
 
 /// A child process that is SIGKILLed (and reaped) on drop.
-struct Owned {
-    child: Child,
+pub(crate) struct Owned {
+    pub(crate) child: Child,
 }
 
 impl Owned {
@@ -27,8 +27,13 @@ impl Owned {
         self.child.id()
     }
 
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits until the child exits by itself.
+    pub(crate) fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.wait()
     }
 
     fn kill(&mut self) {

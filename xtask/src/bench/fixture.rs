@@ -141,12 +141,7 @@ impl Fixture {
         workers: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Relay> {
-        let config = RelayConfig {
-            batch_size,
-            workers,
-            ..RelayConfig::default()
-        };
-        self.relay(None, config, metrics)
+        self.relay(None, relay_config(batch_size, workers), metrics)
     }
 
     /// A consumer of the fixture's topic in the route's consumer group.
@@ -200,6 +195,16 @@ impl Fixture {
         testdb.cleanup().await;
         // Stopping the mock cluster joins its thread; keep that off the runtime's threads.
         let _ = tokio::task::spawn_blocking(move || drop(broker)).await;
+    }
+}
+
+/// The benchmark relay's configuration, in this process or in one of its own:
+/// `batch_size` x `workers`, the rest of `RelayConfig::default()`.
+pub fn relay_config(batch_size: u64, workers: usize) -> RelayConfig {
+    RelayConfig {
+        batch_size,
+        workers,
+        ..RelayConfig::default()
     }
 }
 

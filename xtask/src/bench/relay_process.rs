@@ -4,17 +4,18 @@
 //! PostgreSQL woken by the publishers' `NOTIFY`, elsewhere by polling).
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{ChildStdin, Command, ExitCode, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use smartflow_bus::{Metrics, Relay, RelayConfig};
+use smartflow_bus::{Metrics, Relay};
 use smartflow_kafka::{KafkaConfig, KafkaProducer};
 use smartflow_storage::ConnectConfig;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::fixture::Fixture;
+use super::fixture::{relay_config, Fixture};
+use crate::processes::{Owned, START_PATIENCE};
 
 /// The line the relay process prints once its relay runs.
 const READY: &str = "relay running";
@@ -67,11 +68,7 @@ async fn run(args: RelayProcessArgs) -> Result<()> {
         db,
         &args.table,
         producer,
-        RelayConfig {
-            batch_size: args.batch_size,
-            workers: args.workers,
-            ..RelayConfig::default()
-        },
+        relay_config(args.batch_size, args.workers),
         Arc::new(Notify::new()),
         Arc::new(Metrics::default()),
     )?;
@@ -90,11 +87,10 @@ async fn run(args: RelayProcessArgs) -> Result<()> {
     Ok(())
 }
 
-/// A relay process of a fixture's outbox; stopped when dropped.
+/// A relay process of a fixture's outbox; killed when dropped.
 pub struct RelayProcess {
-    /// `None` once stopped.
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
+    process: Owned,
+    stdin: ChildStdin,
 }
 
 impl RelayProcess {
@@ -120,7 +116,7 @@ impl RelayProcess {
             .stdout(Stdio::piped())
             .spawn()
             .context("starting the relay process")?;
-        let stdin = child.stdin.take();
+        let stdin = child.stdin.take().context("the relay process's stdin")?;
         let stdout = child.stdout.take().context("the relay process's stdout")?;
         let ready = tokio::task::spawn_blocking(move || {
             BufReader::new(stdout)
@@ -128,17 +124,11 @@ impl RelayProcess {
                 .map_while(Result::ok)
                 .any(|line| line == READY)
         });
-        let mut process = Self {
-            child: Some(child),
-            stdin,
-        };
-        match tokio::time::timeout(std::time::Duration::from_secs(60), ready).await {
-            Ok(Ok(true)) => Ok(process),
+        let mut process = Owned { child };
+        match tokio::time::timeout(START_PATIENCE, ready).await {
+            Ok(Ok(true)) => Ok(Self { process, stdin }),
             _ => {
-                let status = process
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten());
+                let status = process.exited();
                 anyhow::bail!("the relay process did not start (exit status: {status:?})")
             }
         }
@@ -146,23 +136,11 @@ impl RelayProcess {
 
     /// Closes the process's standard input, so its relay settles what it has in flight and
     /// stops, and waits for it to exit.
-    pub async fn stop(mut self) -> Result<()> {
-        drop(self.stdin.take());
-        let mut child = self
-            .child
-            .take()
-            .context("the relay process was stopped before")?;
-        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    pub async fn stop(self) -> Result<()> {
+        let Self { mut process, stdin } = self;
+        drop(stdin);
+        let status = tokio::task::spawn_blocking(move || process.wait()).await??;
         anyhow::ensure!(status.success(), "the relay process failed: {status}");
         Ok(())
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
